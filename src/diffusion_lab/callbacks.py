@@ -1,0 +1,142 @@
+"""Training callbacks: sample grids during training and the run's ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torchvision.utils import make_grid, save_image
+
+from diffusion_lab.sampling import sample
+
+log = logging.getLogger(__name__)
+
+
+class SampleGrid(L.Callback):
+    """Draw a classes x ``num_per_class`` grid from fixed noise after each validation and at the end.
+
+    The grid uses the weights validation uses, so with EMA on it shows the EMA model; list this
+    callback before ``EMAWeightAveraging`` so it runs while the EMA weights are swapped in.
+    PNGs go to ``output_dir`` (``epoch_NNN.png`` and ``final.png``) and to the logger.
+
+    Args:
+        output_dir: folder for the PNG files.
+        num_per_class: images per class (grid columns).
+        sampler: ``ddim`` or ``ddpm``.
+        steps: DDIM steps.
+        guidance: classifier-free guidance weight.
+        seed: seed of the fixed starting noise.
+        every_n_epochs: draw after every n-th validation epoch (the final grid is always drawn).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        num_per_class: int = 8,
+        sampler: str = "ddim",
+        steps: int = 50,
+        guidance: float = 2.0,
+        seed: int = 0,
+        every_n_epochs: int = 1,
+    ) -> None:
+        if num_per_class <= 0 or every_n_epochs <= 0:
+            raise ValueError("callbacks.sample_grid.num_per_class and every_n_epochs must be positive")
+        self.output_dir = Path(output_dir)
+        self.num_per_class = num_per_class
+        self.sampler = sampler
+        self.steps = steps
+        self.guidance = guidance
+        self.seed = seed
+        self.every_n_epochs = every_n_epochs
+        self.last_path: Path | None = None
+
+    def draw(self, pl_module: L.LightningModule, num_classes: int) -> torch.Tensor:
+        """``[num_classes * num_per_class, 1, H, W]`` samples in [0, 1], class by class."""
+        labels = torch.arange(num_classes).repeat_interleave(self.num_per_class)
+        gen = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn((len(labels), pl_module.unet.in_channels, 28, 28), generator=gen)
+        was_training = pl_module.training
+        pl_module.eval()
+        images = sample(
+            pl_module.unet,
+            pl_module.schedule,
+            labels.to(pl_module.device),
+            sampler=self.sampler,
+            steps=self.steps,
+            guidance=self.guidance,
+            noise=noise.to(pl_module.device),
+        )
+        pl_module.train(was_training)
+        return (images.float().cpu() + 1) / 2
+
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
+        num_classes = pl_module.unet.num_classes
+        grid = make_grid(self.draw(pl_module, num_classes), nrow=self.num_per_class, padding=2, pad_value=1.0)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / f"{name}.png"
+        tmp = path.with_suffix(".png.tmp")
+        save_image(grid, tmp, format="png")
+        os.replace(tmp, path)
+        self.last_path = path
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(f"samples/{name.split('_')[0]}", grid, trainer.global_step)
+            elif isinstance(logger, WandbLogger):
+                logger.log_image("samples/grid", images=[grid], caption=[name], step=trainer.global_step)
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self._write(trainer, pl_module, f"epoch_{trainer.current_epoch:03d}_step_{trainer.global_step:06d}")
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module, "final")
+        log.info("Sample grid: %s", self.last_path)
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, (int, float)) and math.isfinite(float(value)):
+        return float(value)
+    return None
+
+
+class MetricsJson(L.Callback):
+    """Write the final logged metrics (flat keys as logged, e.g. ``val/loss``) to a JSON file.
+
+    Also records ``epoch``, ``global_step`` and the best checkpoint's path and score.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics: dict[str, Any] = {}
+        for key, value in trainer.callback_metrics.items():
+            number = _as_float(value)
+            if number is not None:
+                metrics[key] = number
+        metrics["epoch"] = trainer.current_epoch
+        metrics["global_step"] = trainer.global_step
+        ckpt = trainer.checkpoint_callback
+        if ckpt is not None and getattr(ckpt, "best_model_path", ""):
+            metrics["best_model_path"] = ckpt.best_model_path
+            score = _as_float(ckpt.best_model_score)
+            if score is not None:
+                metrics[f"best/{ckpt.monitor}"] = score
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)

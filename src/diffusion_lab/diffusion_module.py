@@ -1,0 +1,124 @@
+"""LightningModule that trains a ConditionalUNet with the DDPM noise-prediction loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.optim import Optimizer
+
+from diffusion_lab.schedules import NoiseSchedule
+from diffusion_lab.unet import ConditionalUNet
+
+#: Checkpoint key that holds the resolved run configuration, so a checkpoint rebuilds its model.
+CONFIG_KEY = "diffusion_lab_config"
+
+
+class DiffusionModule(L.LightningModule):
+    """DDPM training: ``loss = || eps - unet(q_sample(x0, t, eps), t, y) ||^2``.
+
+    Labels are replaced by the null class with probability ``cond_drop_prob`` so the same
+    network also learns the unconditional model that classifier-free guidance needs.
+    The validation loss uses fixed timesteps and noise (seeded per batch), so it is
+    comparable across epochs and runs.
+
+    ``run_config`` (set by the training entry point) is stored in every checkpoint, which
+    :meth:`load_checkpoint` uses to rebuild the module without the original config files.
+
+    Args:
+        unet: the noise predictor.
+        schedule: the noise schedule.
+        optimizer: factory ``params -> Optimizer`` (a Hydra ``_partial_``).
+        lr_scheduler: factory ``optimizer -> ReduceLROnPlateau`` (or any scheduler), optional.
+        cond_drop_prob: probability of training a sample unconditionally, in [0, 1).
+        val_seed: seed of the validation timesteps and noise.
+        channels_last: run convolutions in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        unet: ConditionalUNet,
+        schedule: NoiseSchedule,
+        optimizer: Callable[..., Optimizer],
+        lr_scheduler: Callable[[Optimizer], Any] | None = None,
+        cond_drop_prob: float = 0.1,
+        val_seed: int = 1234,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= cond_drop_prob < 1.0:
+            raise ValueError(f"model.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+        self.save_hyperparameters(ignore=["unet", "schedule", "optimizer", "lr_scheduler"], logger=False)
+        self.unet = unet
+        self.schedule = schedule
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.cond_drop_prob = cond_drop_prob
+        self.val_seed = val_seed
+        self.channels_last = channels_last
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        self.run_config: dict[str, Any] | None = None
+
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        """Predicted noise ``[B, C, H, W]`` for noisy images ``x`` at timesteps ``t``."""
+        return self.unet(x, t, labels)
+
+    def diffusion_loss(self, x0: Tensor, labels: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Mean squared error between the true and the predicted noise."""
+        x_t = self.schedule.q_sample(x0, t, noise)
+        if self.channels_last:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        return F.mse_loss(self.unet(x_t, t, labels).float(), noise)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x0, labels = batch
+        t = torch.randint(0, self.schedule.timesteps, (len(x0),), device=x0.device)
+        noise = torch.randn_like(x0)
+        drop = torch.rand(len(labels), device=labels.device) < self.cond_drop_prob
+        labels = torch.where(drop, torch.full_like(labels, self.unet.null_class), labels)
+        loss = self.diffusion_loss(x0, labels, t, noise)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(x0))
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x0, labels = batch
+        gen = torch.Generator(device=x0.device).manual_seed(self.val_seed + batch_idx)
+        t = torch.randint(0, self.schedule.timesteps, (len(x0),), device=x0.device, generator=gen)
+        noise = torch.randn(x0.shape, device=x0.device, generator=gen)
+        loss = self.diffusion_loss(x0, labels, t, noise)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(x0))
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch", "strict": False},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint[CONFIG_KEY] = self.run_config
+
+    @classmethod
+    def load_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> DiffusionModule:
+        """Rebuild a module from a training checkpoint; its weights are the EMA weights when EMA was on."""
+        from hydra.utils import instantiate
+
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        config = checkpoint.get(CONFIG_KEY)
+        if config is None:
+            raise ValueError(f"{path} holds no {CONFIG_KEY}: it was not written by diffusion-lab-train")
+        schedule = instantiate(config["schedule"])
+        module = instantiate(config["model"], schedule=schedule)
+        module.load_state_dict(checkpoint["state_dict"])
+        module.run_config = config
+        return module.eval()

@@ -1,0 +1,105 @@
+"""Every option of every config group composes, and the parts it names can be built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra.utils import instantiate
+
+from diffusion_lab.config import CONF_DIR
+from diffusion_lab.datamodule import MNISTDataModule
+from diffusion_lab.diffusion_module import DiffusionModule
+from diffusion_lab.schedules import NoiseSchedule
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_groups_have_their_options() -> None:
+    assert options("data") == ["fashion_mnist", "mnist"]
+    assert options("model") == ["base", "large", "small"]
+    assert options("schedule") == ["cosine", "linear", "quadratic"]
+    assert set(options("trainer")) >= {"cpu", "gpu", "ddp"}
+    assert set(options("logger")) == {"csv", "tensorboard", "wandb", "none"}
+    assert options("experiment"), "experiments/ must be reachable as the experiment group"
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_data_options(compose_train, name: str) -> None:
+    cfg = compose_train(f"data={name}")
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, MNISTDataModule)
+    assert dm.name == name and dm.num_classes == 10
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_model_options(compose_train, name: str) -> None:
+    cfg = compose_train(f"model={name}")
+    schedule = instantiate(cfg.schedule)
+    model = instantiate(cfg.model, schedule=schedule)
+    assert isinstance(model, DiffusionModule)
+    assert list(model.unet.down_chs) == list(cfg.model.unet.down_chs)
+    assert model.unet.num_classes == 10
+
+
+def test_model_presets_have_documented_channels(compose_train) -> None:
+    expected = {"small": [16, 32, 64], "base": [32, 64, 128], "large": [64, 128, 256, 512]}
+    for name, chs in expected.items():
+        assert list(compose_train(f"model={name}").model.unet.down_chs) == chs
+
+
+def test_unet_override_from_command_line(compose_train) -> None:
+    cfg = compose_train("model.unet.down_chs=[32,64,128]", "model.unet.attention_levels=[1,2]")
+    model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+    assert model.unet.down_chs == (32, 64, 128)
+
+
+@pytest.mark.parametrize("name", options("schedule"))
+def test_schedule_options(compose_train, name: str) -> None:
+    cfg = compose_train(f"schedule={name}", "diffusion.timesteps=200")
+    schedule = instantiate(cfg.schedule)
+    assert isinstance(schedule, NoiseSchedule)
+    assert schedule.name == name and schedule.timesteps == 200
+
+
+@pytest.mark.parametrize("name", options("trainer"))
+def test_trainer_options(compose_train, name: str) -> None:
+    cfg = compose_train(f"trainer={name}")
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    if cfg.trainer.accelerator in ("cpu", "auto"):
+        trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        assert isinstance(trainer, L.Trainer)
+
+
+@pytest.mark.parametrize("name", options("logger"))
+def test_logger_options(compose_train, name: str, tmp_path: Path) -> None:
+    cfg = compose_train(f"logger={name}")
+    if name == "none":
+        assert not cfg.logger
+    elif name == "wandb":
+        assert cfg.logger.offline is True
+    else:
+        logger = instantiate(cfg.logger)
+        assert Path(logger.save_dir) == tmp_path
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiment_options(compose_train, name: str) -> None:
+    cfg = compose_train(f"experiment={name}")
+    instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+
+
+def test_callbacks_build_in_order(compose_train) -> None:
+    cfg = compose_train()
+    names = list(cfg.callbacks)
+    assert names.index("sample_grid") < names.index("ema"), "grids must be drawn while EMA weights are in"
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    assert all(isinstance(c, L.Callback) for c in callbacks)
+
+
+def test_run_dirs_live_under_outputs(compose_train) -> None:
+    cfg = compose_train()
+    assert Path(cfg.hydra.run.dir).parent == CONF_DIR.parent / "outputs" / "train"

