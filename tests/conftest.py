@@ -26,6 +26,7 @@ def compose_train(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
             cfg = compose(config_name="train", return_hydra_config=True, overrides=list(overrides))
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):
+            del cfg.hydra  # the entry point's config has no `hydra` key; ${hydra:...} reads HydraConfig
             cfg.paths.output_dir = str(tmp_path)
         return cfg
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from diffusion_lab.config import CONF_DIR
@@ -101,5 +102,5 @@ def test_callbacks_build_in_order(compose_train) -> None:
 
 
 def test_run_dirs_live_under_outputs(compose_train) -> None:
-    cfg = compose_train()
-    assert Path(cfg.hydra.run.dir).parent == CONF_DIR.parent / "outputs" / "train"
+    compose_train()
+    assert Path(HydraConfig.get().run.dir).parent == CONF_DIR.parent / "outputs" / "train"

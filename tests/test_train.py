@@ -34,7 +34,7 @@ def test_short_run_leaves_checkpoint_metrics_and_grid(dataset: str, tmp_path: Pa
     assert metrics["global_step"] == 20
     assert 0 < metrics["val/loss"] < 2 and "train/loss" in metrics
     grid = Image.open(run_dir / "samples" / "final.png")
-    assert grid.size[0] > grid.size[1], "2 columns per class x 10 class rows, padded"
+    assert grid.size == (2 * 30 + 2, 10 * 30 + 2), "10 class rows x 2 columns of 28x28 images, 2 px padding"
     assert len(list((run_dir / "samples").glob("epoch_*.png"))) == 2  # val_check_interval=10 of 20 steps
     assert (run_dir / "csv" / "metrics.csv").is_file()
     assert "Sample grid:" in proc.stderr + proc.stdout and "last.ckpt" in proc.stderr + proc.stdout
@@ -52,8 +52,6 @@ def test_checkpoint_reloads_with_ema_weights(compose_train, tmp_path: Path) -> N
     assert any(not torch.equal(ema[k], raw[k]) for k in ema), "EMA weights differ from the raw weights"
     for key, value in module.state_dict().items():
         torch.testing.assert_close(value, ema[key])
-    x, t, y = torch.randn(2, 1, 28, 28), torch.tensor([10, 500]), torch.tensor([1, 2])
-    torch.testing.assert_close(module(x, t, y), module.unet(x, t, y))
 
 
 @pytest.mark.slow
