@@ -62,3 +62,39 @@ def test_missing_data_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert "run `make data`" in proc.stderr
     assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_resume_continues_from_last_checkpoint(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_train("experiment=smoke", f"hydra.run.dir={first}").returncode == 0
+    last = first / "checkpoints" / "last.ckpt"
+    resume = ("trainer.max_steps=30", "trainer.max_epochs=2", f"ckpt_path={last}")
+    proc = run_train("experiment=smoke", *resume, f"hydra.run.dir={second}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((second / "metrics.json").read_text())["global_step"] == 30
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_schedules(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    proc = run_train("-m", "experiment=smoke", "schedule=linear,cosine", f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("0", "1"):
+        assert (sweep_dir / job / "metrics.json").is_file()
+        assert (sweep_dir / job / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
+    """The `ddp` trainer config, run with two CPU processes (gloo) instead of two GPUs."""
+    run_dir = tmp_path / "run"
+    proc = run_train(
+        "experiment=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={run_dir}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["global_step"] == 20 and 0 < metrics["val/loss"] < 2
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "samples" / "final.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "rank 1 writes into the same run directory"
