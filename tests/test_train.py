@@ -98,3 +98,23 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "samples" / "final.png").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "rank 1 writes into the same run directory"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.unet.activation=relu", "model.unet.activation must be one of"),
+        ("diffusion.timesteps=0", "diffusion.timesteps must be a positive integer"),
+        ("model.cond_drop_prob=1.5", "model.cond_drop_prob must be in [0, 1)"),
+        ("+trainer.max_epoch=3", "unexpected keyword argument 'max_epoch'"),
+    ],
+)
+def test_bad_config_value_is_one_clear_line(override: str, message: str, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_train("experiment=smoke", override, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
+    assert not (run_dir / "checkpoints").exists()

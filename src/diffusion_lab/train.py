@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Any
+from typing import NoReturn
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,8 +19,8 @@ from diffusion_lab.datasets import DataError
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Build data, model, callbacks, logger and trainer from ``cfg`` and fit; returns the final metrics."""
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """Instantiate data, model, callbacks, logger and trainer from ``cfg``; nothing is written yet."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     schedule = instantiate(cfg.schedule)
@@ -28,6 +30,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logger_cfg = cfg.get("logger")
     logger = instantiate(logger_cfg) if logger_cfg and "_target_" in logger_cfg else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    return datamodule, model, trainer
+
+
+def fit(
+    cfg: DictConfig, datamodule: L.LightningDataModule, model: L.LightningModule, trainer: L.Trainer
+) -> dict[str, float]:
+    """Fit, say where the checkpoints are, and return the final metrics."""
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and trainer.is_global_zero:
@@ -35,14 +44,35 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Build everything from ``cfg`` and fit; returns the final metrics."""
+    return fit(cfg, *build(cfg))
+
+
+def _exit_with(err: BaseException) -> NoReturn:
+    """Print the root cause of ``err`` as one line and exit 1 (``HYDRA_FULL_ERROR=1`` re-raises)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    if isinstance(err, InstantiationException) and isinstance(err.__cause__, ValueError):
+        err = err.__cause__  # our own checks name the config key and the fix
+    print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    sys.exit(1)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``val/loss`` for sweepers."""
+    """Hydra entry point; returns ``val/loss`` for sweepers.
+
+    A bad config value or missing data ends the run with one line that names the problem.
+    """
     try:
-        metrics = train(cfg)
+        parts = build(cfg)
+    except (InstantiationException, ValueError) as err:
+        _exit_with(err)
+    try:
+        metrics = fit(cfg, *parts)
     except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        _exit_with(err)
     return metrics.get("val/loss")
 
 
