@@ -118,3 +118,17 @@ def test_bad_config_value_is_one_clear_line(override: str, message: str, tmp_pat
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
     assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_sample_grids_reach_tensorboard(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    proc = run_train("experiment=smoke", "logger=tensorboard", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (event_dir,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
+    events = EventAccumulator(str(event_dir), size_guidance={"images": 0}).Reload()
+    assert {"samples/epoch", "samples/final"} <= set(events.Tags()["images"])
+    assert len(events.Images("samples/epoch")) == 2
+    assert "val/loss" in events.Tags()["scalars"]

@@ -25,7 +25,7 @@ class SampleGrid(L.Callback):
 
     The grid uses the weights validation uses, so with EMA on it shows the EMA model; list this
     callback before ``EMAWeightAveraging`` so it runs while the EMA weights are swapped in.
-    PNGs go to ``output_dir`` (``epoch_NNN.png`` and ``final.png``) and to the logger.
+    PNGs go to ``output_dir`` (``epoch_NNN_step_NNNNNN.png`` and ``final.png``) and to the logger.
 
     Args:
         output_dir: folder for the PNG files.
