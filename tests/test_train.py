@@ -41,6 +41,15 @@ def test_short_run_leaves_checkpoint_metrics_and_grid(dataset: str, tmp_path: Pa
 
 
 @pytest.mark.slow
+def test_runs_without_a_logger(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_train("experiment=smoke", "logger=none", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 20
+    assert (run_dir / "samples" / "final.png").is_file() and not (run_dir / "csv").exists()
+
+
+@pytest.mark.slow
 def test_checkpoint_reloads_with_ema_weights(compose_train, tmp_path: Path) -> None:
     cfg = compose_train("experiment=smoke", "trainer.max_steps=30", "trainer.limit_train_batches=30")
     train(cfg)

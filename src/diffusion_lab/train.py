@@ -11,6 +11,7 @@ import hydra
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.config import CONF_DIR
@@ -29,6 +30,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     logger_cfg = cfg.get("logger")
     logger = instantiate(logger_cfg) if logger_cfg and "_target_" in logger_cfg else False
+    if not logger:  # `logger=none`: the learning rate has nowhere to go, and Lightning refuses the monitor
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     return datamodule, model, trainer
 
