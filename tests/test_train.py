@@ -23,6 +23,15 @@ def run_train(*overrides: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*TRAIN, *overrides], capture_output=True, text=True, env=env, timeout=600)
 
 
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], run_dir: Path, message: str) -> None:
+    """The run failed with exit 1 and one ``error:`` line holding ``message``, no traceback, no checkpoint."""
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
+    assert not (run_dir / "checkpoints").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
 def test_short_run_leaves_checkpoint_metrics_and_grid(dataset: str, tmp_path: Path) -> None:
@@ -67,10 +76,7 @@ def test_checkpoint_reloads_with_ema_weights(compose_train, tmp_path: Path) -> N
 def test_missing_data_is_one_clear_line(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = run_train("experiment=smoke", f"paths.data_dir={tmp_path / 'nodata'}", f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    assert "run `make data`" in proc.stderr
-    assert not (run_dir / "checkpoints").exists()
+    assert_one_line_error(proc, run_dir, "run `make data`")
 
 
 @pytest.mark.slow
@@ -122,11 +128,7 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
 def test_bad_config_value_is_one_clear_line(override: str, message: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = run_train("experiment=smoke", override, f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
-    assert not (run_dir / "checkpoints").exists()
+    assert_one_line_error(proc, run_dir, message)
 
 
 @pytest.mark.slow
