@@ -6,12 +6,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_lab.config import CONF_DIR, project_root
+from diffusion_lab.diffusion_module import CONFIG_KEY
 
 DATA_DIR = project_root() / "data"
 
@@ -38,3 +41,18 @@ def compose_train(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 def data_dir() -> Path:
     """The prepared data of the checkout (``make data``)."""
     return DATA_DIR
+
+
+@pytest.fixture
+def make_checkpoint(compose_train: Callable[..., DictConfig], tmp_path: Path) -> Callable[..., Path]:
+    """Write an untrained checkpoint as training writes it (weights + resolved config) for a small U-Net."""
+
+    def _make(*overrides: str, name: str = "model.ckpt") -> Path:
+        cfg = compose_train("model.unet.down_chs=[8,16]", "diffusion.timesteps=100", *overrides)
+        torch.manual_seed(0)
+        model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+        path = tmp_path / name
+        torch.save({"state_dict": model.state_dict(), CONFIG_KEY: OmegaConf.to_container(cfg, resolve=True)}, path)
+        return path
+
+    return _make

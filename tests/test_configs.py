@@ -6,13 +6,16 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from diffusion_lab.config import CONF_DIR
 from diffusion_lab.datamodule import MNISTDataModule
 from diffusion_lab.diffusion_module import DiffusionModule
-from diffusion_lab.schedules import NoiseSchedule
+from diffusion_lab.samplers import SAMPLERS
+from diffusion_lab.schedules import NoiseSchedule, cosine
 
 
 def options(group: str) -> list[str]:
@@ -26,6 +29,7 @@ def test_groups_have_their_options() -> None:
     assert set(options("trainer")) >= {"cpu", "gpu", "ddp"}
     assert set(options("logger")) == {"csv", "tensorboard", "wandb", "none"}
     assert options("experiment"), "experiments/ must be reachable as the experiment group"
+    assert options("sampler") == sorted(SAMPLERS)
 
 
 @pytest.mark.parametrize("name", options("data"))
@@ -104,3 +108,15 @@ def test_callbacks_build_in_order(compose_train) -> None:
 def test_run_dirs_live_under_outputs(compose_train) -> None:
     compose_train()
     assert Path(HydraConfig.get().run.dir).parent == CONF_DIR.parent / "outputs" / "train"
+
+
+@pytest.mark.parametrize("name", options("sampler"))
+def test_sampler_options_build_the_named_sampler(name: str) -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="sample", overrides=[f"sampler={name}", "ckpt=x.ckpt"])
+    GlobalHydra.instance().clear()
+    sampler = instantiate(cfg.sampler, schedule=cosine(1000))
+    assert isinstance(sampler, SAMPLERS[name])
+    assert sampler.num_steps == {"ddpm": 1000, "ddim": 50, "dpm_solver": 20}[name]
+    assert cfg.label == "all" and cfg.guidance == 2.0 and cfg.steps is None

@@ -30,8 +30,8 @@ class SampleGrid(L.Callback):
     Args:
         output_dir: folder for the PNG files.
         num_per_class: images per class (grid columns).
-        sampler: ``ddim`` or ``ddpm``.
-        steps: DDIM steps.
+        sampler: ``ddim``, ``ddpm`` or ``dpm_solver``.
+        steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight.
         seed: seed of the fixed starting noise.
         every_n_epochs: draw after every n-th validation epoch (the final grid is always drawn).
@@ -42,7 +42,7 @@ class SampleGrid(L.Callback):
         output_dir: str | Path,
         num_per_class: int = 8,
         sampler: str = "ddim",
-        steps: int = 50,
+        steps: int | None = 50,
         guidance: float = 2.0,
         seed: int = 0,
         every_n_epochs: int = 1,

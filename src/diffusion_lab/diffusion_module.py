@@ -113,12 +113,23 @@ class DiffusionModule(L.LightningModule):
         """Rebuild a module from a training checkpoint; its weights are the EMA weights when EMA was on."""
         from hydra.utils import instantiate
 
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        config = checkpoint.get(CONFIG_KEY)
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise ValueError(f"checkpoint not found: {path}") from None
+        except Exception as err:  # truncated, not a zip/pickle, or holding objects outside the safe set
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(
+                f"{path} is not a readable checkpoint ({reason}): pass a .ckpt written by training"
+            ) from err
+        config = checkpoint.get(CONFIG_KEY) if isinstance(checkpoint, dict) else None
         if config is None:
             raise ValueError(f"{path} holds no {CONFIG_KEY}: it was not written by diffusion-lab-train")
         schedule = instantiate(config["schedule"])
         module = instantiate(config["model"], schedule=schedule)
-        module.load_state_dict(checkpoint["state_dict"])
+        try:
+            module.load_state_dict(checkpoint["state_dict"])
+        except (KeyError, RuntimeError) as err:
+            raise ValueError(f"{path} does not match the model its config describes: {err}") from err
         module.run_config = config
         return module.eval()

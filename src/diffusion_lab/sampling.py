@@ -1,11 +1,15 @@
-"""The reverse-process loop with classifier-free guidance, shared by every sampler."""
+"""The reverse-process loop p(x_{0:T}) with classifier-free guidance, shared by every sampler."""
 
 from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
-from diffusion_lab.samplers import SAMPLERS
+from diffusion_lab.samplers import SAMPLERS, Sampler
 from diffusion_lab.schedules import NoiseSchedule
 from diffusion_lab.unet import ConditionalUNet
 
@@ -13,7 +17,8 @@ from diffusion_lab.unet import ConditionalUNet
 def guided_eps(unet: ConditionalUNet, x: Tensor, t: Tensor, labels: Tensor, guidance: float) -> Tensor:
     """Classifier-free guided noise ``(1 + w) eps(x, y) - w eps(x, null)``, in one batched pass.
 
-    With ``guidance == 0`` this is the plain conditional prediction (one forward pass).
+    With ``guidance == 0`` this is the plain conditional prediction (one forward pass of ``[B]``);
+    otherwise one pass of ``[2B]`` over the conditional and the null-class halves.
     """
     if guidance == 0:
         return unet(x, t, labels)
@@ -22,8 +27,8 @@ def guided_eps(unet: ConditionalUNet, x: Tensor, t: Tensor, labels: Tensor, guid
     return (1 + guidance) * eps_cond - guidance * eps_uncond
 
 
-def make_sampler(name: str, schedule: NoiseSchedule, **kwargs: object) -> object:
-    """Build a sampler by name (``ddpm`` or ``ddim``)."""
+def make_sampler(name: str, schedule: NoiseSchedule, **kwargs: object) -> Sampler:
+    """Build a sampler by name (``ddpm``, ``ddim`` or ``dpm_solver``) with its keyword arguments."""
     try:
         cls = SAMPLERS[name]
     except KeyError:
@@ -31,13 +36,51 @@ def make_sampler(name: str, schedule: NoiseSchedule, **kwargs: object) -> object
     return cls(schedule, **kwargs)
 
 
+def check_guidance(guidance: float) -> None:
+    """Refuse a guidance weight that is not a finite number >= 0."""
+    if not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 0:
+        raise ValueError(f"guidance must be a finite number >= 0 (0 = no guidance), got {guidance!r}")
+
+
+@torch.no_grad()
+def sample_progressive(
+    unet: ConditionalUNet,
+    sampler: Sampler,
+    labels: Tensor,
+    noise: Tensor,
+    guidance: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[int, Tensor]]:
+    """Run the reverse process from ``noise``, yielding ``(t, x)`` before the first step and after each.
+
+    ``t`` is the timestep of ``x`` (-1 for the final x_0). The sampler's ``timesteps`` must be set.
+
+    Args:
+        unet: the noise predictor (in eval mode).
+        sampler: a sampler on the model's schedule, after ``set_timesteps``.
+        labels: ``[N]`` class indices.
+        noise: ``[N, C, H, W]`` the starting x_T.
+        guidance: classifier-free guidance weight w (0 = conditional only).
+        generator: RNG of stochastic samplers (on the model's device).
+    """
+    check_guidance(guidance)
+    x = noise
+    timesteps = sampler.timesteps.tolist()
+    yield timesteps[0], x
+    for t in timesteps:
+        t_batch = torch.full((len(labels),), t, device=x.device, dtype=torch.long)
+        eps = guided_eps(unet, x, t_batch, labels, guidance)
+        x = sampler.step(eps.float(), t, x, generator=generator)
+        yield sampler.prev_timestep[t], x
+
+
 @torch.no_grad()
 def sample(
     unet: ConditionalUNet,
     schedule: NoiseSchedule,
     labels: Tensor,
-    sampler: str = "ddim",
-    steps: int | None = 50,
+    sampler: str | Sampler = "ddim",
+    steps: int | None = None,
     guidance: float = 0.0,
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -50,8 +93,8 @@ def sample(
         unet: the noise predictor (in eval mode).
         schedule: the schedule it was trained with.
         labels: ``[N]`` class indices.
-        sampler: ``ddpm`` (all T steps) or ``ddim``.
-        steps: DDIM steps (ignored by DDPM unless it differs from T).
+        sampler: a sampler name (built with ``sampler_kwargs``) or a :class:`Sampler` on ``schedule``.
+        steps: number of steps (the sampler's default when None: DDPM T, DDIM 50, DPM-Solver 20).
         guidance: classifier-free guidance weight w (0 = conditional only).
         noise: ``[N, C, H, W]`` starting noise x_T; drawn from ``generator`` if None.
         generator: RNG for x_T and stochastic steps, for reproducible samples.
@@ -60,14 +103,11 @@ def sample(
         ``[N, C, H, W]`` images in [-1, 1].
     """
     device = schedule.betas.device
-    proc = make_sampler(sampler, schedule, **sampler_kwargs)
-    proc.set_timesteps(steps if sampler == "ddim" else None)
+    proc = make_sampler(sampler, schedule, **sampler_kwargs) if isinstance(sampler, str) else sampler
+    proc.set_timesteps(steps)
     labels = labels.to(device)
     if noise is None:
         noise = torch.randn((len(labels), *image_shape), generator=generator, device=device)
-    x = noise.to(device)
-    for t in proc.timesteps.tolist():
-        t_batch = torch.full((len(labels),), t, device=device, dtype=torch.long)
-        eps = guided_eps(unet, x, t_batch, labels, guidance)
-        x = proc.step(eps.float(), t, x, generator=generator)
+    steps_taken = sample_progressive(unet, proc, labels, noise.to(device), guidance=guidance, generator=generator)
+    _, x = deque(steps_taken, maxlen=1)[0]
     return x.clamp(-1, 1)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
-from typing import NoReturn
 
 import hydra
 import lightning as L
@@ -14,6 +11,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion_lab.cli import exit_with
 from diffusion_lab.config import CONF_DIR
 from diffusion_lab.datasets import DataError
 
@@ -52,16 +50,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return fit(cfg, *build(cfg))
 
 
-def _exit_with(err: BaseException) -> NoReturn:
-    """Print the root cause of ``err`` as one line and exit 1 (``HYDRA_FULL_ERROR=1`` re-raises)."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise err
-    if isinstance(err, InstantiationException) and isinstance(err.__cause__, ValueError):
-        err = err.__cause__  # our own checks name the config key and the fix
-    print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-    sys.exit(1)
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``val/loss`` for sweepers.
@@ -71,11 +59,11 @@ def main(cfg: DictConfig) -> float | None:
     try:
         parts = build(cfg)
     except (InstantiationException, ValueError) as err:
-        _exit_with(err)
+        exit_with(err)
     try:
         metrics = fit(cfg, *parts)
     except DataError as err:
-        _exit_with(err)
+        exit_with(err)
     return metrics.get("val/loss")
 
 

@@ -1,8 +1,19 @@
-"""Reverse-process samplers. Each has ``set_timesteps(num_steps)``, ``timesteps`` and ``step()``."""
+"""Reverse-process samplers, one per module, each with ``set_timesteps()``, ``timesteps`` and ``step()``."""
 
+from diffusion_lab.samplers.base import TIMESTEP_SPACINGS, Sampler, spaced_timesteps
 from diffusion_lab.samplers.ddim import DDIMSampler
 from diffusion_lab.samplers.ddpm import DDPMSampler
+from diffusion_lab.samplers.dpm_solver import DPMSolverSampler
 
-SAMPLERS = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+#: Sampler names as used in configs and on the command line.
+SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpm_solver": DPMSolverSampler}
 
-__all__ = ["SAMPLERS", "DDIMSampler", "DDPMSampler"]
+__all__ = [
+    "SAMPLERS",
+    "TIMESTEP_SPACINGS",
+    "DDIMSampler",
+    "DDPMSampler",
+    "DPMSolverSampler",
+    "Sampler",
+    "spaced_timesteps",
+]

@@ -1,0 +1,158 @@
+"""The notebook API: load a checkpoint, name classes, generate reproducibly, save PNG + NPZ."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusion_lab.datasets import dataset_info
+from diffusion_lab.diffusion_module import CONFIG_KEY, DiffusionModule
+from diffusion_lab.generation import (
+    class_names,
+    generate,
+    generate_number,
+    generate_with_seed,
+    label_index,
+    load_model,
+    resolve_labels,
+    save_samples,
+    to_uint8,
+)
+
+FASHION = dataset_info("fashion_mnist").class_names
+DIGITS = dataset_info("mnist").class_names
+
+
+@pytest.fixture
+def model(make_checkpoint: Callable[..., Path]) -> DiffusionModule:
+    return load_model(make_checkpoint())
+
+
+@pytest.mark.parametrize(
+    ("label", "index"),
+    [("trouser", 1), ("Trouser", 1), ("ankle_boot", 9), ("Ankle boot", 9), ("ankle-boot", 9), ("T-shirt/top", 0),
+     ("t_shirt", 0), ("top", 0), ("sneaker", 7), (3, 3), ("3", 3)],
+)  # fmt: skip
+def test_fashion_class_names_map_to_their_indices(label: int | str, index: int) -> None:
+    assert label_index(label, FASHION) == index
+
+
+@pytest.mark.parametrize("index", range(10))
+def test_every_fashion_name_round_trips(index: int) -> None:
+    assert label_index(FASHION[index], FASHION) == index
+
+
+def test_digit_labels() -> None:
+    assert [label_index(str(d), DIGITS) for d in range(10)] == list(range(10))
+    assert label_index(7, DIGITS) == 7
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [("truck", "unknown label 'truck': use a class index 0..9, a name (t_shirt_top, trouser"),
+     (10, "label 10 is out of range: use 0..9"), (-1, "label -1 is out of range"), (True, "class index or name")],
+)  # fmt: skip
+def test_bad_labels_refused(label: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        label_index(label, FASHION)
+
+
+def test_resolve_labels() -> None:
+    assert resolve_labels(7, 3, DIGITS).tolist() == [7, 7, 7]
+    assert resolve_labels("all", 2, DIGITS).tolist() == [d for d in range(10) for _ in range(2)]
+    assert resolve_labels(["bag", 0], 1, FASHION).tolist() == [8, 0]
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+            resolve_labels(7, bad, DIGITS)
+
+
+def test_class_names_come_from_the_checkpoint(make_checkpoint: Callable[..., Path]) -> None:
+    assert class_names(load_model(make_checkpoint("data=fashion_mnist"))) == FASHION
+    assert class_names(load_model(make_checkpoint(name="digits.ckpt"))) == DIGITS
+
+
+@pytest.mark.parametrize(("sampler", "steps"), [("ddim", 10), ("ddpm", None), ("dpm_solver", 8)])
+def test_same_seed_same_images_other_seed_other_images(model: DiffusionModule, sampler: str, steps: int | None) -> None:
+    labels = [0, 3, 7]
+    a = generate(model, labels, seed=5, sampler=sampler, steps=steps)
+    b = generate(model, labels, seed=5, sampler=sampler, steps=steps)
+    c = generate(model, labels, seed=6, sampler=sampler, steps=steps)
+    assert a.shape == (3, 1, 28, 28) and a.dtype == torch.float32
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_deterministic_samplers_do_not_depend_on_batch_size(model: DiffusionModule) -> None:
+    labels = list(range(10))
+    whole = generate(model, labels, seed=1, steps=10)
+    batched = generate(model, labels, seed=1, steps=10, batch_size=3)
+    torch.testing.assert_close(whole, batched)
+
+
+def test_lab_helpers(model: DiffusionModule) -> None:
+    sevens = generate_number(model, 7, n=4, steps=5)
+    assert sevens.shape == (4, 1, 28, 28)
+    one = generate_with_seed(model, 7, seed=42, steps=5)
+    assert torch.equal(one, generate(model, [7], seed=42, steps=5))
+    assert torch.equal(one, generate_with_seed(model, "7", seed=42, steps=5))
+    assert not torch.equal(one, generate_with_seed(model, 7, seed=43, steps=5))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"guidance": float("nan")}, "guidance must be a finite number"), ({"guidance": float("inf")}, "guidance"),
+     ({"guidance": -1.0}, "guidance"), ({"steps": 101}, r"steps must be in 1\.\.100"), ({"steps": 0}, "steps"),
+     ({"sampler": "euler"}, "unknown sampler 'euler'"), ({"labels": [12]}, "label 12 is out of range"),
+     ({"labels": torch.tensor([10])}, r"labels must lie in 0\.\.9"), ({"labels": []}, "non-empty")],
+)  # fmt: skip
+def test_bad_generation_settings_refused(model: DiffusionModule, kwargs: dict, message: str) -> None:
+    kwargs = {"labels": [1], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        generate(model, **kwargs)
+
+
+def test_save_samples_writes_grid_and_arrays(tmp_path: Path) -> None:
+    images = torch.rand(6, 1, 28, 28)
+    labels = torch.tensor([1, 1, 1, 4, 4, 4])
+    png, npz = save_samples(images, labels, tmp_path / "out" / "grid.png", nrow=3)
+    assert (png.name, npz.name) == ("grid.png", "grid.npz")
+    with np.load(npz) as data:
+        assert data["images"].dtype == np.uint8 and data["images"].shape == (6, 28, 28)
+        assert data["labels"].dtype == np.int64 and data["labels"].tolist() == labels.tolist()
+        np.testing.assert_array_equal(data["images"], to_uint8(images))
+    assert Image.open(png).size == (3 * 30 + 2, 2 * 30 + 2)
+    assert sorted(p.name for p in png.parent.iterdir()) == ["grid.npz", "grid.png"]
+
+
+def test_to_uint8_scale() -> None:
+    images = torch.tensor([0.0, 0.5, 1.0, 1.2]).view(1, 1, 2, 2)
+    assert to_uint8(images).tolist() == [[[0, 128], [255, 255]]]
+
+
+def test_unreadable_checkpoints_refused(tmp_path: Path, make_checkpoint: Callable[..., Path]) -> None:
+    with pytest.raises(ValueError, match="checkpoint not found"):
+        load_model(tmp_path / "missing.ckpt")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        load_model(junk)
+    good = make_checkpoint()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        load_model(truncated)
+    other = torch.load(good, weights_only=True)
+    other[CONFIG_KEY]["model"]["unet"]["down_chs"] = [8, 16, 32]
+    torch.save(other, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="does not match the model its config describes"):
+        load_model(tmp_path / "other.ckpt")
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}}, plain)
+    with pytest.raises(ValueError, match="was not written by diffusion-lab-train"):
+        load_model(plain)
