@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import torch
@@ -31,3 +32,13 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but no GPU is visible: use device=cpu (or auto)")
     return resolved
+
+
+def checkpoint_path(ckpt: str | None) -> Path:
+    """The checkpoint file named by ``ckpt=``, or a one-line reason it cannot be used."""
+    if not ckpt:
+        raise ValueError("ckpt=PATH is required: a checkpoint of diffusion-lab-train (its checkpoints/last.ckpt)")
+    path = Path(ckpt)
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path} (pass ckpt=PATH to a .ckpt file written by training)")
+    return path

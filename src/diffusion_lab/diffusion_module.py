@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,12 @@ class DiffusionModule(L.LightningModule):
         except FileNotFoundError:
             raise ValueError(f"checkpoint not found: {path}") from None
         except Exception as err:  # truncated, not a zip/pickle, or holding objects outside the safe set
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if isinstance(err, pickle.UnpicklingError):  # torch's text here is about weights_only, not the file
+                reason = "not a PyTorch checkpoint, or it holds objects weights-only loading refuses"
+            elif "zip archive" in str(err):
+                reason = "truncated or corrupt file"
+            else:
+                reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
             raise ValueError(
                 f"{path} is not a readable checkpoint ({reason}): pass a .ckpt written by training"
             ) from err

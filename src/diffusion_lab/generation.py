@@ -128,7 +128,7 @@ def generate(
     check_guidance(guidance)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    proc = make_sampler(sampler, model.schedule, **sampler_kwargs) if isinstance(sampler, str) else sampler
+    proc = make_sampler(sampler, model.schedule, **sampler_kwargs)
     proc.set_timesteps(steps)  # refuses steps out of 1..T before any work
     device = model.device
     generator = torch.Generator(device=device).manual_seed(seed)

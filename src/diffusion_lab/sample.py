@@ -11,22 +11,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.cli import exit_with, resolve_device
+from diffusion_lab.cli import checkpoint_path, exit_with, resolve_device
 from diffusion_lab.config import CONF_DIR
 from diffusion_lab.datasets import DataError
 from diffusion_lab.generation import class_names, generate, load_model, resolve_labels, save_samples
 
 log = logging.getLogger(__name__)
-
-
-def checkpoint_path(ckpt: str | None) -> Path:
-    """The checkpoint file named by ``ckpt=``, or a one-line reason it cannot be used."""
-    if not ckpt:
-        raise ValueError("ckpt=PATH is required: a checkpoint of diffusion-lab-train (its checkpoints/last.ckpt)")
-    path = Path(ckpt)
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path} (pass ckpt=PATH to a .ckpt file written by training)")
-    return path
 
 
 def run(cfg: DictConfig) -> tuple[Path, Path]:

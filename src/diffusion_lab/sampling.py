@@ -27,12 +27,14 @@ def guided_eps(unet: ConditionalUNet, x: Tensor, t: Tensor, labels: Tensor, guid
     return (1 + guidance) * eps_cond - guidance * eps_uncond
 
 
-def make_sampler(name: str, schedule: NoiseSchedule, **kwargs: object) -> Sampler:
-    """Build a sampler by name (``ddpm``, ``ddim`` or ``dpm_solver``) with its keyword arguments."""
+def make_sampler(sampler: str | Sampler, schedule: NoiseSchedule, **kwargs: object) -> Sampler:
+    """A sampler by name (``ddpm``, ``ddim`` or ``dpm_solver``, built with ``kwargs``); a :class:`Sampler` as is."""
+    if isinstance(sampler, Sampler):
+        return sampler
     try:
-        cls = SAMPLERS[name]
+        cls = SAMPLERS[sampler]
     except KeyError:
-        raise ValueError(f"unknown sampler {name!r}: use one of {', '.join(SAMPLERS)}") from None
+        raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}") from None
     return cls(schedule, **kwargs)
 
 
@@ -103,7 +105,7 @@ def sample(
         ``[N, C, H, W]`` images in [-1, 1].
     """
     device = schedule.betas.device
-    proc = make_sampler(sampler, schedule, **sampler_kwargs) if isinstance(sampler, str) else sampler
+    proc = make_sampler(sampler, schedule, **sampler_kwargs)
     proc.set_timesteps(steps)
     labels = labels.to(device)
     if noise is None:
