@@ -109,7 +109,8 @@ def test_lab_helpers(model: DiffusionModule) -> None:
     [({"guidance": float("nan")}, "guidance must be a finite number"), ({"guidance": float("inf")}, "guidance"),
      ({"guidance": -1.0}, "guidance"), ({"steps": 101}, r"steps must be in 1\.\.100"), ({"steps": 0}, "steps"),
      ({"sampler": "euler"}, "unknown sampler 'euler'"), ({"labels": [12]}, "label 12 is out of range"),
-     ({"labels": torch.tensor([10])}, r"labels must lie in 0\.\.9"), ({"labels": []}, "non-empty")],
+     ({"labels": torch.tensor([10])}, r"labels must lie in 0\.\.9"), ({"labels": []}, "non-empty"),
+     ({"precision": "fp16"}, "precision must be one of 32, bf16"), ({"batch_size": 0}, "batch_size must be positive")],
 )  # fmt: skip
 def test_bad_generation_settings_refused(model: DiffusionModule, kwargs: dict, message: str) -> None:
     kwargs = {"labels": [1], **kwargs}
@@ -156,3 +157,20 @@ def test_unreadable_checkpoints_refused(tmp_path: Path, make_checkpoint: Callabl
     torch.save({"state_dict": {}}, plain)
     with pytest.raises(ValueError, match="was not written by diffusion-lab-train"):
         load_model(plain)
+
+
+def test_precision_sets_autocast_and_stays_deterministic(model: DiffusionModule, monkeypatch) -> None:
+    seen: list[bool] = []
+    forward = model.unet.forward
+
+    def spy(*args: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return forward(*args)
+
+    monkeypatch.setattr(model.unet, "forward", spy)
+    full = generate(model, [2, 5], seed=3, steps=4, precision="32")
+    assert seen == [False] * 4
+    half = generate(model, [2, 5], seed=3, steps=4, precision="bf16")
+    assert seen[4:] == [True] * 4
+    assert torch.equal(half, generate(model, [2, 5], seed=3, steps=4, precision="bf16"))
+    assert (full - half).abs().mean() < 0.05

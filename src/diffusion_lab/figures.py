@@ -36,7 +36,15 @@ from diffusion_lab.config import CONF_DIR
 from diffusion_lab.datamodule import to_unit_range
 from diffusion_lab.datasets import DataError, dataset_info, load_arrays
 from diffusion_lab.diffusion_module import DiffusionModule
-from diffusion_lab.generation import IMAGE_SIZE, Label, class_names, generate, label_index, load_model
+from diffusion_lab.generation import (
+    IMAGE_SIZE,
+    Label,
+    class_names,
+    generate,
+    label_index,
+    load_model,
+    network_precision,
+)
 from diffusion_lab.samplers import SAMPLERS, Sampler
 from diffusion_lab.sampling import check_guidance, make_sampler, sample_progressive
 from diffusion_lab.schedules import NoiseSchedule, cosine, linear, quadratic
@@ -206,6 +214,7 @@ def visualize_generation_steps(
     steps: int | None = None,
     guidance: float = 2.0,
     seed: int = 0,
+    precision: str = "bf16",
     **sampler_kwargs: object,
 ) -> Figure:
     """Snapshots of x_t along the reverse process, from pure noise x_T to the final x_0.
@@ -225,6 +234,7 @@ def visualize_generation_steps(
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight w.
         seed: seed of the starting noise and of stochastic steps.
+        precision: ``bf16`` or ``32``, as for :func:`~diffusion_lab.generation.generate`.
     """
     if isinstance(num_snapshots, bool) or not isinstance(num_snapshots, int) or num_snapshots < 2:
         raise ValueError(f"num_snapshots must be an integer >= 2 (noise and sample), got {num_snapshots!r}")
@@ -240,9 +250,10 @@ def visualize_generation_steps(
     keep = sorted({round(k) for k in np.linspace(0, proc.num_steps, min(num_snapshots, proc.num_steps + 1))})
     snapshots: list[tuple[int, int, Tensor]] = []
     progress = sample_progressive(model.unet, proc, label_idx.to(device), noise, guidance=guidance, generator=generator)
-    for k, (t, x) in enumerate(progress):
-        if k in keep:
-            snapshots.append((k, t, ((x.float().cpu() + 1) / 2).clamp(0, 1)))
+    with network_precision(device, precision):
+        for k, (t, x) in enumerate(progress):
+            if k in keep:
+                snapshots.append((k, t, ((x.float().cpu() + 1) / 2).clamp(0, 1)))
     titles = [
         f"t = {t}\nstep {k}/{proc.num_steps}" if t >= 0 else f"x_0 (sample)\nstep {k}/{proc.num_steps}"
         for k, t, _ in snapshots
@@ -269,6 +280,7 @@ def guidance_sweep(
     seed: int = 0,
     sampler: str | Sampler = "ddim",
     steps: int | None = None,
+    precision: str = "bf16",
     **sampler_kwargs: object,
 ) -> Figure:
     """Samples of every class at each classifier-free guidance weight w, from the same noise.
@@ -285,6 +297,7 @@ def guidance_sweep(
         sampler: ``ddim``, ``ddpm``, ``dpm_solver`` (built with ``sampler_kwargs``), or a :class:`Sampler`
             on the model's schedule.
         steps: sampler steps (None: the sampler's default).
+        precision: ``bf16`` or ``32``, as for :func:`~diffusion_lab.generation.generate`.
     """
     weights = list(weights)
     if not weights:
@@ -305,7 +318,7 @@ def guidance_sweep(
     axes = fig.subplots(1, len(weights), squeeze=False)[0]
     cell = IMAGE_SIZE + 2
     for i, (ax, w) in enumerate(zip(axes, weights, strict=True)):
-        images = generate(model, labels, seed=seed, sampler=proc, steps=steps, guidance=w)
+        images = generate(model, labels, seed=seed, sampler=proc, steps=steps, guidance=w, precision=precision)
         grid = make_grid(images, nrow=num_per_class, padding=2, pad_value=1.0)
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(f"w = {w:g}", fontsize=10)
@@ -363,7 +376,12 @@ def make_figures(cfg: DictConfig) -> list[Path]:
     if model is None:
         log.info("generation_steps.png and guidance_sweep.png need a trained model: pass ckpt=PATH")
     else:
-        sampling = {"sampler": instantiate(cfg.sampler, schedule=model.schedule), "steps": cfg.steps, "seed": cfg.seed}
+        sampling = {
+            "sampler": instantiate(cfg.sampler, schedule=model.schedule),
+            "steps": cfg.steps,
+            "seed": cfg.seed,
+            "precision": str(cfg.precision),
+        }
         figures["generation_steps.png"] = visualize_generation_steps(
             model, num_snapshots=cfg.num_snapshots, guidance=cfg.guidance, **sampling
         )

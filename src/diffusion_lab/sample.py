@@ -29,7 +29,7 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
     sampler = instantiate(cfg.sampler, schedule=model.schedule)
     images = generate(
         model, labels, seed=cfg.seed, sampler=sampler, steps=cfg.steps, guidance=cfg.guidance,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.batch_size, precision=str(cfg.precision),
     )  # fmt: skip
     classes = len(labels) // cfg.num_samples
     nrow = cfg.num_samples if classes > 1 else math.ceil(math.sqrt(len(labels)))

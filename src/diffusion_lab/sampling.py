@@ -15,15 +15,15 @@ from diffusion_lab.unet import ConditionalUNet
 
 
 def guided_eps(unet: ConditionalUNet, x: Tensor, t: Tensor, labels: Tensor, guidance: float) -> Tensor:
-    """Classifier-free guided noise ``(1 + w) eps(x, y) - w eps(x, null)``, in one batched pass.
+    """Classifier-free guided noise ``(1 + w) eps(x, y) - w eps(x, null)`` in float32, in one batched pass.
 
     With ``guidance == 0`` this is the plain conditional prediction (one forward pass of ``[B]``);
     otherwise one pass of ``[2B]`` over the conditional and the null-class halves.
     """
     if guidance == 0:
-        return unet(x, t, labels)
+        return unet(x, t, labels).float()
     null = torch.full_like(labels, unet.null_class)
-    eps_cond, eps_uncond = unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+    eps_cond, eps_uncond = unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float().chunk(2)
     return (1 + guidance) * eps_cond - guidance * eps_uncond
 
 
@@ -72,7 +72,7 @@ def sample_progressive(
     for t in timesteps:
         t_batch = torch.full((len(labels),), t, device=x.device, dtype=torch.long)
         eps = guided_eps(unet, x, t_batch, labels, guidance)
-        x = sampler.step(eps.float(), t, x, generator=generator)
+        x = sampler.step(eps, t, x, generator=generator)
         yield sampler.prev_timestep[t], x
 
 
