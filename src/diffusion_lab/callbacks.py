@@ -1,4 +1,4 @@
-"""Training callbacks: sample grids during training and the run's ``metrics.json``."""
+"""Training callbacks: sample grids, the run's ``metrics.json``, and the stop on a diverged loss."""
 
 from __future__ import annotations
 
@@ -140,3 +140,53 @@ class MetricsJson(L.Callback):
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, self.path)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss or weights; the run stops and keeps its last good checkpoint."""
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stop training at the first NaN/inf training loss, and never write a checkpoint with NaN/inf weights.
+
+    The loss is checked on the device without a host sync each step; the flag is read every
+    ``check_every_n_steps`` steps and before every checkpoint, so a diverged model never
+    overwrites ``last.ckpt``.
+
+    Args:
+        check_every_n_steps: how often the accumulated flag is read (one host sync each time).
+    """
+
+    def __init__(self, check_every_n_steps: int = 10) -> None:
+        if check_every_n_steps <= 0:
+            raise ValueError("callbacks.stop_on_non_finite.check_every_n_steps must be positive")
+        self.check_every_n_steps = check_every_n_steps
+        self._finite: torch.Tensor | None = None
+
+    def _raise_if_diverged(self, trainer: L.Trainer) -> None:
+        if self._finite is not None and not bool(self._finite):
+            ckpt = trainer.checkpoint_callback
+            last = Path(ckpt.dirpath or ".") / "last.ckpt" if ckpt is not None else None
+            kept = (
+                f"the last good checkpoint {last} is kept" if last and last.is_file() else "no checkpoint was written"
+            )
+            raise NonFiniteLossError(
+                f"train/loss became NaN or infinite by step {trainer.global_step} ({kept}): "
+                "lower model.optimizer.lr or set trainer.gradient_clip_val"
+            )
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        finite = torch.isfinite(loss.detach()).all()
+        self._finite = finite if self._finite is None else self._finite & finite
+        if trainer.global_step % self.check_every_n_steps == 0:
+            self._raise_if_diverged(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._raise_if_diverged(trainer)
+        weights = [*pl_module.parameters(), *checkpoint.get("state_dict", {}).values()]
+        if not all(bool(torch.isfinite(w).all()) for w in weights if w.is_floating_point()):
+            self._finite = torch.tensor(False)
+            self._raise_if_diverged(trainer)

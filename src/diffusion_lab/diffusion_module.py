@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.optim import Optimizer
 
+from diffusion_lab.checkpointing import read_checkpoint
 from diffusion_lab.schedules import NoiseSchedule
 from diffusion_lab.unet import ConditionalUNet
 
@@ -114,21 +114,8 @@ class DiffusionModule(L.LightningModule):
         """Rebuild a module from a training checkpoint; its weights are the EMA weights when EMA was on."""
         from hydra.utils import instantiate
 
-        try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise ValueError(f"checkpoint not found: {path}") from None
-        except Exception as err:  # truncated, not a zip/pickle, or holding objects outside the safe set
-            if isinstance(err, pickle.UnpicklingError):  # torch's text here is about weights_only, not the file
-                reason = "not a PyTorch checkpoint, or it holds objects weights-only loading refuses"
-            elif "zip archive" in str(err):
-                reason = "truncated or corrupt file"
-            else:
-                reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
-            raise ValueError(
-                f"{path} is not a readable checkpoint ({reason}): pass a .ckpt written by training"
-            ) from err
-        config = checkpoint.get(CONFIG_KEY) if isinstance(checkpoint, dict) else None
+        checkpoint = read_checkpoint(path, map_location)
+        config = checkpoint.get(CONFIG_KEY)
         if config is None:
             raise ValueError(f"{path} holds no {CONFIG_KEY}: it was not written by diffusion-lab-train")
         schedule = instantiate(config["schedule"])

@@ -20,7 +20,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from hydra.errors import InstantiationException
@@ -31,8 +30,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from diffusion_lab.cli import checkpoint_path, exit_with, resolve_device
-from diffusion_lab.config import CONF_DIR
+from diffusion_lab.cli import checkpoint_path, exit_with, hydra_app, resolve_device
 from diffusion_lab.datamodule import to_unit_range
 from diffusion_lab.datasets import DataError, dataset_info, load_arrays
 from diffusion_lab.diffusion_module import DiffusionModule
@@ -394,7 +392,7 @@ def make_figures(cfg: DictConfig) -> list[Path]:
     return written
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="figures")
+@hydra_app("figures")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point of ``diffusion-lab-figures``; a bad setting or missing data ends it with one line."""
     try:

@@ -6,13 +6,11 @@ import logging
 import math
 from pathlib import Path
 
-import hydra
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.cli import checkpoint_path, exit_with, resolve_device
-from diffusion_lab.config import CONF_DIR
+from diffusion_lab.cli import checkpoint_path, exit_with, hydra_app, resolve_device
 from diffusion_lab.datasets import DataError
 from diffusion_lab.generation import class_names, generate, load_model, resolve_labels, save_samples
 
@@ -41,7 +39,7 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
     return png, npz
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")
+@hydra_app("sample")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a bad label, setting or checkpoint ends the run with one line."""
     try:

@@ -3,27 +3,57 @@
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
-import hydra
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.cli import exit_with
-from diffusion_lab.config import CONF_DIR
+from diffusion_lab.callbacks import NonFiniteLossError
+from diffusion_lab.checkpointing import check_resumable
+from diffusion_lab.cli import checkpoint_path, exit_with, hydra_app
 from diffusion_lab.datasets import DataError
+from diffusion_lab.validation import validate_train_config
 
 log = logging.getLogger(__name__)
 
 
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint ``fit`` continues from: ``ckpt_path``, or the run dir's ``last.ckpt`` with ``resume=true``.
+
+    Refuses to start a fresh run in a folder that already holds one, which would overwrite its checkpoints.
+    """
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if cfg.get("ckpt_path"):
+        return str(checkpoint_path(cfg.ckpt_path))
+    if cfg.get("resume"):
+        if last.is_file():
+            log.info("Resuming from %s", last)
+            return str(last)
+        log.info("resume=true but %s does not exist yet: starting fresh", last)
+        return None
+    if last.is_file():
+        raise ValueError(
+            f"{last.parent.parent} already holds a run: pass resume=true to continue it, or another hydra.run.dir"
+        )
+    return None
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """Instantiate data, model, callbacks, logger and trainer from ``cfg``; nothing is written yet."""
+    """Check ``cfg``, then instantiate data, model, callbacks, logger and trainer; no checkpoint is written yet."""
+    validate_train_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     schedule = instantiate(cfg.schedule)
     model = instantiate(cfg.model, schedule=schedule)
+    try:  # the optimizer is built lazily by Lightning; build it once now so its settings fail early
+        model.configure_optimizers()
+    except ValueError as err:
+        raise ValueError(f"model.optimizer: {err}") from err
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     logger_cfg = cfg.get("logger")
@@ -35,10 +65,13 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
 
 
 def fit(
-    cfg: DictConfig, datamodule: L.LightningDataModule, model: L.LightningModule, trainer: L.Trainer
+    datamodule: L.LightningDataModule, model: L.LightningModule, trainer: L.Trainer, ckpt_path: str | None = None
 ) -> dict[str, float]:
-    """Fit, say where the checkpoints are, and return the final metrics."""
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    """Fit (continuing from ``ckpt_path``), say where the checkpoints are, and return the final metrics.
+
+    Checkpoints are loaded with ``weights_only=True``: resuming never unpickles code.
+    """
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and trainer.is_global_zero:
         log.info("Checkpoints: best %s, last %s/last.ckpt", ckpt.best_model_path or "-", ckpt.dirpath)
@@ -47,23 +80,28 @@ def fit(
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from ``cfg`` and fit; returns the final metrics."""
-    return fit(cfg, *build(cfg))
+    ckpt_path = resume_checkpoint(cfg)
+    return fit(*build(cfg), ckpt_path=ckpt_path)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@hydra_app("train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``val/loss`` for sweepers.
 
     A bad config value or missing data ends the run with one line that names the problem.
     """
     try:
+        ckpt_path = resume_checkpoint(cfg)  # refuses to overwrite a run, before anything is built
         parts = build(cfg)
+        if ckpt_path is not None:
+            check_resumable(ckpt_path, parts[1])
     except (InstantiationException, ValueError) as err:
         exit_with(err)
     try:
-        metrics = fit(cfg, *parts)
-    except DataError as err:
-        exit_with(err)
+        metrics = fit(*parts, ckpt_path=ckpt_path)
+    except (DataError, NonFiniteLossError, MisconfigurationException, ValueError) as err:
+        print(file=sys.stderr)  # end the progress bar's line
+        exit_with(err)  # also Lightning's own late checks of trainer.* values
     return metrics.get("val/loss")
 
 

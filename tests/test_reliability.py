@@ -1,0 +1,250 @@
+"""Reliability: kill-safe resume, SIGTERM, divergence, atomic checkpoints, refusals of bad input, determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusion_lab import train as train_entry
+from diffusion_lab.checkpointing import atomic_torch_save, read_checkpoint
+from diffusion_lab.validation import CHECKS, validate_train_config
+
+TRAIN = [sys.executable, "-m", "diffusion_lab.train"]
+#: A run long enough to be interrupted: 421 steps per epoch, a checkpoint after every 5 steps.
+LONG = (
+    "experiment=smoke",
+    "trainer.limit_train_batches=1.0",
+    "trainer.val_check_interval=5",
+    "trainer.limit_val_batches=1",
+    "trainer.max_steps=400",
+    "callbacks.sample_grid.every_n_epochs=1000",
+)
+
+
+def start_train(*overrides: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.Popen([*TRAIN, *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def run_train(*overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([*TRAIN, *overrides], capture_output=True, text=True, env=env, timeout=600)
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def step_of(path: Path) -> int:
+    return int(read_checkpoint(path)["global_step"])
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("error: ")]
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    rng = random.Random(0)
+    steps = []
+    for _ in range(3):  # checkpoints are written every 5 steps, so kills land in and between writes
+        proc = start_train(*LONG, f"hydra.run.dir={run_dir}", "resume=true")
+        wait_for(last, proc)
+        time.sleep(rng.uniform(0.5, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        steps.append(step_of(last))  # loadable after every kill
+    assert steps == sorted(steps) and steps[-1] > 0, "each restart continues where the last one stopped"
+    done = run_train(*LONG, "trainer.max_steps=60", f"hydra.run.dir={run_dir}", "resume=true")
+    if steps[-1] >= 60:
+        pytest.skip("the killed runs already passed step 60 on this machine")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 60
+    assert step_of(last) == 60
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        logged = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
+    assert min(logged) < 10 and max(logged) >= 55, "the CSV log keeps the rows of every restart"
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_resume_point_and_exits_cleanly(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    proc = start_train(*LONG, "trainer.val_check_interval=100", f"hydra.run.dir={run_dir}")
+    wait_for(run_dir / "csv", proc)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGTERM at step" in out and "resume=true" in out
+    stopped_at = step_of(last)
+    assert 0 < stopped_at < 100, "saved at the signal, not at a validation"
+    done = run_train(*LONG, "trainer.val_check_interval=100", "trainer.max_steps=120", f"hydra.run.dir={run_dir}",
+                     "resume=true")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert step_of(last) == 120
+
+
+@pytest.mark.slow
+def test_diverging_loss_stops_with_one_line_and_keeps_the_good_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    diverging = ("model.optimizer.lr=1e12", "trainer.gradient_clip_val=null")
+    every_step = ("trainer.val_check_interval=1", "trainer.limit_val_batches=1")
+    proc = run_train("experiment=smoke", *diverging, *every_step, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 1
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "train/loss became NaN or infinite" in lines[0], proc.stderr[-2000:]
+    assert f"the last good checkpoint {last} is kept" in lines[0]
+    assert "Traceback" not in proc.stderr
+    checkpoint = read_checkpoint(last)
+    assert 0 < checkpoint["global_step"] < 20
+    for weights in (checkpoint["state_dict"], checkpoint["current_model_state"]):
+        assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_same_seed_same_loss_curve(tmp_path: Path) -> None:
+    curves = []
+    for name in ("a", "b"):
+        run_dir = tmp_path / name
+        assert run_train("experiment=smoke", "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}").returncode == 0
+        with (run_dir / "csv" / "metrics.csv").open() as f:
+            curves.append([(row["step"], row["train/loss"], row["val/loss"]) for row in csv.DictReader(f)])
+    assert len(curves[0]) > 20
+    assert curves[0] == curves[1]
+
+
+def test_atomic_save_never_leaves_a_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1}, path)
+
+    def crash(obj: object, f: object) -> None:
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert read_checkpoint(path) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+# --------------------------------------------------------------------------- bad input, in process
+
+
+def main_in_process(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["diffusion-lab-train", *overrides])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    train_entry.main()
+
+
+BAD_TRAIN_INPUT = [
+    ("data=cifar", "data=cifar is not an option: use one of fashion_mnist, mnist"),
+    ("schedule=exponential", "schedule=exponential is not an option: use one of cosine, linear, quadratic"),
+    ("logger=mlflow", "logger=mlflow is not an option: use one of csv, none, tensorboard, wandb"),
+    ("model=huge", "model=huge is not an option: use one of base, large, small"),
+    ("lable=3", "Could not override 'lable'"),
+    ("trainer.max_epochs=[1", "no viable alternative"),
+    ("diffusion.timesteps=0", "diffusion.timesteps must be a positive integer, got 0"),
+    ("diffusion.timesteps=-5", "diffusion.timesteps must be a positive integer, got -5"),
+    ("model.unet.down_chs=[]", "model.unet.down_chs must be a non-empty list of positive channel counts"),
+    ("model.unet.down_chs=[16,0]", "model.unet.down_chs must be a non-empty list of positive channel counts"),
+    ("model.cond_drop_prob=1.0", "model.cond_drop_prob must be a number in [0, 1), got 1.0"),
+    ("model.cond_drop_prob=-0.1", "model.cond_drop_prob must be a number in [0, 1)"),
+    ("model.optimizer.lr=-0.001", "model.optimizer.lr must be a positive number"),
+    ("model.optimizer.lr=0", "model.optimizer.lr must be a positive number"),
+    ("model.optimizer.weight_decay=-1", "model.optimizer.weight_decay must be a number >= 0"),
+    ("+model.optimizer.betas=[0.9,1.5]", "model.optimizer: Invalid beta parameter"),
+    ("model.unet.activation=relu", "model.unet.activation must be one of"),
+    ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
+    ("data.val_fraction=1.5", "data.val_fraction must be a number strictly between 0 and 1"),
+    ("trainer.max_epochs=x", "trainer.max_epochs must be an integer >= -1"),
+    ("trainer.max_steps=-7", "trainer.max_steps must be an integer >= -1"),
+    ("trainer.precision=8", "trainer.precision must be one of"),
+    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be a number >= 0 or null"),
+    ("callbacks.ema.decay=1.5", "callbacks.ema.decay must be a number strictly between 0 and 1"),
+    ("callbacks.sample_grid.sampler=euler", "callbacks.sample_grid.sampler must be one of ddpm, ddim, dpm_solver"),
+    ("seed=abc", "seed must be an integer"),
+    ("schedule=linear schedule.beta_end=2.0", "every beta must lie in (0, 1)"),
+    ("+trainer.max_epoch=3", "unexpected keyword argument 'max_epoch'"),
+    ("ckpt_path=missing.ckpt", "checkpoint not found: missing.ckpt"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_TRAIN_INPUT)
+def test_bad_training_input_is_one_line_and_writes_nothing(
+    override: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main_in_process(monkeypatch, "experiment=smoke", *override.split(" "), f"hydra.run.dir={run_dir}")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    lines = error_lines(err)
+    assert len(lines) == 1 and message in lines[0], err[-2000:]
+    assert "Traceback" not in err
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_fresh_run_refuses_a_folder_that_holds_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"a previous run")
+    for extra in ((), ("resume=true", f"ckpt_path={last}")):
+        with pytest.raises(SystemExit):
+            main_in_process(monkeypatch, "experiment=smoke", *extra, f"hydra.run.dir={tmp_path / 'run'}")
+        lines = error_lines(capsys.readouterr().err)
+        assert len(lines) == 1 and ("already holds a run: pass resume=true" in lines[0] or "exclusive" in lines[0])
+    assert last.read_bytes() == b"a previous run"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "junk", "other_model"])
+def test_resume_refuses_a_broken_or_foreign_checkpoint(
+    damage: str, make_checkpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    source = make_checkpoint("model.unet.down_chs=[8,32]")
+    if damage == "truncate":
+        last.write_bytes(source.read_bytes()[:5000])
+    elif damage == "junk":
+        last.write_text("not a checkpoint")
+    else:
+        last.write_bytes(source.read_bytes())
+    before = last.read_bytes()
+    with pytest.raises(SystemExit):
+        main_in_process(monkeypatch, "experiment=smoke", "resume=true", f"hydra.run.dir={run_dir}")
+    lines = error_lines(capsys.readouterr().err)
+    expected = {"truncate": "truncated or corrupt", "junk": "not a PyTorch checkpoint", "other_model": "another model"}
+    assert len(lines) == 1 and expected[damage] in lines[0]
+    assert last.read_bytes() == before
+
+
+def test_every_check_names_a_real_config_key(compose_train) -> None:
+    cfg = compose_train()
+    validate_train_config(cfg)  # the default config passes
+    from omegaconf import OmegaConf
+
+    for key, _, _ in CHECKS:
+        assert OmegaConf.select(cfg, key, default="missing") != "missing", key
