@@ -248,3 +248,28 @@ def test_every_check_names_a_real_config_key(compose_train) -> None:
 
     for key, _, _ in CHECKS:
         assert OmegaConf.select(cfg, key, default="missing") != "missing", key
+
+
+def test_full_error_gives_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["diffusion-lab-train", "experiment=smoke", "data.batch_size=0",
+                                      f"hydra.run.dir={tmp_path}"])  # fmt: skip
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ValueError, match=r"data\.batch_size must be a positive integer"):
+        train_entry.main()
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(MARKER),))
+
+
+MARKER = Path(os.environ.get("TMPDIR", "/tmp")) / "diffusion-lab-unpickled-code"
+
+
+def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path: Path) -> None:
+    MARKER.unlink(missing_ok=True)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload()}, evil)
+    with pytest.raises(ValueError, match="holds objects weights-only loading refuses"):
+        read_checkpoint(evil)
+    assert not MARKER.exists()
