@@ -121,7 +121,7 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     [
         ("model.unet.activation=relu", "model.unet.activation must be one of"),
         ("diffusion.timesteps=0", "diffusion.timesteps must be a positive integer"),
-        ("model.cond_drop_prob=1.5", "model.cond_drop_prob must be in [0, 1)"),
+        ("model.cond_drop_prob=1.5", "model.cond_drop_prob must be a number in [0, 1)"),
         ("+trainer.max_epoch=3", "unexpected keyword argument 'max_epoch'"),
     ],
 )
