@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from diffusion_lab.config import CONF_DIR
+from diffusion_lab.config import CONF_DIR, run_id
 from diffusion_lab.datamodule import MNISTDataModule
 from diffusion_lab.diffusion_module import DiffusionModule
 from diffusion_lab.samplers import SAMPLERS
@@ -86,6 +86,9 @@ def test_logger_options(compose_train, name: str, tmp_path: Path) -> None:
         assert not cfg.logger
     elif name == "wandb":
         assert cfg.logger.offline is True
+        assert cfg.logger.id == compose_train(f"logger={name}").logger.id, "a resumed run keeps its wandb run"
+        assert len(cfg.logger.id) == 12 and cfg.logger.resume == "allow"
+        assert run_id(str(tmp_path / "other")) != cfg.logger.id
     else:
         logger = instantiate(cfg.logger)
         assert Path(logger.save_dir) == tmp_path

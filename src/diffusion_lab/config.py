@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -23,12 +24,19 @@ def project_root() -> Path:
 CONF_DIR = project_root() / "conf"
 
 
+def run_id(run_dir: str) -> str:
+    """A logger run id that is the same for every start of the run in ``run_dir``, so a resume continues it."""
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+
+
 def register_resolvers() -> None:
-    """``${project_root:}`` and ``${num_classes:NAME}`` for the config tree."""
+    """``${project_root:}``, ``${num_classes:NAME}`` and ``${run_id:DIR}`` for the config tree."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("num_classes"):
         OmegaConf.register_new_resolver("num_classes", lambda name: dataset_info(name).num_classes)
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", run_id)
 
 
 register_resolvers()
