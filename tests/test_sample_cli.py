@@ -74,8 +74,8 @@ def test_label_list_and_default_output(make_checkpoint: Callable[..., Path], tmp
      ("guidance=-2", "guidance must be a finite number >= 0"), ("steps=101", "steps must be in 1..100"),
      ("sampler.eta=-1", "DDIM eta must be >= 0"), ("sampler.timestep_spacing=even", "unknown timestep_spacing"),
      ("device=tpu", "unknown device 'tpu'"), ("precision=16", "precision must be one of 32, bf16"),
-        ("sampler=euler", "sampler=euler is not an option: use one of ddim, ddpm, dpm_solver"),
-        ("lable=3", "Could not override 'lable'")],
+     ("sampler=euler", "sampler=euler is not an option: use one of ddim, ddpm, dpm_solver"),
+     ("lable=3", "Could not override 'lable'")],
 )  # fmt: skip
 def test_bad_input_is_one_clear_line_and_writes_nothing(
     make_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, override: str,
