@@ -273,3 +273,16 @@ def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="holds objects weights-only loading refuses"):
         read_checkpoint(evil)
     assert not MARKER.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("val_check_interval", ["1.0", "10"])
+def test_best_and_last_checkpoints_are_both_kept(val_check_interval: str, tmp_path: Path) -> None:
+    """Validation at epoch end (the default) and within epochs: best-k by val/loss, last.ckpt at the last step."""
+    run_dir = tmp_path / "run"
+    proc = run_train("experiment=smoke", f"trainer.val_check_interval={val_check_interval}", "trainer.max_epochs=2",
+                     "trainer.max_steps=-1", f"hydra.run.dir={run_dir}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = json.loads((run_dir / "metrics.json").read_text())["best_model_path"]
+    assert Path(best).is_file() and Path(best).name.startswith("epoch")
+    assert step_of(run_dir / "checkpoints" / "last.ckpt") == 40

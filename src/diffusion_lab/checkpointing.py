@@ -116,11 +116,12 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        self._refresh_last(trainer)  # a no-op when the best-k save above already wrote this step
+        if not self._should_save_on_train_epoch_end(trainer):  # else the best-k save comes at epoch end
+            self._refresh_last(trainer)  # a no-op when the best-k save above already wrote this step
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if 0 <= trainer.max_steps <= trainer.global_step:
+        if self._should_save_on_train_epoch_end(trainer) or 0 <= trainer.max_steps <= trainer.global_step:
             self._refresh_last(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
