@@ -106,7 +106,7 @@ def test_diverging_loss_stops_with_one_line_and_keeps_the_good_checkpoint(tmp_pa
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
     diverging = ("model.optimizer.lr=1e12", "trainer.gradient_clip_val=null")
-    every_step = ("trainer.val_check_interval=1", "trainer.limit_val_batches=1")
+    every_step = ("trainer.val_check_interval=2", "trainer.limit_val_batches=1")  # a checkpoint before the NaN
     proc = run_train("experiment=smoke", *diverging, *every_step, f"hydra.run.dir={run_dir}")
     assert proc.returncode == 1
     lines = error_lines(proc.stderr)
