@@ -40,8 +40,10 @@ from diffusion_lab.generation import (
     class_names,
     generate,
     label_index,
+    label_tensor,
     load_model,
     network_precision,
+    starting_noise,
 )
 from diffusion_lab.samplers import SAMPLERS, Sampler
 from diffusion_lab.sampling import check_guidance, make_sampler, sample_progressive
@@ -178,18 +180,6 @@ def plot_schedules(timesteps: int = 1000, schedules: Sequence[NoiseSchedule] | N
     return fig
 
 
-def _labels_tensor(model: DiffusionModule, labels: Tensor | Sequence[Label] | None) -> Tensor:
-    """``[N]`` class indices: every class when None, else the given indices or class names."""
-    if labels is None:
-        return torch.arange(model.unet.num_classes)
-    if isinstance(labels, Tensor):
-        labels = labels.tolist()
-    indices = [label_index(label, class_names(model)) for label in labels]
-    if not indices:
-        raise ValueError("labels must name at least one class")
-    return torch.tensor(indices, dtype=torch.long)
-
-
 def _build_sampler(model: DiffusionModule, sampler: str | Sampler, steps: int | None, **kwargs: object) -> Sampler:
     """A sampler on the model's schedule (by name, built with ``kwargs``, or as given) walking ``steps`` steps."""
     proc = make_sampler(sampler, model.schedule, **kwargs)
@@ -237,12 +227,10 @@ def visualize_generation_steps(
     if isinstance(num_snapshots, bool) or not isinstance(num_snapshots, int) or num_snapshots < 2:
         raise ValueError(f"num_snapshots must be an integer >= 2 (noise and sample), got {num_snapshots!r}")
     check_guidance(guidance)
-    label_idx = _labels_tensor(model, labels)
+    label_idx = label_tensor(model, torch.arange(model.unet.num_classes) if labels is None else labels)
     proc = _build_sampler(model, sampler, steps, **sampler_kwargs)
     device = model.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    shape = (len(label_idx), model.unet.in_channels, IMAGE_SIZE, IMAGE_SIZE)
-    noise = torch.randn(shape, generator=generator, device=device)
+    noise, generator = starting_noise(model, len(label_idx), seed)
     model.eval()
     # Yield k is x after k steps (k = 0: the noise); keep evenly spaced ones, first and last included.
     keep = sorted({round(k) for k in np.linspace(0, proc.num_steps, min(num_snapshots, proc.num_steps + 1))})

@@ -100,6 +100,25 @@ def resolve_labels(label: Label | Sequence[Label], num_samples: int, names: Sequ
     return torch.tensor(indices, dtype=torch.long).repeat_interleave(num_samples)
 
 
+def label_tensor(model: DiffusionModule, labels: Tensor | Sequence[Label] | Label) -> Tensor:
+    """``[N]`` class indices of ``model`` from a tensor, a list of indices / class names, or one of them."""
+    if not isinstance(labels, Tensor):
+        items = [labels] if isinstance(labels, (int, str)) else list(labels)
+        labels = torch.tensor([label_index(item, class_names(model)) for item in items], dtype=torch.long)
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError("labels must be a non-empty 1-d list of classes")
+    if int(labels.min()) < 0 or int(labels.max()) >= model.unet.num_classes:
+        raise ValueError(f"labels must lie in 0..{model.unet.num_classes - 1}")
+    return labels
+
+
+def starting_noise(model: DiffusionModule, num: int, seed: int) -> tuple[Tensor, torch.Generator]:
+    """x_T ``[num, C, 28, 28]`` drawn from ``seed`` on the model's device, and the generator to go on with."""
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    shape = (num, model.unet.in_channels, IMAGE_SIZE, IMAGE_SIZE)
+    return torch.randn(shape, generator=generator, device=model.device), generator
+
+
 @torch.no_grad()
 def generate(
     model: DiffusionModule,
@@ -133,23 +152,14 @@ def generate(
     Returns:
         ``[N, C, 28, 28]`` float images in [0, 1] on the CPU.
     """
-    if not isinstance(labels, Tensor):
-        items = [labels] if isinstance(labels, (int, str)) else list(labels)
-        labels = torch.tensor([label_index(item, class_names(model)) for item in items], dtype=torch.long)
-    if labels.ndim != 1 or len(labels) == 0:
-        raise ValueError("labels must be a non-empty 1-d list of classes")
-    if int(labels.min()) < 0 or int(labels.max()) >= model.unet.num_classes:
-        raise ValueError(f"labels must lie in 0..{model.unet.num_classes - 1}")
+    labels = label_tensor(model, labels)
     check_guidance(guidance)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     autocast = network_precision(model.device, precision)
     proc = make_sampler(sampler, model.schedule, **sampler_kwargs)
     proc.set_timesteps(steps)  # refuses steps out of 1..T before any work
-    device = model.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    shape = (len(labels), model.unet.in_channels, IMAGE_SIZE, IMAGE_SIZE)
-    noise = torch.randn(shape, generator=generator, device=device)
+    noise, generator = starting_noise(model, len(labels), seed)
     model.eval()
     with autocast:
         chunks = [
