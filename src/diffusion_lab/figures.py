@@ -44,6 +44,7 @@ from diffusion_lab.generation import (
     load_model,
     network_precision,
     starting_noise,
+    trained_dataset,
 )
 from diffusion_lab.samplers import SAMPLERS, Sampler
 from diffusion_lab.sampling import check_guidance, make_sampler, sample_progressive
@@ -351,7 +352,7 @@ def make_figures(cfg: DictConfig) -> list[Path]:
     device = resolve_device(cfg.device)
     model = load_model(checkpoint_path(cfg.ckpt), device) if cfg.ckpt else None
     # The checkpoint's own dataset when it records one, else data=NAME.
-    trained_on = (model.run_config or {}).get("data", {}).get("name") if model is not None else None
+    trained_on = trained_dataset(model) if model is not None else None
     dataset = trained_on or cfg.data.name
     image = _test_image(dataset, cfg.image_label, cfg.paths.data_dir)
     schedules = default_schedules(cfg.timesteps)

@@ -38,16 +38,21 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> Diffusio
     return DiffusionModule.load_checkpoint(ckpt, map_location=device).to(device)
 
 
+def trained_dataset(model: DiffusionModule) -> str | None:
+    """Name of the dataset the model was trained on, as its checkpoint records it (None when unknown)."""
+    return (model.run_config or {}).get("data", {}).get("name")
+
+
 def class_names(model: DiffusionModule) -> tuple[str, ...]:
     """Class names of the dataset the model was trained on (indices as strings when unknown)."""
-    config = model.run_config or {}
-    name = config.get("data", {}).get("name")
+    name = trained_dataset(model)
     if name is None:
         return tuple(str(i) for i in range(model.unet.num_classes))
     return dataset_info(name).class_names
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """``Ankle boot`` -> ``ankle_boot``: a class name as a key, a file name or a command-line label."""
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
@@ -66,13 +71,13 @@ def label_index(label: Label, names: Sequence[str]) -> int:
         raise ValueError(f"label {index} is out of range: use 0..{len(names) - 1} or a class name")
     aliases: dict[str, int] = {}
     for i, name in enumerate(names):
-        aliases[_slug(name)] = i
+        aliases[slug(name)] = i
         for part in name.split("/"):  # "T-shirt/top" also answers to "t_shirt" and "top"
-            aliases.setdefault(_slug(part), i)
-    key = _slug(str(label))
+            aliases.setdefault(slug(part), i)
+    key = slug(str(label))
     if key in aliases:
         return aliases[key]
-    choices = ", ".join(_slug(n) for n in names)
+    choices = ", ".join(slug(n) for n in names)
     raise ValueError(f"unknown label {label!r}: use a class index 0..{len(names) - 1}, a name ({choices}) or all")
 
 

@@ -1,0 +1,242 @@
+"""Sample-quality metrics of generated images, each beside the same metric on real images.
+
+An :class:`Evaluator` holds, for one dataset, a class-balanced *reference* sample of real test
+images and a same-sized sample of real training images, and scores any set of images of
+requested classes with:
+
+* ``classifier_accuracy``: the fraction the held-out reference classifier
+  (:mod:`diffusion_lab.classifier`) reads as the requested class, overall and per class;
+* ``fid`` and ``kid`` (torchmetrics) against the reference, in that classifier's 128-d
+  penultimate feature space;
+* ``inception_fid``: the standard FID with InceptionV3 pool features (offline weights, see
+  :mod:`diffusion_lab.inception`);
+* the CLIP metrics of :mod:`diffusion_lab.clip_score`, when a CLIP model is given.
+
+:meth:`Evaluator.real_metrics` scores real images the same way: accuracy and CLIP on the held-out
+reference images, and FID/KID of the training sample against the reference, the floor that two
+independent real samples of this size reach. Distances depend on the sample size, so compare
+numbers only at equal ``num_per_class``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from diffusion_lab.classifier import ClassifierFeatures, load_classifier
+from diffusion_lab.clip_score import ClipScorer
+from diffusion_lab.clip_score import summarize as summarize_clip
+from diffusion_lab.datasets import dataset_info, load_arrays
+from diffusion_lab.generation import slug
+from diffusion_lab.inception import inception_weights
+
+log = logging.getLogger(__name__)
+# KID keeps every feature (128-d, a few thousand images here), and the Inception FID's cached
+# reference statistics are loaded rather than updated: both warnings are expected.
+warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
+warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+
+#: Bumped when the cached Inception statistics would change.
+CACHE_VERSION = 1
+
+
+def balanced_subset(images: Tensor, labels: Tensor, per_class: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``per_class`` random images of every class, class by class (the order generated sets come in)."""
+    generator = torch.Generator().manual_seed(seed)
+    picks = []
+    for index in range(int(labels.max()) + 1):
+        members = torch.nonzero(labels == index).squeeze(1)
+        if len(members) < per_class:
+            raise ValueError(f"num_per_class={per_class} but class {index} has {len(members)} real images")
+        picks.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    chosen = torch.cat(picks)
+    return images[chosen], labels[chosen]
+
+
+def class_keys(dataset: str) -> tuple[str, ...]:
+    """Metric-key names of the classes: ``0``..``9`` for MNIST, ``t_shirt_top``, ``trouser``... for Fashion."""
+    return tuple(slug(name) for name in dataset_info(dataset).class_names)
+
+
+def _stats(metric: FrechetInceptionDistance, which: str) -> dict[str, Tensor]:
+    """The running feature statistics of one side (``real`` or ``fake``) of a FID metric."""
+    return {k: getattr(metric, f"{which}_features_{k}").clone() for k in ("sum", "cov_sum", "num_samples")}
+
+
+def _set_stats(metric: FrechetInceptionDistance, which: str, stats: dict[str, Tensor]) -> None:
+    for key, value in stats.items():
+        setattr(metric, f"{which}_features_{key}", value.to(metric.device))
+    metric.orig_dtype = torch.float32  # compute() casts to the dtype update() saw; the features are float32
+
+
+def _rgb_uint8(images: Tensor) -> Tensor:
+    """``[N, 1, H, W]`` in [0, 1] -> ``[N, 3, H, W]`` uint8, as torch-fidelity's Inception takes them."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+
+
+class Evaluator:
+    """Scores sets of images of requested classes against one dataset's real images.
+
+    Args:
+        dataset: ``mnist`` or ``fashion_mnist``.
+        data_dir: prepared data, the classifier cache and the Inception weights.
+        num_per_class: size of the real reference (and training) sample per class.
+        clip: a :class:`ClipScorer` for the dataset, or None to skip the CLIP metrics.
+        inception: also compute the standard Inception FID (slower: 299 x 299 inputs).
+        device: where the classifier and Inception run.
+        seed: which real images make up the samples.
+        progress: show a progress bar while the classifier trains on first use.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        data_dir: str,
+        num_per_class: int,
+        clip: ClipScorer | None = None,
+        inception: bool = False,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        if num_per_class < 2:
+            raise ValueError(f"num_per_class must be at least 2 for FID, got {num_per_class}")
+        self.dataset = dataset
+        self.keys = class_keys(dataset)
+        self.clip = clip
+        self.device = torch.device(device)
+        arrays = load_arrays(dataset, data_dir)
+
+        def split(name: str, offset: int) -> tuple[Tensor, Tensor]:
+            images = torch.from_numpy(arrays[f"{name}_images"]).unsqueeze(1).float().div_(255)
+            return balanced_subset(images, torch.from_numpy(arrays[f"{name}_labels"]), num_per_class, seed + offset)
+
+        self.reference = split("test", 0)
+        self.train_sample = split("train", 1)
+        self.classifier, self.classifier_test_accuracy = load_classifier(dataset, data_dir, self.device, progress)
+        features = ClassifierFeatures(self.classifier)
+        features.num_features = self.classifier.FEATURE_DIM
+        n = len(self.reference[1])
+        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False).to(self.device)
+        # Every KID subset draws half the images, so kid_std says how much the estimate varies.
+        self.kid = KernelInceptionDistance(
+            feature=features, reset_real_features=False, subset_size=min(1000, n // 2), subsets=50
+        ).to(self.device)
+        started = time.perf_counter()
+        self._update(self.reference[0], real=True)
+        self.inception_fid: FrechetInceptionDistance | None = None
+        if inception:
+            self.inception_fid = FrechetInceptionDistance(
+                feature=2048, feature_extractor_weights_path=str(inception_weights(data_dir)),
+                reset_real_features=False, antialias=False,
+            ).to(self.device)  # fmt: skip
+            self._inception_train_stats = self._inception_reference(Path(data_dir), seed)
+        log.info("Real reference features of %d images in %.1f s", n, time.perf_counter() - started)
+
+    def _inception_reference(self, data_dir: Path, seed: int) -> dict[str, Tensor]:
+        """Load the reference's Inception statistics into the metric; return the training sample's.
+
+        Both are cached under ``<data_dir>/eval_cache/``: they cost two Inception passes over the
+        real samples, the larger part of an evaluation on a CPU.
+        """
+        assert self.inception_fid is not None
+        n = len(self.reference[1]) // len(self.keys)
+        path = data_dir / "eval_cache" / f"inception_{self.dataset}_{n}per_class_seed{seed}_v{CACHE_VERSION}.pt"
+        if path.is_file():
+            try:
+                cached = torch.load(path, map_location=self.device, weights_only=True)
+                _set_stats(self.inception_fid, "real", cached["reference"])
+                return cached["train"]
+            except (OSError, RuntimeError, KeyError, EOFError) as err:
+                log.warning("Ignoring the unreadable Inception cache %s (%s)", path, err)
+        for chunk in self.reference[0].split(250):
+            self.inception_fid.update(_rgb_uint8(chunk.to(self.device)), real=True)
+        for chunk in self.train_sample[0].split(250):
+            self.inception_fid.update(_rgb_uint8(chunk.to(self.device)), real=False)
+        stats = {"reference": _stats(self.inception_fid, "real"), "train": _stats(self.inception_fid, "fake")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save({k: {n: t.cpu() for n, t in v.items()} for k, v in stats.items()}, tmp)
+        os.replace(tmp, path)
+        return stats["train"]
+
+    @torch.no_grad()
+    def _update(self, images: Tensor, real: bool, batch_size: int = 250) -> None:
+        for chunk in images.split(batch_size):
+            chunk = chunk.to(self.device)
+            self.fid.update(chunk, real=real)
+            self.kid.update(chunk, real=real)
+
+    @torch.no_grad()
+    def score(self, images: Tensor, labels: Tensor, prefix: str = "generated") -> dict[str, float]:
+        """All metrics of ``[N, 1, 28, 28]`` images in [0, 1] made for ``labels`` ``[N]``, as ``PREFIX/NAME``."""
+        if images.ndim != 4 or images.shape[1:] != self.reference[0].shape[1:]:
+            raise ValueError(f"expected images of shape [N, 1, 28, 28], got {list(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        images, labels = images.float().cpu(), labels.cpu()
+        return {
+            **self.accuracy(images, labels, prefix),
+            **self.distances(images, prefix),
+            **self.clip_metrics(images, labels, prefix),
+        }
+
+    def accuracy(self, images: Tensor, labels: Tensor, prefix: str) -> dict[str, float]:
+        """``PREFIX/classifier_accuracy`` overall and per class (``PREFIX/classifier_accuracy/KEY``)."""
+        correct = (self.classifier.predict(images) == labels).float()
+        out = {f"{prefix}/classifier_accuracy": float(correct.mean())}
+        for index, key in enumerate(self.keys):
+            mask = labels == index
+            if mask.any():
+                out[f"{prefix}/classifier_accuracy/{key}"] = float(correct[mask].mean())
+        return out
+
+    @torch.no_grad()
+    def distances(self, images: Tensor | None, prefix: str) -> dict[str, float]:
+        """``PREFIX/fid``, ``PREFIX/kid`` (+ ``kid_std``) and ``PREFIX/inception_fid`` against the reference.
+
+        ``images=None`` measures the real training sample (the floor).
+        """
+        for metric in (self.fid, self.kid, self.inception_fid):
+            if metric is not None:
+                metric.reset()  # keeps the reference's features
+        self._update(self.train_sample[0] if images is None else images, real=False)
+        kid_mean, kid_std = self.kid.compute()
+        out = {f"{prefix}/fid": float(self.fid.compute()), f"{prefix}/kid": float(kid_mean)}
+        out[f"{prefix}/kid_std"] = float(kid_std)
+        if self.inception_fid is not None:
+            if images is None:
+                _set_stats(self.inception_fid, "fake", self._inception_train_stats)
+            else:
+                for chunk in images.split(250):
+                    self.inception_fid.update(_rgb_uint8(chunk.to(self.device)), real=False)
+            out[f"{prefix}/inception_fid"] = float(self.inception_fid.compute())
+        return out
+
+    def clip_metrics(self, images: Tensor, labels: Tensor, prefix: str) -> dict[str, float]:
+        """The CLIP metrics, overall and per class; empty without a CLIP model."""
+        if self.clip is None:
+            return {}
+        return summarize_clip(self.clip.score(images, labels), labels, self.keys, prefix)
+
+    def real_metrics(self) -> dict[str, float]:
+        """The ``real/*`` floor: accuracy and CLIP of held-out test images, distances of a training sample."""
+        return {
+            **self.accuracy(*self.reference, prefix="real"),
+            **self.distances(None, prefix="real"),
+            **self.clip_metrics(*self.reference, prefix="real"),
+        }
+
+
+def per_class(metrics: dict[str, float], prefix: str, name: str, keys: Sequence[str]) -> list[float | None]:
+    """The per-class values of ``PREFIX/NAME/KEY`` in class order (None where absent)."""
+    return [metrics.get(f"{prefix}/{name}/{key}") for key in keys]
