@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from diffusion_lab.classifier import ReferenceClassifier, load_classifier
 from diffusion_lab.config import CONF_DIR, project_root
 from diffusion_lab.diffusion_module import CONFIG_KEY
 
@@ -56,3 +58,39 @@ def make_checkpoint(compose_train: Callable[..., DictConfig], tmp_path: Path) ->
         return path
 
     return _make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reference_classifiers(data_dir: Path) -> dict[str, tuple[ReferenceClassifier, float]]:
+    """Both reference classifiers, trained once into ``data/classifiers`` before any test needs them.
+
+    Training runs, tests and the evaluation command all read this cache; training it up front keeps
+    the minute-long first use out of the timed subprocess tests.
+    """
+    return {name: load_classifier(name, data_dir, progress=False) for name in ("mnist", "fashion_mnist")}
+
+
+#: A CLIP small enough to run in tests: ViT with one block, 32-d embeddings, 32 x 32 input.
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder as open_clip saves a model (``open_clip_config.json`` + weights) with a random tiny CLIP.
+
+    Use it as ``clip.model_name=local-dir:FOLDER``; ``FOLDER/open_clip_pytorch_model.bin`` is the
+    weights file on its own.
+    """
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    config = {"model_cfg": TINY_CLIP, "preprocess_cfg": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    model = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return folder

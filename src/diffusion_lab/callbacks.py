@@ -1,4 +1,4 @@
-"""Training callbacks: sample grids, the run's ``metrics.json``, and the stop on a diverged loss."""
+"""Training callbacks: sample grids, sample quality, the run's ``metrics.json``, and the stop on a diverged loss."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
+from diffusion_lab.clip_score import ClipScorer, clip_from_config
+from diffusion_lab.evaluation import Evaluator, class_keys
 from diffusion_lab.sampling import sample
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,138 @@ class SampleGrid(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, pl_module, "final")
         log.info("Sample grid: %s", self.last_path)
+
+
+class SampleQuality(L.Callback):
+    """Classifier accuracy, FID / KID and (with CLIP weights) the CLIP metrics of a fixed sample set.
+
+    Every ``every_n_epochs`` validation epochs and at the end of training, draws ``num_per_class``
+    images of every class from fixed noise (with the EMA weights, like :class:`SampleGrid`; list it
+    before ``EMAWeightAveraging``) and scores them with :class:`~diffusion_lab.evaluation.Evaluator`.
+    Logged as scalars ``eval/classifier_accuracy``, ``eval/fid``, ``eval/kid``, ``eval/clip_score``...,
+    per class ``eval/classifier_accuracy/7``..., and as a per-class table (TensorBoard text,
+    W&B table). The real-image floor is logged once as ``eval_real/*``. The final values also
+    reach ``metrics.json``. With few images per class, FID is biased upwards: follow its trend.
+
+    Args:
+        data_dir: prepared data and the reference-classifier cache.
+        num_per_class: images per class in the fixed set.
+        sampler: ``ddim``, ``ddpm`` or ``dpm_solver``.
+        steps: sampler steps (None: the sampler's default).
+        guidance: classifier-free guidance weight.
+        seed: seed of the fixed starting noise.
+        every_n_epochs: evaluate after every n-th validation epoch (the end of training always).
+        clip: the ``clip`` config group (``conf/clip/``, instantiated or not), or None for no CLIP metrics.
+        inception: also the Inception FID (slow on a CPU).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        num_per_class: int = 10,
+        sampler: str = "ddim",
+        steps: int | None = 50,
+        guidance: float = 2.0,
+        seed: int = 0,
+        every_n_epochs: int = 5,
+        clip: Callable[..., ClipScorer] | Mapping[str, Any] | None = None,
+        inception: bool = False,
+    ) -> None:
+        if num_per_class < 2 or every_n_epochs <= 0:
+            raise ValueError("callbacks.sample_quality: num_per_class must be >= 2 and every_n_epochs positive")
+        self.data_dir = str(data_dir)
+        self.num_per_class = num_per_class
+        self.sampler = sampler
+        self.steps = steps
+        self.guidance = guidance
+        self.seed = seed
+        self.every_n_epochs = every_n_epochs
+        self.clip_config = clip
+        self.inception = inception
+        self._evaluator: Evaluator | None = None
+        self._last: tuple[int, dict[str, float]] | None = None
+        self._logged_step = -1
+
+    def evaluator(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Evaluator:
+        """Built on first use: trains the reference classifier once if it is not cached yet."""
+        if self._evaluator is None:
+            dataset = trainer.datamodule.name
+            clip, status = clip_from_config(self.clip_config, dataset, pl_module.device)
+            log.info("Sample quality: CLIP %s", status)
+            self._evaluator = Evaluator(
+                dataset, self.data_dir, self.num_per_class, clip=clip, inception=self.inception,
+                device=pl_module.device, seed=self.seed,
+            )  # fmt: skip
+            self._log(trainer, self._evaluator.real_metrics(), prefix="eval_real")
+        return self._evaluator
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """``eval/*`` metrics of the fixed sample set at the current weights (cached per global step)."""
+        if self._last is not None and self._last[0] == trainer.global_step:
+            return self._last[1]
+        evaluator = self.evaluator(trainer, pl_module)
+        num_classes = pl_module.unet.num_classes
+        labels = torch.arange(num_classes).repeat_interleave(self.num_per_class)
+        noise = torch.randn(
+            (len(labels), pl_module.unet.in_channels, 28, 28), generator=torch.Generator().manual_seed(self.seed)
+        )
+        was_training = pl_module.training
+        pl_module.eval()
+        images = sample(
+            pl_module.unet, pl_module.schedule, labels.to(pl_module.device), sampler=self.sampler,
+            steps=self.steps, guidance=self.guidance, noise=noise.to(pl_module.device),
+        )  # fmt: skip
+        pl_module.train(was_training)
+        metrics = evaluator.score(((images.float().cpu() + 1) / 2).clamp(0, 1), labels, prefix="eval")
+        self._last = (trainer.global_step, metrics)
+        return metrics
+
+    def _log(self, trainer: L.Trainer, metrics: dict[str, float], prefix: str) -> None:
+        """Scalars to every logger, and the per-class table to TensorBoard (text) and W&B (table)."""
+        renamed = {f"{prefix}/{k.split('/', 1)[1]}": v for k, v in metrics.items()}
+        shown = ("classifier_accuracy", "clip_score", "clip_zero_shot_accuracy")
+        columns = ["class", *(c for c in shown if f"{prefix}/{c}" in renamed)]
+        rows = [
+            [key, *(renamed.get(f"{prefix}/{c}/{key}") for c in columns[1:])]
+            for key in class_keys(trainer.datamodule.name)
+        ]
+        for logger in trainer.loggers:
+            logger.log_metrics(renamed, step=trainer.global_step)
+            if isinstance(logger, TensorBoardLogger):
+                text = _markdown_table(columns, rows)
+                logger.experiment.add_text(f"{prefix}/per_class", text, trainer.global_step)
+            elif isinstance(logger, WandbLogger):
+                logger.log_table(key=f"{prefix}/per_class", columns=columns, data=rows, step=trainer.global_step)
+        # metrics.json (MetricsJson, listed after this callback) reads the final values from here.
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in renamed.items()})
+        self._logged_step = trainer.global_step
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self._log(trainer, self.evaluate(trainer, pl_module), prefix="eval")
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = self.evaluate(trainer, pl_module)
+        if self._logged_step != trainer.global_step or "eval/fid" not in trainer.callback_metrics:
+            self._log(trainer, metrics, prefix="eval")
+        log.info(
+            "Sample quality (%d per class): classifier accuracy %.1f%%, FID %.2f (real floor %.2f)",
+            self.num_per_class, 100 * metrics["eval/classifier_accuracy"], metrics["eval/fid"],
+            float(trainer.callback_metrics["eval_real/fid"]),
+        )  # fmt: skip
+
+
+def _markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table; numbers with three decimals, missing values as ``-``."""
+
+    def cell(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join([*lines, *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)])
 
 
 def _as_float(value: Any) -> float | None:

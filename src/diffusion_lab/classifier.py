@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -160,7 +161,7 @@ def _load_cached(dataset: str, path: Path) -> tuple[ReferenceClassifier, float] 
         model = ReferenceClassifier(dataset_info(dataset).num_classes)
         model.load_state_dict(payload["state_dict"])
         test_accuracy = float(payload["test_accuracy"])
-    except (OSError, RuntimeError, KeyError, TypeError, EOFError) as err:
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
         log.warning("Reference classifier cache %s is unreadable (%s); retraining it", path, err)
         return None
     if payload.get("version") != VERSION or payload.get("dataset") != dataset:

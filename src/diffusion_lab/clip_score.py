@@ -18,13 +18,15 @@ For each image of requested class y, with the dataset's prompt set (``conf/clip/
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from diffusion_lab.datasets import dataset_info
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,8 @@ class PromptSet:
     @classmethod
     def from_config(cls, config: Mapping) -> PromptSet:
         classes, clear = tuple(config["classes"]), tuple(config["clear"])
-        if len(classes) != len(clear) or not classes:
-            raise ValueError("clip.prompts: `classes` and `clear` need one prompt per class")
+        if len(classes) != len(clear) or len(classes) < 2:
+            raise ValueError("clip.prompts: `classes` and `clear` need one prompt per class (two classes or more)")
         return cls(classes, clear, str(config["unclear"]))
 
 
@@ -77,15 +79,32 @@ def _cached_hub_weights(pretrained_cfg: Mapping, cache_dir: str | None) -> str |
 
 def resolve_weights(
     model_name: str, pretrained: str | None, download: bool = False, cache_dir: str | None = None
-) -> str:
+) -> str | None:
     """A local file with the CLIP weights of ``model_name`` / ``pretrained`` (a hub tag or a file path).
+
+    ``model_name`` may also be ``local-dir:FOLDER`` (an ``open_clip_config.json`` and a weights file,
+    as open_clip saves them; ``pretrained`` is ignored, None is returned) or ``hf-hub:ORG/REPO``
+    (fetched by open_clip, so only with ``download=true``).
 
     Raises:
         ClipUnavailable: with the setting that fixes it, when no weights can be had.
     """
     import open_clip
+    from open_clip.factory import _find_checkpoint_in_dir
     from open_clip.pretrained import download_pretrained
 
+    if model_name.startswith("local-dir:"):
+        folder = Path(model_name.removeprefix("local-dir:")).expanduser()
+        if not (folder / "open_clip_config.json").is_file() or _find_checkpoint_in_dir(folder) is None:
+            raise ClipUnavailable(
+                f"{folder} holds no open_clip_config.json and weights file: set clip.model_name=local-dir:FOLDER "
+                "to a folder saved by open_clip"
+            )
+        return None
+    if model_name.startswith("hf-hub:"):
+        if not download:
+            raise ClipUnavailable(f"{model_name} is fetched from the hub: set clip.download=true, or use local-dir:")
+        return None
     if not pretrained:
         raise ClipUnavailable(f"no CLIP weights set for {model_name}: set clip.pretrained to a hub tag or a file")
     path = Path(pretrained).expanduser()
@@ -207,8 +226,9 @@ def load_clip_scorer(
     Args:
         prompts: prompt sets by dataset name (``classes``, ``clear``, ``unclear`` each).
         dataset: ``mnist`` or ``fashion_mnist``.
-        model_name: an open_clip model name (``open_clip.list_models()``).
-        pretrained: a hub tag of that model, or a path to a weights file.
+        model_name: an open_clip model name (``open_clip.list_models()``), or ``local-dir:FOLDER`` for
+            a model open_clip saved (config and weights), or ``hf-hub:ORG/REPO``.
+        pretrained: a hub tag of that model, or a path to a weights file (unused with a ``local-dir:``).
         download: fetch a hub tag's weights when they are not cached (needs the network).
         cache_dir: where hub weights are cached (None: the hub's default cache).
         device: where the model runs.
@@ -222,17 +242,20 @@ def load_clip_scorer(
     if dataset not in prompts:
         raise ClipUnavailable(f"no CLIP prompts for dataset {dataset!r}: add clip.prompts.{dataset}")
     prompt_set = PromptSet.from_config(prompts[dataset])
-    if random_init:
-        weights, label = None, f"{model_name}/random-init"
-    else:
-        weights, label = resolve_weights(model_name, pretrained, download, cache_dir), f"{model_name}/{pretrained}"
+    num_classes = dataset_info(dataset).num_classes
+    if len(prompt_set.classes) != num_classes:
+        found = len(prompt_set.classes)
+        raise ValueError(f"clip.prompts.{dataset} has {found} class prompts for {num_classes} classes")
+    schema = model_name.startswith(("local-dir:", "hf-hub:"))
+    label = f"{model_name}/random-init" if random_init else model_name if schema else f"{model_name}/{pretrained}"
+    weights = None if random_init else resolve_weights(model_name, pretrained, download, cache_dir)
     try:
-        model = open_clip.create_model(model_name, pretrained=weights, device=device, cache_dir=cache_dir)
-    except (RuntimeError, KeyError, ValueError) as err:
+        model = open_clip.create_model(
+            model_name, pretrained=weights, device=device, cache_dir=cache_dir, load_weights=not random_init
+        )
+    except (RuntimeError, KeyError, ValueError, OSError) as err:
         raise ClipUnavailable(f"cannot load CLIP {label} ({' '.join(str(err).split())[:200]})") from err
     tokenizer = open_clip.get_tokenizer(model_name)
-    if len(prompt_set.classes) < 2:
-        raise ValueError("clip.prompts needs at least two classes")
     log.info("CLIP %s loaded for %s", label, dataset)
     return ClipScorer(model, tokenizer, prompt_set, name=label).to(device)
 
@@ -252,20 +275,45 @@ def summarize(scores: Mapping[str, Tensor], labels: Tensor, class_keys: Sequence
 
 
 def clip_from_config(
-    config: Mapping | None, dataset: str, device: str | torch.device = "cpu"
+    config: Mapping | Callable[..., ClipScorer] | None, dataset: str, device: str | torch.device = "cpu"
 ) -> tuple[ClipScorer | None, str]:
     """The scorer that the ``clip`` config group describes, and a one-line status for reports.
 
-    ``clip=none`` (an empty config) and unavailable weights give ``None`` and say why; the CLIP
-    metrics are then skipped and the caller goes on.
+    ``config`` is the group's config, or the partial :func:`load_clip_scorer` that instantiating it
+    gives. ``clip=none`` (an empty config) and unavailable weights give ``None`` and say why; the
+    CLIP metrics are then skipped and the caller goes on.
     """
-    if not config or "_target_" not in config:
-        return None, "disabled (clip=none)"
-    from hydra.utils import instantiate
+    if callable(config):
+        factory = config
+    elif config and "_target_" in config:
+        from hydra.utils import instantiate
 
+        factory = instantiate(config)
+    else:
+        return None, "disabled (clip=none)"
     try:
-        scorer = instantiate(config)(dataset=dataset, device=device)
+        scorer = factory(dataset=dataset, device=device)
     except ClipUnavailable as err:
         log.warning("CLIP metrics skipped: %s", err)
         return None, f"unavailable: {err}"
     return scorer, f"ok: {scorer.name}"
+
+
+@torch.no_grad()
+def select_top(scorer: ClipScorer, images: Tensor, labels: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
+    """CLIP-guided selection: of each class's candidates keep the ``top`` with the highest CLIP score.
+
+    Returns the kept images, their labels and CLIP scores, class by class in the order the classes
+    first appear in ``labels``, best first within a class.
+    """
+    if top <= 0:
+        raise ValueError(f"select_top must be positive, got {top}")
+    scores = scorer.score(images, labels)["clip_score"]
+    keep = []
+    for label in labels.unique_consecutive():
+        members = torch.nonzero(labels == label).squeeze(1)
+        if len(members) < top:
+            raise ValueError(f"select_top={top} but class {int(label)} has only {len(members)} candidates")
+        keep.append(members[scores[members].argsort(descending=True, stable=True)[:top]])
+    kept = torch.cat(keep)
+    return images[kept], labels[kept], scores[kept]

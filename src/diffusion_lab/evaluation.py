@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import time
 import warnings
 from collections.abc import Sequence
@@ -156,7 +157,7 @@ class Evaluator:
                 cached = torch.load(path, map_location=self.device, weights_only=True)
                 _set_stats(self.inception_fid, "real", cached["reference"])
                 return cached["train"]
-            except (OSError, RuntimeError, KeyError, EOFError) as err:
+            except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
                 log.warning("Ignoring the unreadable Inception cache %s (%s)", path, err)
         for chunk in self.reference[0].split(250):
             self.inception_fid.update(_rgb_uint8(chunk.to(self.device)), real=True)

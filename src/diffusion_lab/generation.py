@@ -199,8 +199,16 @@ def to_uint8(images: Tensor) -> np.ndarray:
     return array[:, 0] if array.shape[1] == 1 else array.transpose(0, 2, 3, 1)
 
 
-def save_samples(images: Tensor, labels: Tensor, output: str | Path, nrow: int | None = None) -> tuple[Path, Path]:
+def save_samples(
+    images: Tensor,
+    labels: Tensor,
+    output: str | Path,
+    nrow: int | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+) -> tuple[Path, Path]:
     """Write ``OUTPUT.png`` (a grid, ``nrow`` images a row) and ``OUTPUT.npz`` (``images`` uint8, ``labels`` int64).
+
+    ``extra`` arrays (one value per image, e.g. ``clip_scores``) are stored in the NPZ as well.
 
     Both files are written to temporary names and renamed, so a crash never leaves half a file.
     A ``.png`` or ``.npz`` suffix on ``output`` is dropped.
@@ -213,7 +221,8 @@ def save_samples(images: Tensor, labels: Tensor, output: str | Path, nrow: int |
     grid = make_grid(images, nrow=nrow or min(len(images), 16), padding=2, pad_value=1.0)
     tmp_png, tmp_npz = Path(f"{output}.tmp.png"), Path(f"{output}.tmp.npz")
     save_image(grid, tmp_png, format="png")
-    np.savez_compressed(tmp_npz, images=to_uint8(images), labels=labels.cpu().numpy().astype(np.int64))
+    arrays = {"images": to_uint8(images), "labels": labels.cpu().numpy().astype(np.int64), **(extra or {})}
+    np.savez_compressed(tmp_npz, **arrays)
     os.replace(tmp_png, png)
     os.replace(tmp_npz, npz)
     return png, npz

@@ -1,40 +1,93 @@
-"""``diffusion-lab-sample``: draw images of chosen classes from a checkpoint into a PNG grid and an NPZ."""
+"""``diffusion-lab-sample``: draw images of chosen classes from a checkpoint into a PNG grid and an NPZ.
+
+With ``select_top=N candidates=K`` it draws K candidates per class and keeps the N that CLIP
+scores highest against the class prompt (CLIP-guided selection); the NPZ then also holds
+``clip_scores`` and ``OUTPUT.json`` lists them per class.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 from pathlib import Path
 
+import numpy as np
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.cli import checkpoint_path, exit_with, hydra_app, resolve_device
+from diffusion_lab.clip_score import clip_from_config, select_top
 from diffusion_lab.datasets import DataError
-from diffusion_lab.generation import class_names, generate, load_model, resolve_labels, save_samples
+from diffusion_lab.generation import class_names, generate, load_model, resolve_labels, save_samples, trained_dataset
 
 log = logging.getLogger(__name__)
 
 
+def _selection(cfg: DictConfig) -> tuple[int, int] | None:
+    """``(select_top, candidates)`` when CLIP-guided selection is on, checked; else None."""
+    top, candidates = cfg.get("select_top"), cfg.get("candidates")
+    if top is None:
+        if candidates is not None:
+            raise ValueError("candidates=K needs select_top=N (keep the N best of K per class)")
+        return None
+    if isinstance(top, bool) or not isinstance(top, int) or top <= 0:
+        raise ValueError(f"select_top must be a positive integer, got {top!r}")
+    candidates = 4 * top if candidates is None else candidates
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < top:
+        raise ValueError(f"candidates must be an integer >= select_top={top}, got {candidates!r}")
+    return top, candidates
+
+
 def run(cfg: DictConfig) -> tuple[Path, Path]:
-    """Load the checkpoint, generate ``num_samples`` per requested class and write PNG + NPZ."""
+    """Load the checkpoint, generate ``num_samples`` per requested class (or select them with CLIP), write PNG + NPZ."""
+    selection = _selection(cfg)
     path = checkpoint_path(cfg.ckpt)
-    model = load_model(path, device=resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    model = load_model(path, device=device)
     names = class_names(model)
     label = OmegaConf.to_object(cfg.label) if OmegaConf.is_config(cfg.label) else cfg.label
-    labels = resolve_labels(label, cfg.num_samples, names)
+    per_class = selection[1] if selection else cfg.num_samples
+    labels = resolve_labels(label, per_class, names)
     sampler = instantiate(cfg.sampler, schedule=model.schedule)
+    scorer = None
+    if selection:
+        dataset = trained_dataset(model)
+        clip_cfg = OmegaConf.to_container(cfg.clip) if cfg.get("clip") else None
+        scorer, status = clip_from_config(clip_cfg, dataset, device) if dataset else (None, "unknown dataset")
+        if scorer is None:
+            raise ValueError(f"select_top needs CLIP, which is {status}")
     images = generate(
         model, labels, seed=cfg.seed, sampler=sampler, steps=cfg.steps, guidance=cfg.guidance,
         batch_size=cfg.batch_size, precision=str(cfg.precision),
     )  # fmt: skip
-    classes = len(labels) // cfg.num_samples
-    nrow = cfg.num_samples if classes > 1 else math.ceil(math.sqrt(len(labels)))
-    png, npz = save_samples(images, labels, cfg.output, nrow=nrow)
+    extra, kept = None, per_class
+    if selection:
+        kept = selection[0]
+        images, labels, scores = select_top(scorer, images, labels, kept)
+        extra = {"clip_scores": scores.numpy().astype(np.float32)}
+    classes = len(labels) // kept
+    nrow = kept if classes > 1 else math.ceil(math.sqrt(len(labels)))
+    png, npz = save_samples(images, labels, cfg.output, nrow=nrow, extra=extra)
     drawn = ", ".join(names[i] for i in labels.unique_consecutive().tolist())
     log.info("%d images of %s (%s, %d steps, w=%g, seed %d)", len(labels), drawn, type(sampler).__name__,
              sampler.num_steps, cfg.guidance, cfg.seed)  # fmt: skip
+    if selection:
+        report = {
+            "clip": scorer.name,
+            "candidates_per_class": selection[1],
+            "kept_per_class": kept,
+            "clip_scores": {names[int(c)]: extra["clip_scores"][(labels == c).numpy()].tolist()
+                            for c in labels.unique_consecutive()},
+        }  # fmt: skip
+        scores_path = npz.with_suffix(".json")
+        tmp = scores_path.with_name(f".{scores_path.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, scores_path)
+        log.info("Kept the %d of %d per class with the highest CLIP score (%s); scores in %s",
+                 kept, selection[1], scorer.name, scores_path)  # fmt: skip
     log.info("Wrote %s and %s", png, npz)
     return png, npz
 

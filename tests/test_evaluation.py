@@ -1,0 +1,143 @@
+"""The reference classifier and the Evaluator, on the real datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_lab import classifier as classifier_module
+from diffusion_lab import evaluation
+from diffusion_lab.classifier import ClassifierError, ReferenceClassifier, accuracy, cache_path, load_classifier
+from diffusion_lab.clip_score import ClipScorer
+from diffusion_lab.datasets import load_arrays
+from diffusion_lab.evaluation import Evaluator, balanced_subset, class_keys
+
+
+def scratch_data_dir(data_dir: Path, tmp_path: Path, *keep: str) -> Path:
+    """A data folder with the prepared datasets (and the ``keep`` entries) linked from ``data_dir``."""
+    scratch = tmp_path / "data"
+    scratch.mkdir()
+    for name in ("mnist", "fashion_mnist", *keep):
+        (scratch / name).symlink_to(data_dir / name)
+    return scratch
+
+
+def test_test_split(name: str, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    arrays = load_arrays(name, data_dir)
+    return torch.from_numpy(arrays["test_images"]).unsqueeze(1).float() / 255, torch.from_numpy(arrays["test_labels"])
+
+
+test_test_split.__test__ = False  # a helper, not a test
+
+
+@pytest.mark.parametrize(("name", "floor"), [("mnist", 0.99), ("fashion_mnist", 0.90)])
+def test_cached_classifiers_clear_their_floor_on_the_test_set(name: str, floor: float, data_dir: Path) -> None:
+    model, stored = load_classifier(name, data_dir)
+    measured = accuracy(model, *test_test_split(name, data_dir))
+    assert measured >= floor
+    assert measured == pytest.approx(stored, abs=1e-6), "the cached accuracy is the model's"
+
+
+def test_first_use_trains_caches_and_reuses(data_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    scratch = scratch_data_dir(data_dir, tmp_path)
+    monkeypatch.setitem(classifier_module.EPOCHS, "mnist", 1)  # the mechanism, not the recipe
+    monkeypatch.setitem(classifier_module.MIN_TEST_ACCURACY, "mnist", 0.97)
+    model, acc = load_classifier("mnist", scratch)
+    assert acc >= 0.97 and cache_path("mnist", scratch).is_file()
+    assert "reference classifier (mnist, first use)" in capsys.readouterr().err, "a progress bar"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(classifier_module, "train_classifier", no_training)
+    again, acc_again = load_classifier("mnist", scratch)
+    assert acc_again == acc
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+
+
+def test_below_the_floor_nothing_is_cached(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    scratch = scratch_data_dir(data_dir, tmp_path)
+    monkeypatch.setattr(classifier_module, "train_classifier", lambda *a, **k: (ReferenceClassifier(10).eval(), 0.5))
+    with pytest.raises(ClassifierError, match=r"reached 50.00% test accuracy, below 99%"):
+        load_classifier("mnist", scratch, progress=False)
+    assert not cache_path("mnist", scratch).exists()
+
+
+def test_a_corrupt_cache_is_retrained(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    scratch = scratch_data_dir(data_dir, tmp_path)
+    cache_path("mnist", scratch).parent.mkdir()
+    cache_path("mnist", scratch).write_bytes(b"garbage")
+    monkeypatch.setattr(classifier_module, "train_classifier", lambda *a, **k: (ReferenceClassifier(10).eval(), 0.995))
+    assert load_classifier("mnist", scratch, progress=False)[1] == 0.995
+
+
+def test_balanced_subset_is_per_class_and_deterministic() -> None:
+    labels = torch.arange(10).repeat(50)
+    images = torch.arange(500).float().view(-1, 1, 1, 1)
+    a_images, a_labels = balanced_subset(images, labels, 7, seed=3)
+    b_images, _ = balanced_subset(images, labels, 7, seed=3)
+    assert a_labels.tolist() == [c for c in range(10) for _ in range(7)]
+    assert torch.equal(a_images, b_images) and not torch.equal(a_images, balanced_subset(images, labels, 7, 4)[0])
+    assert (labels[a_images.flatten().long()] == a_labels).all()
+    with pytest.raises(ValueError, match="class 0 has 50 real images"):
+        balanced_subset(images, labels, 51)
+
+
+@pytest.fixture(scope="module")
+def evaluator(data_dir: Path) -> Evaluator:
+    return Evaluator("mnist", str(data_dir), num_per_class=20, progress=False)
+
+
+def test_real_images_score_like_real_images_and_noise_does_not(evaluator: Evaluator, data_dir: Path) -> None:
+    real = evaluator.real_metrics()
+    assert real["real/classifier_accuracy"] >= 0.97
+    assert set(class_keys("mnist")) == {k.rsplit("/", 1)[1] for k in real if k.startswith("real/classifier_accuracy/")}
+    noise = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(10).repeat_interleave(20)
+    fake = evaluator.score(noise, labels)
+    assert fake["generated/classifier_accuracy"] < 0.3
+    assert fake["generated/fid"] > 20 * real["real/fid"] and fake["generated/kid"] > real["real/kid"]
+    # The reference scored against itself: distance zero up to float error.
+    same = evaluator.score(*evaluator.reference)
+    assert same["generated/fid"] < 1e-2 and same["generated/classifier_accuracy"] == real["real/classifier_accuracy"]
+    # Wrong labels on real images: the classifier notices, the label-blind distances do not.
+    shifted = evaluator.score(evaluator.reference[0], (evaluator.reference[1] + 1) % 10)
+    assert shifted["generated/classifier_accuracy"] < 0.05
+    assert shifted["generated/fid"] == pytest.approx(same["generated/fid"], abs=1e-2)
+
+
+def test_score_refuses_mismatched_input(evaluator: Evaluator) -> None:
+    with pytest.raises(ValueError, match=r"shape \[N, 1, 28, 28\]"):
+        evaluator.score(torch.rand(4, 3, 28, 28), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="4 images but 3 labels"):
+        evaluator.score(torch.rand(4, 1, 28, 28), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.slow
+def test_inception_reference_is_cached_with_the_same_result(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    scratch = scratch_data_dir(data_dir, tmp_path, "classifiers", "downloads", "inception")
+    first = Evaluator("fashion_mnist", str(scratch), num_per_class=3, inception=True, progress=False)
+    floor = first.real_metrics()["real/inception_fid"]
+    assert len(list((scratch / "eval_cache").glob("inception_fashion_mnist_3per_class_seed0_*.pt"))) == 1
+    calls = []
+    monkeypatch.setattr(evaluation, "_rgb_uint8", lambda images: calls.append(1))
+    second = Evaluator("fashion_mnist", str(scratch), num_per_class=3, inception=True, progress=False)
+    assert second.real_metrics()["real/inception_fid"] == pytest.approx(floor, rel=1e-6)
+    assert not calls, "the cached reference needs no Inception pass"
+    assert np.isfinite(floor) and floor > 0
+
+
+def test_clip_metrics_join_the_others(data_dir: Path, tiny_clip_dir: Path) -> None:
+    from diffusion_lab.clip_score import load_clip_scorer
+    from test_clip_score import PROMPTS
+
+    clip = load_clip_scorer(PROMPTS, "fashion_mnist", model_name=f"local-dir:{tiny_clip_dir}")
+    assert isinstance(clip, ClipScorer)
+    evaluator = Evaluator("fashion_mnist", str(data_dir), num_per_class=4, clip=clip, progress=False)
+    real = evaluator.real_metrics()
+    for key in ("clip_score", "clip_zero_shot_accuracy", "clip_good_fraction"):
+        assert f"real/{key}" in real and f"real/{key}/ankle_boot" in real
+    assert "real/classifier_accuracy/t_shirt_top" in real
