@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffusion_lab import sample
@@ -112,3 +114,53 @@ def test_bad_checkpoint_is_one_clear_line(
     error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and message in error_lines[0]
     assert not list(tmp_path.glob("out*"))
+
+
+@pytest.mark.slow
+def test_clip_selection_keeps_the_best_candidates(
+    make_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_clip_dir: Path
+) -> None:
+    from diffusion_lab.clip_score import clip_from_config
+    from diffusion_lab.generation import generate, load_model, to_uint8
+    from test_clip_score import PROMPTS
+
+    ckpt, out = make_checkpoint(), tmp_path / "best"
+    clip = f"clip.model_name=local-dir:{tiny_clip_dir}"
+    main_in_process(monkeypatch, f"ckpt={ckpt}", "label=[3,7]", "select_top=2", "candidates=5", "steps=4", clip,
+                    f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    with np.load(f"{out}.npz") as data:
+        kept, labels, scores = data["images"], data["labels"], data["clip_scores"]
+    assert labels.tolist() == [3, 3, 7, 7] and kept.shape == (4, 28, 28)
+    report = json.loads(Path(f"{out}.json").read_text())
+    assert report["candidates_per_class"] == 5 and report["clip_scores"]["7"] == pytest.approx(scores[2:].tolist())
+    # The same candidates, scored directly: the kept ones are the two best of each class, best first.
+    model = load_model(ckpt)
+    candidates = generate(model, [3] * 5 + [7] * 5, seed=0, steps=4, guidance=2.0)
+    scorer, _ = clip_from_config({"_target_": "diffusion_lab.clip_score.load_clip_scorer", "_partial_": True,
+                                  "prompts": PROMPTS, "model_name": f"local-dir:{tiny_clip_dir}"}, "mnist")  # fmt: skip
+    all_scores = scorer.score(candidates, torch.tensor([3] * 5 + [7] * 5))["clip_score"]
+    for start in (0, 5):
+        best = all_scores[start : start + 5].argsort(descending=True)[:2] + start
+        assert np.array_equal(to_uint8(candidates[best]), kept[start // 5 * 2 : start // 5 * 2 + 2])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["select_top=2"], "select_top needs CLIP, which is unavailable: CLIP weights ViT-B-32/laion2b_s34b_b79k"),
+     (["select_top=2", "clip=none"], "select_top needs CLIP, which is disabled"),
+     (["candidates=8"], "candidates=K needs select_top=N"),
+     (["select_top=4", "candidates=2"], "candidates must be an integer >= select_top=4"),
+     (["select_top=0"], "select_top must be a positive integer")],
+)  # fmt: skip
+def test_bad_selection_is_one_clear_line(
+    make_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys,
+    overrides: list[str], message: str,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hub_cache"))
+    out = tmp_path / "out" / "best"
+    with pytest.raises(SystemExit):
+        main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", *overrides, f"output={out}",
+                        f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and message in error_lines[0], error_lines
+    assert not out.parent.exists()

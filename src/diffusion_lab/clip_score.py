@@ -124,14 +124,14 @@ def resolve_weights(
     if not download:
         raise ClipUnavailable(
             f"CLIP weights {model_name}/{pretrained} are not in the local cache: set clip.download=true to "
-            "fetch them once, or clip.pretrained=/path/to/weights (CLIP metrics skipped)"
+            "fetch them once, or clip.pretrained=/path/to/weights"
         )
     try:
         return download_pretrained(cfg, cache_dir=cache_dir)
     except Exception as err:  # any network or hub failure means the same thing to the user
         raise ClipUnavailable(
             f"could not download CLIP weights {model_name}/{pretrained} ({type(err).__name__}): "
-            "set clip.pretrained=/path/to/weights (CLIP metrics skipped)"
+            "set clip.pretrained=/path/to/weights"
         ) from err
 
 

@@ -1,0 +1,117 @@
+"""``diffusion-lab-evaluate``: metrics.json with every number beside its reference, report.md, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion_lab import evaluate
+
+REQUIRED = [
+    "generated/classifier_accuracy", "generated/fid", "generated/kid", "generated/clip_score",
+    "real/classifier_accuracy", "real/fid", "real/clip_score", "real/clip_zero_shot_accuracy",
+    "generated/inception_fid", "real/inception_fid", "generated/clip_zero_shot_accuracy",
+    "generated/clip_good_fraction", "real/kid",
+]  # fmt: skip
+
+
+def main_in_process(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["diffusion-lab-evaluate", *overrides])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    evaluate.main()
+
+
+@pytest.mark.slow
+def test_writes_metrics_report_and_figures(
+    make_checkpoint: Callable[..., Path], tmp_path: Path, tiny_clip_dir: Path
+) -> None:
+    out = tmp_path / "eval"
+    clip = f"clip.model_name=local-dir:{tiny_clip_dir}"
+    cmd = [sys.executable, "-m", "diffusion_lab.evaluate", f"ckpt={make_checkpoint()}", "num_per_class=3", "steps=5",
+           f"output={out}", clip, f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not [k for k in REQUIRED if k not in metrics]
+    assert {f"generated/classifier_accuracy/{d}" for d in range(10)} <= metrics.keys()
+    assert {f"real/clip_score/{d}" for d in range(10)} <= metrics.keys()
+    assert metrics["clip/status"] == f"ok: local-dir:{tiny_clip_dir}"
+    assert metrics["steps"] == 5 and metrics["guidance"] == 2.0 and metrics["num_per_class"] == 3
+    assert metrics["real/classifier_accuracy"] >= 0.9 and metrics["classifier/test_accuracy"] >= 0.99
+    assert metrics["generated/fid"] > metrics["real/fid"], (
+        "an untrained model is further from the data than real images"
+    )
+    report = (out / "report.md").read_text()
+    assert "| classifier_accuracy |" in report and "| clip_score |" in report and "| 7 |" in report
+    for image in re.findall(r"\]\((\w+\.png)\)", report):
+        assert Image.open(out / image).size[0] > 50, image
+    assert Image.open(out / "generated.png").size == (3 * 30 + 2, 10 * 30 + 2)
+    with np.load(out / "samples.npz") as data:
+        assert data["images"].shape == (30, 28, 28) and data["labels"].tolist() == [
+            d for d in range(10) for _ in range(3)
+        ]
+
+
+@pytest.mark.slow
+def test_without_clip_weights_everything_else_runs(
+    make_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hub_cache"))
+    out = tmp_path / "eval"
+    main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", "num_per_class=2", "steps=3", "inception=false",
+                    f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["clip/status"].startswith(
+        "unavailable: CLIP weights ViT-B-32/laion2b_s34b_b79k are not in the local"
+    )
+    assert "set clip.download=true" in metrics["clip/status"]
+    assert not [k for k in metrics if "clip_" in k], "no CLIP numbers without CLIP weights"
+    assert "generated/fid" in metrics and "real/classifier_accuracy" in metrics
+    assert "generated/inception_fid" not in metrics
+    log = capsys.readouterr()
+    assert len([line for line in (log.out + log.err).splitlines() if "CLIP metrics skipped" in line]) == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("num_per_class=1", "num_per_class must be at least 2"), ("steps=0", "steps must be in 1..100"),
+     ("precision=16", "precision must be one of 32, bf16"), ("clip=clop", "clip=clop is not an option"),
+     ("guidance=-1", "guidance must be a finite number >= 0")],
+)  # fmt: skip
+def test_bad_input_is_one_clear_line_and_writes_nothing(
+    make_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, override: str,
+    message: str,
+) -> None:  # fmt: skip
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", "clip=none", override, f"output={out}",
+                        f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and message in error_lines[0], err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_missing_inception_weights_name_the_fix(
+    make_checkpoint: Callable[..., Path], data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    scratch = tmp_path / "data"
+    scratch.mkdir()
+    for name in ("mnist", "classifiers"):
+        (scratch / name).symlink_to(data_dir / name)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):
+        main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", "clip=none", f"paths.data_dir={scratch}",
+                        f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: Inception FID weights not found") and "make data" in error
+    assert "inception=false" in error and not out.exists()
