@@ -11,6 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
+from diffusion_lab.clip_score import load_clip_scorer
 from diffusion_lab.config import CONF_DIR, run_id
 from diffusion_lab.datamodule import MNISTDataModule
 from diffusion_lab.diffusion_module import DiffusionModule
@@ -30,6 +31,7 @@ def test_groups_have_their_options() -> None:
     assert set(options("logger")) == {"csv", "tensorboard", "wandb", "none"}
     assert options("experiment"), "experiments/ must be reachable as the experiment group"
     assert options("sampler") == sorted(SAMPLERS)
+    assert options("clip") == ["laion2b", "none", "openai"]
 
 
 @pytest.mark.parametrize("name", options("data"))
@@ -104,6 +106,9 @@ def test_callbacks_build_in_order(compose_train) -> None:
     cfg = compose_train()
     names = list(cfg.callbacks)
     assert names.index("sample_grid") < names.index("ema"), "grids must be drawn while EMA weights are in"
+    assert names.index("sample_quality") < names.index("ema") and names.index("sample_quality") < names.index(
+        "metrics_json"
+    ), "sample quality is scored with the EMA weights, and its final values reach metrics.json"
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     assert all(isinstance(c, L.Callback) for c in callbacks)
 
@@ -123,3 +128,20 @@ def test_sampler_options_build_the_named_sampler(name: str) -> None:
     assert isinstance(sampler, SAMPLERS[name])
     assert sampler.num_steps == {"ddpm": 1000, "ddim": 50, "dpm_solver": 20}[name]
     assert cfg.label == "all" and cfg.guidance == 2.0 and cfg.steps is None
+
+
+@pytest.mark.parametrize("name", options("clip"))
+@pytest.mark.parametrize("config_name", ["evaluate", "sample", "train"])
+def test_clip_options_compose_with_both_prompt_sets(config_name: str, name: str) -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=[f"clip={name}"])
+    GlobalHydra.instance().clear()
+    if name == "none":
+        assert not cfg.clip
+        return
+    assert set(cfg.clip.prompts) == {"mnist", "fashion_mnist"}
+    assert all(len(p["classes"]) == len(p["clear"]) == 10 for p in cfg.clip.prompts.values())
+    assert cfg.clip.download is False, "nothing is downloaded unless asked"
+    factory = instantiate(cfg.clip)
+    assert factory.func is load_clip_scorer and factory.keywords["model_name"].startswith("ViT-B-32")
