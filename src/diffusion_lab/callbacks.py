@@ -23,6 +23,23 @@ from diffusion_lab.sampling import sample
 log = logging.getLogger(__name__)
 
 
+def draw_fixed(
+    pl_module: L.LightningModule, labels: torch.Tensor, sampler: str, steps: int | None, guidance: float, seed: int
+) -> torch.Tensor:
+    """Images of ``labels`` in [0, 1] on the CPU from noise fixed by ``seed``, drawn in eval mode."""
+    noise = torch.randn(
+        (len(labels), pl_module.unet.in_channels, 28, 28), generator=torch.Generator().manual_seed(seed)
+    )
+    was_training = pl_module.training
+    pl_module.eval()
+    images = sample(
+        pl_module.unet, pl_module.schedule, labels.to(pl_module.device), sampler=sampler, steps=steps,
+        guidance=guidance, noise=noise.to(pl_module.device),
+    )  # fmt: skip
+    pl_module.train(was_training)
+    return ((images.float().cpu() + 1) / 2).clamp(0, 1)
+
+
 class SampleGrid(L.Callback):
     """Draw a classes x ``num_per_class`` grid from fixed noise after each validation and at the end.
 
@@ -64,21 +81,7 @@ class SampleGrid(L.Callback):
     def draw(self, pl_module: L.LightningModule, num_classes: int) -> torch.Tensor:
         """``[num_classes * num_per_class, 1, H, W]`` samples in [0, 1], class by class."""
         labels = torch.arange(num_classes).repeat_interleave(self.num_per_class)
-        gen = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn((len(labels), pl_module.unet.in_channels, 28, 28), generator=gen)
-        was_training = pl_module.training
-        pl_module.eval()
-        images = sample(
-            pl_module.unet,
-            pl_module.schedule,
-            labels.to(pl_module.device),
-            sampler=self.sampler,
-            steps=self.steps,
-            guidance=self.guidance,
-            noise=noise.to(pl_module.device),
-        )
-        pl_module.train(was_training)
-        return (images.float().cpu() + 1) / 2
+        return draw_fixed(pl_module, labels, self.sampler, self.steps, self.guidance, self.seed)
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
         num_classes = pl_module.unet.num_classes
@@ -175,19 +178,9 @@ class SampleQuality(L.Callback):
         if self._last is not None and self._last[0] == trainer.global_step:
             return self._last[1]
         evaluator = self.evaluator(trainer, pl_module)
-        num_classes = pl_module.unet.num_classes
-        labels = torch.arange(num_classes).repeat_interleave(self.num_per_class)
-        noise = torch.randn(
-            (len(labels), pl_module.unet.in_channels, 28, 28), generator=torch.Generator().manual_seed(self.seed)
-        )
-        was_training = pl_module.training
-        pl_module.eval()
-        images = sample(
-            pl_module.unet, pl_module.schedule, labels.to(pl_module.device), sampler=self.sampler,
-            steps=self.steps, guidance=self.guidance, noise=noise.to(pl_module.device),
-        )  # fmt: skip
-        pl_module.train(was_training)
-        metrics = evaluator.score(((images.float().cpu() + 1) / 2).clamp(0, 1), labels, prefix="eval")
+        labels = torch.arange(pl_module.unet.num_classes).repeat_interleave(self.num_per_class)
+        images = draw_fixed(pl_module, labels, self.sampler, self.steps, self.guidance, self.seed)
+        metrics = evaluator.score(images, labels, prefix="eval")
         self._last = (trainer.global_step, metrics)
         return metrics
 
