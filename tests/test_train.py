@@ -112,6 +112,7 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     assert metrics["global_step"] == 20 and 0 < metrics["val/loss"] < 2
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "samples" / "final.png").is_file()
+    assert "eval/classifier_accuracy" in metrics and "eval_real/fid" in metrics, "rank 0 scores the samples alone"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "rank 1 writes into the same run directory"
 
 

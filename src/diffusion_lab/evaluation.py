@@ -127,10 +127,12 @@ class Evaluator:
         features = ClassifierFeatures(self.classifier)
         features.num_features = self.classifier.FEATURE_DIM
         n = len(self.reference[1])
-        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False).to(self.device)
+        # The evaluation runs on one process (rank 0 under DDP): no metric may wait for the others.
+        local = {"sync_on_compute": False}
+        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False, **local).to(self.device)
         # Every KID subset draws half the images, so kid_std says how much the estimate varies.
         self.kid = KernelInceptionDistance(
-            feature=features, reset_real_features=False, subset_size=min(1000, n // 2), subsets=50
+            feature=features, reset_real_features=False, subset_size=min(1000, n // 2), subsets=50, **local
         ).to(self.device)
         started = time.perf_counter()
         self._update(self.reference[0], real=True)
@@ -138,7 +140,7 @@ class Evaluator:
         if inception:
             self.inception_fid = FrechetInceptionDistance(
                 feature=2048, feature_extractor_weights_path=str(inception_weights(data_dir)),
-                reset_real_features=False, antialias=False,
+                reset_real_features=False, antialias=False, **local,
             ).to(self.device)  # fmt: skip
             self._inception_train_stats = self._inception_reference(Path(data_dir), seed)
         log.info("Real reference features of %d images in %.1f s", n, time.perf_counter() - started)
