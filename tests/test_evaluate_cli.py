@@ -84,13 +84,18 @@ def test_without_clip_weights_everything_else_runs(
     ("override", "message"),
     [("num_per_class=1", "num_per_class must be at least 2"), ("steps=0", "steps must be in 1..100"),
      ("precision=16", "precision must be one of 32, bf16"), ("clip=clop", "clip=clop is not an option"),
-     ("guidance=-1", "guidance must be a finite number >= 0")],
+     ("guidance=-1", "guidance must be a finite number >= 0"), ("batch_size=0", "batch_size must be positive")],
 )  # fmt: skip
 def test_bad_input_is_one_clear_line_and_writes_nothing(
     make_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, override: str,
     message: str,
 ) -> None:  # fmt: skip
     out = tmp_path / "out"
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the minutes of evaluation started before the settings were checked")
+
+    monkeypatch.setattr(evaluate, "Evaluator", no_work)
     with pytest.raises(SystemExit) as exit_info:
         main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", "clip=none", override, f"output={out}",
                         f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip

@@ -36,8 +36,9 @@ from diffusion_lab.clip_score import clip_from_config
 from diffusion_lab.datasets import DataError, dataset_info
 from diffusion_lab.evaluation import Evaluator, class_keys, per_class
 from diffusion_lab.figures import save_figure
-from diffusion_lab.generation import generate, load_model, save_samples, trained_dataset
+from diffusion_lab.generation import generate, load_model, network_precision, save_samples, trained_dataset
 from diffusion_lab.inception import InceptionWeightsError
+from diffusion_lab.sampling import check_guidance
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dataset = trained_dataset(model)
     if dataset is None:
         raise ValueError(f"{path} does not record its dataset (data.name): it was not written by diffusion-lab-train")
+    # Every setting is checked before the minutes of work below.
     sampler = instantiate(cfg.sampler, schedule=model.schedule)
-    sampler.set_timesteps(cfg.steps)  # refuses a bad step count before any work
+    sampler.set_timesteps(cfg.steps)
+    check_guidance(cfg.guidance)
+    network_precision(device, str(cfg.precision))
+    if cfg.batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {cfg.batch_size}")
     clip, clip_status = clip_from_config(OmegaConf.to_container(cfg.clip) if cfg.clip else None, dataset, device)
     evaluator = Evaluator(
         dataset, cfg.paths.data_dir, cfg.num_per_class, clip=clip, inception=cfg.inception, device=device,
