@@ -79,6 +79,8 @@ class ReferenceClassifier(nn.Module):
 class ClassifierFeatures(nn.Module):
     """The classifier's feature extractor as torchmetrics' FID/KID expect a custom ``feature`` module."""
 
+    num_features = ReferenceClassifier.FEATURE_DIM  # read by torchmetrics instead of a dummy forward pass
+
     def __init__(self, classifier: ReferenceClassifier) -> None:
         super().__init__()
         self.classifier = classifier

@@ -125,7 +125,6 @@ class Evaluator:
         self.train_sample = split("train", 1)
         self.classifier, self.classifier_test_accuracy = load_classifier(dataset, data_dir, self.device, progress)
         features = ClassifierFeatures(self.classifier)
-        features.num_features = self.classifier.FEATURE_DIM
         n = len(self.reference[1])
         # The evaluation runs on one process (rank 0 under DDP): no metric may wait for the others.
         local = {"sync_on_compute": False}
@@ -168,7 +167,7 @@ class Evaluator:
         stats = {"reference": _stats(self.inception_fid, "real"), "train": _stats(self.inception_fid, "fake")}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({k: {n: t.cpu() for n, t in v.items()} for k, v in stats.items()}, tmp)
+        torch.save({side: {k: t.cpu() for k, t in v.items()} for side, v in stats.items()}, tmp)
         os.replace(tmp, path)
         return stats["train"]
 
