@@ -166,3 +166,24 @@ def test_sample_quality_is_logged_as_scalars_and_a_per_class_table(tmp_path: Pat
     assert table.startswith("| class | classifier_accuracy | clip_score | clip_zero_shot_accuracy |")
     assert len(table.splitlines()) == 12, "a header, a rule and one row per class"
     assert "Sample quality (2 per class)" in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_sample_quality_trains_the_classifier_inside_validation_on_first_use(
+    compose_train, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default run's path on a fresh checkout: the first scoring happens in Lightning's validation
+    loop (inference mode) and must train the classifier there; the end of fit scores again after."""
+    from diffusion_lab import classifier
+
+    scratch = tmp_path / "data"
+    scratch.mkdir()
+    (scratch / "mnist").symlink_to(data_dir / "mnist")
+    monkeypatch.setitem(classifier.EPOCHS, "mnist", 1)  # the path, not the recipe
+    monkeypatch.setitem(classifier.MIN_TEST_ACCURACY, "mnist", 0.97)
+    cfg = compose_train("experiment=smoke", "logger=none", f"paths.data_dir={scratch}", "trainer.max_steps=15",
+                        "callbacks.sample_quality.every_n_epochs=1")  # fmt: skip
+    train(cfg)
+    assert classifier.cache_path("mnist", scratch).is_file(), "trained and cached on first use"
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["global_step"] == 15 and "eval/classifier_accuracy" in saved and "eval_real/fid" in saved

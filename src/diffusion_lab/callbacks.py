@@ -174,13 +174,19 @@ class SampleQuality(L.Callback):
         return self._evaluator
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        """``eval/*`` metrics of the fixed sample set at the current weights (cached per global step)."""
+        """``eval/*`` metrics of the fixed sample set at the current weights (cached per global step).
+
+        Runs outside inference mode, which Lightning's validation loop is in: the metrics' state
+        outlives the loop and is updated again at the end of fit, and the reference classifier may
+        need training on first use.
+        """
         if self._last is not None and self._last[0] == trainer.global_step:
             return self._last[1]
-        evaluator = self.evaluator(trainer, pl_module)
-        labels = torch.arange(pl_module.unet.num_classes).repeat_interleave(self.num_per_class)
-        images = draw_fixed(pl_module, labels, self.sampler, self.steps, self.guidance, self.seed)
-        metrics = evaluator.score(images, labels, prefix="eval")
+        with torch.inference_mode(False), torch.no_grad():
+            evaluator = self.evaluator(trainer, pl_module)
+            labels = torch.arange(pl_module.unet.num_classes).repeat_interleave(self.num_per_class)
+            images = draw_fixed(pl_module, labels, self.sampler, self.steps, self.guidance, self.seed)
+            metrics = evaluator.score(images, labels, prefix="eval")
         self._last = (trainer.global_step, metrics)
         return metrics
 

@@ -115,7 +115,17 @@ def _shift(images: Tensor, generator: torch.Generator, max_shift: int = 2) -> Te
 def train_classifier(
     dataset: str, data_dir: str | Path, epochs: int | None = None, seed: int = 0, progress: bool = True
 ) -> tuple[ReferenceClassifier, float]:
-    """Train a :class:`ReferenceClassifier` on the real training split; returns it and its test accuracy."""
+    """Train a :class:`ReferenceClassifier` on the real training split; returns it and its test accuracy.
+
+    Runs with gradients from any context, e.g. a callback inside Lightning's validation loop.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train(dataset, data_dir, epochs, seed, progress)
+
+
+def _train(
+    dataset: str, data_dir: str | Path, epochs: int | None, seed: int, progress: bool
+) -> tuple[ReferenceClassifier, float]:
     info = dataset_info(dataset)
     arrays = load_arrays(dataset, data_dir)
     train_x, train_y = _images(arrays, "train")
