@@ -145,3 +145,19 @@ def test_prompt_sets_have_one_prompt_per_class() -> None:
     bad = {"mnist": {"classes": ["a", "b"], "clear": ["c", "d"], "unclear": "e"}}
     with pytest.raises(ValueError, match=r"clip.prompts.mnist has 2 class prompts for 10 classes"):
         load_clip_scorer(bad, "mnist", random_init=True)
+
+
+def test_hub_tag_weights_are_found_in_the_local_cache_only(tmp_path: Path) -> None:
+    """A tag whose file sits in the hub cache resolves to it without the network; an empty cache does not."""
+    from diffusion_lab.clip_score import resolve_weights
+
+    repo = tmp_path / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K"
+    snapshot = repo / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"weights")
+    found = resolve_weights("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path))
+    assert Path(found) == snapshot / "open_clip_model.safetensors"
+    with pytest.raises(ClipUnavailable, match=r"not in the local cache"):
+        resolve_weights("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path / "empty"))

@@ -18,6 +18,7 @@ For each image of requested class y, with the dataset's prompt set (``conf/clip/
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,6 @@ class PromptSet:
 
 def _cached_hub_weights(pretrained_cfg: Mapping, cache_dir: str | None) -> str | None:
     """The local copy of a hub tag's weights, or None; never touches the network."""
-    import os
-
     from open_clip.pretrained import _get_safe_alternatives
 
     hf_hub = pretrained_cfg.get("hf_hub", "")
@@ -249,10 +248,14 @@ def load_clip_scorer(
     schema = model_name.startswith(("local-dir:", "hf-hub:"))
     label = f"{model_name}/random-init" if random_init else model_name if schema else f"{model_name}/{pretrained}"
     weights = None if random_init else resolve_weights(model_name, pretrained, download, cache_dir)
+    # Given a file, open_clip does not know the tag it came from: pass on the tag's preprocessing.
+    tag_cfg = {} if schema or random_init else open_clip.get_pretrained_cfg(model_name, pretrained)
+    preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
     try:
         model = open_clip.create_model(
-            model_name, pretrained=weights, device=device, cache_dir=cache_dir, load_weights=not random_init
-        )
+            model_name, pretrained=weights, device=device, cache_dir=cache_dir, load_weights=not random_init,
+            force_preprocess_cfg=preprocess or None,
+        )  # fmt: skip
     except (RuntimeError, KeyError, ValueError, OSError) as err:
         raise ClipUnavailable(f"cannot load CLIP {label} ({' '.join(str(err).split())[:200]})") from err
     tokenizer = open_clip.get_tokenizer(model_name)
