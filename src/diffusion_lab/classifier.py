@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import pickle
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from diffusion_lab.checkpointing import atomic_torch_save
 from diffusion_lab.datasets import dataset_info, load_arrays
 
 log = logging.getLogger(__name__)
@@ -160,11 +160,8 @@ def _train(
 
 
 def _save(model: ReferenceClassifier, test_accuracy: float, dataset: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     payload = {"state_dict": model.state_dict(), "test_accuracy": test_accuracy, "dataset": dataset, "version": VERSION}
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(payload, path)
 
 
 def _load_cached(dataset: str, path: Path) -> tuple[ReferenceClassifier, float] | None:

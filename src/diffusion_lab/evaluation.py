@@ -21,7 +21,6 @@ numbers only at equal ``num_per_class``.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import time
 import warnings
@@ -33,6 +32,7 @@ from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from diffusion_lab.checkpointing import atomic_torch_save
 from diffusion_lab.classifier import ClassifierFeatures, load_classifier
 from diffusion_lab.clip_score import ClipScorer
 from diffusion_lab.clip_score import summarize as summarize_clip
@@ -165,10 +165,7 @@ class Evaluator:
         for chunk in self.train_sample[0].split(250):
             self.inception_fid.update(_rgb_uint8(chunk.to(self.device)), real=False)
         stats = {"reference": _stats(self.inception_fid, "real"), "train": _stats(self.inception_fid, "fake")}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({side: {k: t.cpu() for k, t in v.items()} for side, v in stats.items()}, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save({side: {k: t.cpu() for k, t in v.items()} for side, v in stats.items()}, path)
         return stats["train"]
 
     @torch.no_grad()

