@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,12 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
+from diffusion_lab.checkpointing import atomic_write_text
 from diffusion_lab.clip_score import ClipScorer, clip_from_config
 from diffusion_lab.evaluation import Evaluator, class_keys
+from diffusion_lab.generation import save_png
 from diffusion_lab.sampling import sample
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,7 @@ class SampleGrid(L.Callback):
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
         num_classes = pl_module.unet.num_classes
         grid = make_grid(self.draw(pl_module, num_classes), nrow=self.num_per_class, padding=2, pad_value=1.0)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / f"{name}.png"
-        tmp = path.with_suffix(".png.tmp")
-        save_image(grid, tmp, format="png")
-        os.replace(tmp, path)
-        self.last_path = path
+        self.last_path = save_png(grid, self.output_dir / f"{name}.png")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(f"samples/{name.split('_')[0]}", grid, trainer.global_step)
@@ -270,10 +266,7 @@ class MetricsJson(L.Callback):
             score = _as_float(ckpt.best_model_score)
             if score is not None:
                 metrics[f"best/{ckpt.monitor}"] = score
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 class NonFiniteLossError(RuntimeError):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,16 @@ from hydra.utils import instantiate
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
+from diffusion_lab.checkpointing import atomic_write_text
 from diffusion_lab.classifier import ClassifierError
 from diffusion_lab.cli import checkpoint_path, exit_with, hydra_app, resolve_device
 from diffusion_lab.clip_score import clip_from_config
 from diffusion_lab.datasets import DataError, dataset_info
 from diffusion_lab.evaluation import Evaluator, class_keys, per_class
 from diffusion_lab.figures import save_figure
-from diffusion_lab.generation import generate, load_model, network_precision, save_samples, trained_dataset
+from diffusion_lab.generation import generate, load_model, network_precision, save_png, save_samples, trained_dataset
 from diffusion_lab.inception import InceptionWeightsError
 from diffusion_lab.sampling import check_guidance
 
@@ -137,18 +137,6 @@ def report_markdown(metrics: dict[str, Any], dataset: str) -> str:
     return "\n".join(lines)
 
 
-def _save_png(grid: Tensor, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_image(grid, tmp, format="png")
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Generate, score and write the report; returns the metrics as written to ``metrics.json``."""
     started = time.perf_counter()
@@ -203,11 +191,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     save_figure(per_class_chart(metrics, dataset), output / "per_class.png")
-    _save_png(_grid(images, cfg.num_per_class), output / "generated.png")
-    _save_png(_grid(evaluator.reference[0], cfg.num_per_class), output / "real.png")
+    save_png(_grid(images, cfg.num_per_class), output / "generated.png")
+    save_png(_grid(evaluator.reference[0], cfg.num_per_class), output / "real.png")
     save_samples(images, labels, output / "samples", nrow=cfg.num_per_class)
-    _write_text(output / "report.md", report_markdown(metrics, dataset))
-    _write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(output / "report.md", report_markdown(metrics, dataset))
+    atomic_write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     log.info(
         "generated: classifier accuracy %.2f%% (real %.2f%%), FID %.2f (floor %.2f)",
         100 * metrics["generated/classifier_accuracy"], 100 * metrics["real/classifier_accuracy"],

@@ -199,6 +199,16 @@ def to_uint8(images: Tensor) -> np.ndarray:
     return array[:, 0] if array.shape[1] == 1 else array.transpose(0, 2, 3, 1)
 
 
+def save_png(grid: Tensor, path: str | Path) -> Path:
+    """Write an image grid ``[C, H, W]`` in [0, 1] as a PNG through a temporary file, so no half file is left."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_image(grid, tmp, format="png")
+    os.replace(tmp, path)
+    return path
+
+
 def save_samples(
     images: Tensor,
     labels: Tensor,

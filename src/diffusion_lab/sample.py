@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion_lab.checkpointing import atomic_write_text
 from diffusion_lab.cli import checkpoint_path, exit_with, hydra_app, resolve_device
 from diffusion_lab.clip_score import clip_from_config, select_top
 from diffusion_lab.datasets import DataError
@@ -83,9 +83,7 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
                             for c in labels.unique_consecutive()},
         }  # fmt: skip
         scores_path = npz.with_suffix(".json")
-        tmp = scores_path.with_name(f".{scores_path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, scores_path)
+        atomic_write_text(scores_path, json.dumps(report, indent=2) + "\n")
         log.info("Kept the %d of %d per class with the highest CLIP score (%s); scores in %s",
                  kept, selection[1], scorer.name, scores_path)  # fmt: skip
     log.info("Wrote %s and %s", png, npz)
