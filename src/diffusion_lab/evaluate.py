@@ -36,9 +36,8 @@ from diffusion_lab.clip_score import clip_from_config
 from diffusion_lab.datasets import DataError, dataset_info
 from diffusion_lab.evaluation import Evaluator, class_keys, per_class
 from diffusion_lab.figures import save_figure
-from diffusion_lab.generation import generate, load_model, network_precision, save_png, save_samples, trained_dataset
+from diffusion_lab.generation import check_settings, generate, load_model, save_png, save_samples, trained_dataset
 from diffusion_lab.inception import InceptionWeightsError
-from diffusion_lab.sampling import check_guidance
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +150,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # Every setting is checked before the minutes of work below.
     sampler = instantiate(cfg.sampler, schedule=model.schedule)
     sampler.set_timesteps(cfg.steps)
-    check_guidance(cfg.guidance)
-    network_precision(device, str(cfg.precision))
-    if cfg.batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {cfg.batch_size}")
+    check_settings(device, cfg.guidance, cfg.batch_size, str(cfg.precision))
     clip, clip_status = clip_from_config(OmegaConf.to_container(cfg.clip) if cfg.clip else None, dataset, device)
     evaluator = Evaluator(
         dataset, cfg.paths.data_dir, cfg.num_per_class, clip=clip, inception=cfg.inception, device=device,

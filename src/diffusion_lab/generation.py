@@ -90,6 +90,14 @@ def network_precision(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def check_settings(device: torch.device, guidance: float, batch_size: int, precision: str) -> torch.autocast:
+    """Refuse a bad guidance weight, batch size or precision (one-line ``ValueError``); the autocast to sample in."""
+    check_guidance(guidance)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return network_precision(device, precision)
+
+
 def resolve_labels(label: Label | Sequence[Label], num_samples: int, names: Sequence[str]) -> Tensor:
     """``[N]`` class indices: ``num_samples`` of one class, of each listed class, or of every class (``all``)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
@@ -158,10 +166,7 @@ def generate(
         ``[N, C, 28, 28]`` float images in [0, 1] on the CPU.
     """
     labels = label_tensor(model, labels)
-    check_guidance(guidance)
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    autocast = network_precision(model.device, precision)
+    autocast = check_settings(model.device, guidance, batch_size, precision)
     proc = make_sampler(sampler, model.schedule, **sampler_kwargs)
     proc.set_timesteps(steps)  # refuses steps out of 1..T before any work
     noise, generator = starting_noise(model, len(labels), seed)
