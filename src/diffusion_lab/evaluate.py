@@ -25,7 +25,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 from torchvision.utils import make_grid
 
@@ -151,7 +151,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     sampler = instantiate(cfg.sampler, schedule=model.schedule)
     sampler.set_timesteps(cfg.steps)
     check_settings(device, cfg.guidance, cfg.batch_size, str(cfg.precision))
-    clip, clip_status = clip_from_config(OmegaConf.to_container(cfg.clip) if cfg.clip else None, dataset, device)
+    clip, clip_status = clip_from_config(cfg.clip, dataset, device)
     evaluator = Evaluator(
         dataset, cfg.paths.data_dir, cfg.num_per_class, clip=clip, inception=cfg.inception, device=device,
         seed=cfg.reference_seed,

@@ -55,8 +55,7 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
     scorer = None
     if selection:
         dataset = trained_dataset(model)
-        clip_cfg = OmegaConf.to_container(cfg.clip) if cfg.get("clip") else None
-        scorer, status = clip_from_config(clip_cfg, dataset, device) if dataset else (None, "unknown dataset")
+        scorer, status = clip_from_config(cfg.get("clip"), dataset, device) if dataset else (None, "unknown dataset")
         if scorer is None:
             raise ValueError(f"select_top needs CLIP, which is {status}")
     images = generate(
