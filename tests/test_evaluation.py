@@ -10,7 +10,14 @@ import torch
 
 from diffusion_lab import classifier as classifier_module
 from diffusion_lab import evaluation
-from diffusion_lab.classifier import ClassifierError, ReferenceClassifier, accuracy, cache_path, load_classifier
+from diffusion_lab.classifier import (
+    ClassifierError,
+    ReferenceClassifier,
+    accuracy,
+    cache_path,
+    load_classifier,
+    split_images,
+)
 from diffusion_lab.clip_score import ClipScorer
 from diffusion_lab.datasets import load_arrays
 from diffusion_lab.evaluation import Evaluator, balanced_subset, class_keys
@@ -25,18 +32,10 @@ def scratch_data_dir(data_dir: Path, tmp_path: Path, *keep: str) -> Path:
     return scratch
 
 
-def test_test_split(name: str, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    arrays = load_arrays(name, data_dir)
-    return torch.from_numpy(arrays["test_images"]).unsqueeze(1).float() / 255, torch.from_numpy(arrays["test_labels"])
-
-
-test_test_split.__test__ = False  # a helper, not a test
-
-
 @pytest.mark.parametrize(("name", "floor"), [("mnist", 0.99), ("fashion_mnist", 0.90)])
 def test_cached_classifiers_clear_their_floor_on_the_test_set(name: str, floor: float, data_dir: Path) -> None:
     model, stored = load_classifier(name, data_dir)
-    measured = accuracy(model, *test_test_split(name, data_dir))
+    measured = accuracy(model, *split_images(load_arrays(name, data_dir), "test"))
     assert measured >= floor
     assert measured == pytest.approx(stored, abs=1e-6), "the cached accuracy is the model's"
 

@@ -93,7 +93,9 @@ def cache_path(dataset: str, data_dir: str | Path) -> Path:
     return Path(data_dir) / "classifiers" / f"{dataset}.pt"
 
 
-def _images(arrays: dict, split: str) -> tuple[Tensor, Tensor]:
+def split_images(arrays: dict, split: str) -> tuple[Tensor, Tensor]:
+    """``[N, 1, 28, 28]`` images in [0, 1] (the range generated images come in) and ``[N]`` labels of one
+    split (``train`` or ``test``) of :func:`~diffusion_lab.datasets.load_arrays`' arrays."""
     images = torch.from_numpy(arrays[f"{split}_images"]).unsqueeze(1).float().div_(255)
     return images, torch.from_numpy(arrays[f"{split}_labels"])
 
@@ -128,8 +130,8 @@ def _train(
 ) -> tuple[ReferenceClassifier, float]:
     info = dataset_info(dataset)
     arrays = load_arrays(dataset, data_dir)
-    train_x, train_y = _images(arrays, "train")
-    test_x, test_y = _images(arrays, "test")
+    train_x, train_y = split_images(arrays, "train")
+    test_x, test_y = split_images(arrays, "test")
     epochs = epochs or EPOCHS[dataset]
     batch_size = 128
     generator = torch.Generator().manual_seed(seed)

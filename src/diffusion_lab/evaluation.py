@@ -33,7 +33,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from diffusion_lab.checkpointing import atomic_torch_save
-from diffusion_lab.classifier import ClassifierFeatures, load_classifier
+from diffusion_lab.classifier import ClassifierFeatures, load_classifier, split_images
 from diffusion_lab.clip_score import ClipScorer
 from diffusion_lab.clip_score import summarize as summarize_clip
 from diffusion_lab.datasets import dataset_info, load_arrays
@@ -117,12 +117,8 @@ class Evaluator:
         self.device = torch.device(device)
         arrays = load_arrays(dataset, data_dir)
 
-        def split(name: str, offset: int) -> tuple[Tensor, Tensor]:
-            images = torch.from_numpy(arrays[f"{name}_images"]).unsqueeze(1).float().div_(255)
-            return balanced_subset(images, torch.from_numpy(arrays[f"{name}_labels"]), num_per_class, seed + offset)
-
-        self.reference = split("test", 0)
-        self.train_sample = split("train", 1)
+        self.reference = balanced_subset(*split_images(arrays, "test"), num_per_class, seed)
+        self.train_sample = balanced_subset(*split_images(arrays, "train"), num_per_class, seed + 1)
         self.classifier, self.classifier_test_accuracy = load_classifier(dataset, data_dir, self.device, progress)
         features = ClassifierFeatures(self.classifier)
         n = len(self.reference[1])
@@ -160,13 +156,17 @@ class Evaluator:
                 return cached["train"]
             except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
                 log.warning("Ignoring the unreadable Inception cache %s (%s)", path, err)
-        for chunk in self.reference[0].split(250):
-            self.inception_fid.update(_rgb_uint8(chunk.to(self.device)), real=True)
-        for chunk in self.train_sample[0].split(250):
-            self.inception_fid.update(_rgb_uint8(chunk.to(self.device)), real=False)
+        self._inception_update(self.reference[0], real=True)
+        self._inception_update(self.train_sample[0], real=False)
         stats = {"reference": _stats(self.inception_fid, "real"), "train": _stats(self.inception_fid, "fake")}
         atomic_torch_save({side: {k: t.cpu() for k, t in v.items()} for side, v in stats.items()}, path)
         return stats["train"]
+
+    @torch.no_grad()
+    def _inception_update(self, images: Tensor, real: bool, batch_size: int = 250) -> None:
+        assert self.inception_fid is not None
+        for chunk in images.split(batch_size):
+            self.inception_fid.update(_rgb_uint8(chunk.to(self.device)), real=real)
 
     @torch.no_grad()
     def _update(self, images: Tensor, real: bool, batch_size: int = 250) -> None:
@@ -216,8 +216,7 @@ class Evaluator:
             if images is None:
                 _set_stats(self.inception_fid, "fake", self._inception_train_stats)
             else:
-                for chunk in images.split(250):
-                    self.inception_fid.update(_rgb_uint8(chunk.to(self.device)), real=False)
+                self._inception_update(images, real=False)
             out[f"{prefix}/inception_fid"] = float(self.inception_fid.compute())
         return out
 
