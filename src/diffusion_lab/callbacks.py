@@ -154,7 +154,6 @@ class SampleQuality(L.Callback):
         self.inception = inception
         self._evaluator: Evaluator | None = None
         self._last: tuple[int, dict[str, float]] | None = None
-        self._logged_step = -1
 
     def evaluator(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Evaluator:
         """Built on first use: trains the reference classifier once if it is not cached yet."""
@@ -204,7 +203,6 @@ class SampleQuality(L.Callback):
                 logger.log_table(key=f"{prefix}/per_class", columns=columns, data=rows, step=trainer.global_step)
         # metrics.json (MetricsJson, listed after this callback) reads the final values from here.
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in renamed.items()})
-        self._logged_step = trainer.global_step
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -214,8 +212,10 @@ class SampleQuality(L.Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A validation at this very step has already scored and logged these weights.
+        logged = self._last is not None and self._last[0] == trainer.global_step
         metrics = self.evaluate(trainer, pl_module)
-        if self._logged_step != trainer.global_step or "eval/fid" not in trainer.callback_metrics:
+        if not logged:
             self._log(trainer, metrics, prefix="eval")
         log.info(
             "Sample quality (%d per class): classifier accuracy %.1f%%, FID %.2f (real floor %.2f)",
