@@ -24,24 +24,48 @@ from diffusion_lab.sampling import sample
 log = logging.getLogger(__name__)
 
 
-def draw_fixed(
-    pl_module: L.LightningModule, labels: torch.Tensor, sampler: str, steps: int | None, guidance: float, seed: int
-) -> torch.Tensor:
-    """Images of ``labels`` in [0, 1] on the CPU from noise fixed by ``seed``, drawn in eval mode."""
-    noise = torch.randn(
-        (len(labels), pl_module.unet.in_channels, 28, 28), generator=torch.Generator().manual_seed(seed)
-    )
-    was_training = pl_module.training
-    pl_module.eval()
-    images = sample(
-        pl_module.unet, pl_module.schedule, labels.to(pl_module.device), sampler=sampler, steps=steps,
-        guidance=guidance, noise=noise.to(pl_module.device),
-    )  # fmt: skip
-    pl_module.train(was_training)
-    return ((images.float().cpu() + 1) / 2).clamp(0, 1)
+class FixedSamples(L.Callback):
+    """What the sample callbacks share: images of every class drawn from the same fixed noise.
+
+    They draw after every ``every_n_epochs``-th validation epoch with the weights validation uses,
+    so with EMA on they see the EMA model: list them before ``EMAWeightAveraging``.
+    """
+
+    def __init__(
+        self, num_per_class: int, sampler: str, steps: int | None, guidance: float, seed: int, every_n_epochs: int
+    ) -> None:
+        self.num_per_class = num_per_class
+        self.sampler = sampler
+        self.steps = steps
+        self.guidance = guidance
+        self.seed = seed
+        self.every_n_epochs = every_n_epochs
+
+    def due(self, trainer: L.Trainer) -> bool:
+        """Whether this validation epoch end is one to draw at."""
+        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def labels(self, pl_module: L.LightningModule) -> torch.Tensor:
+        """``[num_classes * num_per_class]``: every class, ``num_per_class`` times, class by class."""
+        return torch.arange(pl_module.unet.num_classes).repeat_interleave(self.num_per_class)
+
+    def draw(self, pl_module: L.LightningModule) -> torch.Tensor:
+        """``[num_classes * num_per_class, 1, H, W]`` images of :meth:`labels` in [0, 1] on the CPU (eval mode)."""
+        labels = self.labels(pl_module)
+        noise = torch.randn(
+            (len(labels), pl_module.unet.in_channels, 28, 28), generator=torch.Generator().manual_seed(self.seed)
+        )
+        was_training = pl_module.training
+        pl_module.eval()
+        images = sample(
+            pl_module.unet, pl_module.schedule, labels.to(pl_module.device), sampler=self.sampler, steps=self.steps,
+            guidance=self.guidance, noise=noise.to(pl_module.device),
+        )  # fmt: skip
+        pl_module.train(was_training)
+        return ((images.float().cpu() + 1) / 2).clamp(0, 1)
 
 
-class SampleGrid(L.Callback):
+class SampleGrid(FixedSamples):
     """Draw a classes x ``num_per_class`` grid from fixed noise after each validation and at the end.
 
     The grid uses the weights validation uses, so with EMA on it shows the EMA model; list this
@@ -70,23 +94,12 @@ class SampleGrid(L.Callback):
     ) -> None:
         if num_per_class <= 0 or every_n_epochs <= 0:
             raise ValueError("callbacks.sample_grid.num_per_class and every_n_epochs must be positive")
+        super().__init__(num_per_class, sampler, steps, guidance, seed, every_n_epochs)
         self.output_dir = Path(output_dir)
-        self.num_per_class = num_per_class
-        self.sampler = sampler
-        self.steps = steps
-        self.guidance = guidance
-        self.seed = seed
-        self.every_n_epochs = every_n_epochs
         self.last_path: Path | None = None
 
-    def draw(self, pl_module: L.LightningModule, num_classes: int) -> torch.Tensor:
-        """``[num_classes * num_per_class, 1, H, W]`` samples in [0, 1], class by class."""
-        labels = torch.arange(num_classes).repeat_interleave(self.num_per_class)
-        return draw_fixed(pl_module, labels, self.sampler, self.steps, self.guidance, self.seed)
-
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
-        num_classes = pl_module.unet.num_classes
-        grid = make_grid(self.draw(pl_module, num_classes), nrow=self.num_per_class, padding=2, pad_value=1.0)
+        grid = make_grid(self.draw(pl_module), nrow=self.num_per_class, padding=2, pad_value=1.0)
         self.last_path = save_png(grid, self.output_dir / f"{name}.png")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -96,9 +109,8 @@ class SampleGrid(L.Callback):
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        self._write(trainer, pl_module, f"epoch_{trainer.current_epoch:03d}_step_{trainer.global_step:06d}")
+        if self.due(trainer):
+            self._write(trainer, pl_module, f"epoch_{trainer.current_epoch:03d}_step_{trainer.global_step:06d}")
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -106,7 +118,7 @@ class SampleGrid(L.Callback):
         log.info("Sample grid: %s", self.last_path)
 
 
-class SampleQuality(L.Callback):
+class SampleQuality(FixedSamples):
     """Classifier accuracy, FID / KID and (with CLIP weights) the CLIP metrics of a fixed sample set.
 
     Every ``every_n_epochs`` validation epochs and at the end of training, draws ``num_per_class``
@@ -143,13 +155,8 @@ class SampleQuality(L.Callback):
     ) -> None:
         if num_per_class < 2 or every_n_epochs <= 0:
             raise ValueError("callbacks.sample_quality: num_per_class must be >= 2 and every_n_epochs positive")
+        super().__init__(num_per_class, sampler, steps, guidance, seed, every_n_epochs)
         self.data_dir = str(data_dir)
-        self.num_per_class = num_per_class
-        self.sampler = sampler
-        self.steps = steps
-        self.guidance = guidance
-        self.seed = seed
-        self.every_n_epochs = every_n_epochs
         self.clip_config = clip
         self.inception = inception
         self._evaluator: Evaluator | None = None
@@ -179,9 +186,7 @@ class SampleQuality(L.Callback):
             return self._last[1]
         with torch.inference_mode(False), torch.no_grad():
             evaluator = self.evaluator(trainer, pl_module)
-            labels = torch.arange(pl_module.unet.num_classes).repeat_interleave(self.num_per_class)
-            images = draw_fixed(pl_module, labels, self.sampler, self.steps, self.guidance, self.seed)
-            metrics = evaluator.score(images, labels, prefix="eval")
+            metrics = evaluator.score(self.draw(pl_module), self.labels(pl_module), prefix="eval")
         self._last = (trainer.global_step, metrics)
         return metrics
 
@@ -206,9 +211,8 @@ class SampleQuality(L.Callback):
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        self._log(trainer, self.evaluate(trainer, pl_module), prefix="eval")
+        if self.due(trainer):
+            self._log(trainer, self.evaluate(trainer, pl_module), prefix="eval")
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
