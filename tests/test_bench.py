@@ -16,7 +16,7 @@ from diffusion_lab.config import project_root
 def test_bench_writes_table_and_json(tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
     script = project_root() / "benchmarks" / "bench.py"
-    cmd = [sys.executable, str(script), "--presets", "small", "--steps", "3", "--warmup", "1", "--skip-ddpm",
+    cmd = [sys.executable, str(script), "--presets", "small", "--steps", "3", "--warmup", "1", "--repeats", "1", "--skip-ddpm",
            "--output", str(output)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from diffusion_lab import datasets
-from diffusion_lab.datamodule import MNISTDataModule
+from diffusion_lab.datamodule import EpochOrder, InMemoryDataset, MNISTDataModule, TensorBatches
 from diffusion_lab.datasets import DataError
 
 
@@ -26,8 +26,46 @@ def test_datamodule_splits_and_range(name: str, data_dir: Path) -> None:
         assert ds.images.shape[1:] == (1, 28, 28) and ds.images.dtype == torch.float32
         assert ds.images.min() == -1.0 and ds.images.max() == 1.0
         assert ds.labels.dtype == torch.int64 and set(ds.labels.unique().tolist()) == set(range(10))
-    x, y = next(iter(dm.train_dataloader()))
+    batches = dm.train_dataloader()
+    assert len(batches) == 54_000 // 64
+    x, y = next(iter(batches))
     assert x.shape == (64, 1, 28, 28) and y.shape == (64,)
+
+
+def _epoch(batches: TensorBatches) -> torch.Tensor:
+    """The labels one pass over ``batches`` yields, in order (labels are arange: they name the samples)."""
+    return torch.cat([labels for _, labels in batches])
+
+
+def _batches(size: int, batch_size: int, shuffle: bool, rank: int = 0, world: int = 1, seed: int = 0) -> TensorBatches:
+    data = InMemoryDataset(torch.zeros(size, 1, 28, 28), torch.arange(size))
+    return TensorBatches(data, batch_size, EpochOrder(size, shuffle, seed, rank, world), drop_last=shuffle)
+
+
+def test_training_batches_are_a_fresh_permutation_every_epoch() -> None:
+    batches = _batches(1000, 64, shuffle=True)
+    assert len(batches) == 15 and all(len(y) == 64 for _, y in batches)
+    first = _epoch(batches)
+    assert len(first.unique()) == 960  # no sample twice in an epoch; the 40 left over are dropped
+    assert torch.equal(first, _epoch(batches))  # the order is a function of (seed, epoch)
+    batches.sampler.set_epoch(1)  # Lightning calls this through `.sampler` at each epoch start
+    second = _epoch(batches)
+    assert not torch.equal(first, second) and len(second.unique()) == 960
+    assert not torch.equal(first, _epoch(_batches(1000, 64, shuffle=True, seed=1)))
+
+
+def test_ranks_split_each_epoch_into_disjoint_equal_shards() -> None:
+    shards = [_epoch(_batches(1001, 50, shuffle=True, rank=r, world=2)) for r in range(2)]
+    assert [len(s) for s in shards] == [500, 500]
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+    val = [_epoch(_batches(1001, 64, shuffle=False, rank=r, world=2)) for r in range(2)]
+    assert torch.equal(torch.cat(val).sort().values, torch.arange(1001))  # validation sees every sample once
+
+
+def test_evaluation_batches_keep_order_and_the_short_last_batch() -> None:
+    batches = _batches(130, 64, shuffle=False)
+    assert [len(y) for _, y in batches] == [64, 64, 2] and len(batches) == 3
+    assert torch.equal(_epoch(batches), torch.arange(130))
 
 
 def test_split_is_fixed_and_disjoint(data_dir: Path) -> None:

@@ -58,6 +58,7 @@ def val_check_interval(value: Any) -> bool:
     return positive_int(value) or (_is_number(value) and 0 < value <= 1)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16", "64-true", "64")
 
 #: (config key, test, what the value must be). Keys a config does not have are skipped.
@@ -71,6 +72,8 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.unet.num_res_blocks", positive_int, "a positive integer"),
     ("model.unet.dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("model.cond_drop_prob", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("model.compile", lambda v: isinstance(v, bool), "true or false"),
+    ("model.compile_mode", lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}"),
     ("model.optimizer.lr", positive_number, "a positive number, e.g. 2e-3"),
     ("model.optimizer.weight_decay", non_negative_number, "a number >= 0"),
     ("trainer.max_epochs", steps_limit, "an integer >= -1 (-1: no limit)"),
