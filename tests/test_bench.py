@@ -16,8 +16,8 @@ from diffusion_lab.config import project_root
 def test_bench_writes_table_and_json(tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
     script = project_root() / "benchmarks" / "bench.py"
-    cmd = [sys.executable, str(script), "--presets", "small", "--steps", "3", "--warmup", "1", "--repeats", "1", "--skip-ddpm",
-           "--output", str(output)]  # fmt: skip
+    cmd = [sys.executable, str(script), "--presets", "small", "--steps", "3", "--warmup", "1", "--repeats", "1",
+           "--skip-ddpm", "--output", str(output)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(output.read_text())
@@ -25,3 +25,20 @@ def test_bench_writes_table_and_json(tmp_path: Path) -> None:
         assert result[key] > 0, key
     assert result["machine"]["cpu_cores"] >= 1 and result["memory/peak_host_mib"] > 0
     assert "| small |" in proc.stdout and "framework img/s" in proc.stdout
+
+
+@pytest.mark.slow
+def test_time_to_quality_scores_snapshots_along_one_run(tmp_path: Path) -> None:
+    output = tmp_path / "ttq.json"
+    script = project_root() / "benchmarks" / "time_to_quality.py"
+    cmd = [sys.executable, str(script), "--overrides", "experiment=smoke", "--every-s", "1", "--num-per-class", "2",
+           "--output", str(output)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(output.read_text())
+    points = result["points"]
+    assert len(points) >= 2 and points[-1]["step"] == 20, "a snapshot along the way and one at the end"
+    assert [p["seconds"] for p in points] == sorted(p["seconds"] for p in points)
+    assert all(0.0 <= p["accuracy"] <= 1.0 and p["fid"] > 0 for p in points)
+    assert result["final_accuracy"] == points[-1]["accuracy"]
+    assert "| training minutes |" in proc.stdout and "class accuracy:" in proc.stdout

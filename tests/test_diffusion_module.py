@@ -54,3 +54,69 @@ def test_labels_are_dropped_to_the_null_class_at_the_configured_rate() -> None:
 def test_bad_cond_drop_prob_refused(prob: float) -> None:
     with pytest.raises(ValueError, match="cond_drop_prob"):
         make_module(cond_drop_prob=prob)
+
+
+def _onecycle(**kwargs: object) -> functools.partial:
+    return functools.partial(
+        torch.optim.lr_scheduler.OneCycleLR, max_lr=1e-3, pct_start=0.25, cycle_momentum=False, div_factor=10,
+        final_div_factor=100, **kwargs,
+    )  # fmt: skip
+
+
+class LearningRates(L.Callback):
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_one_cycle_schedule_spans_the_whole_run_and_steps_every_batch() -> None:
+    """A scheduler that takes total_steps gets the run's length from the Trainer: warm-up, peak, annealed end."""
+    module = make_module(lr_scheduler=_onecycle())
+    loader = DataLoader(TensorDataset(torch.rand(64, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (64,))), batch_size=8)
+    lrs = LearningRates()
+    trainer = L.Trainer(
+        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[lrs],
+    )  # fmt: skip
+    trainer.fit(module, loader)
+    assert len(lrs.seen) == 16  # 2 epochs x 8 batches, one scheduler step each
+    assert lrs.seen[0] == pytest.approx(1e-4)  # max_lr / div_factor
+    assert max(lrs.seen) == pytest.approx(1e-3, rel=0.05) and lrs.seen.index(max(lrs.seen)) in (3, 4)
+    assert lrs.seen[-1] < 2e-5 and lrs.seen == sorted(lrs.seen[:4]) + lrs.seen[4:]
+
+
+def test_one_cycle_schedule_without_a_run_length_is_refused() -> None:
+    module = make_module(lr_scheduler=_onecycle())
+    loader = DataLoader(TensorDataset(torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)), batch_size=8)
+    trainer = L.Trainer(max_epochs=-1, max_steps=-1, logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match=r"set trainer\.max_epochs or max_steps"):
+        trainer.fit(module, loader)
+
+
+@pytest.mark.slow
+def test_compiled_unet_matches_eager_and_keeps_plain_checkpoint_keys() -> None:
+    eager, compiled = make_module(), make_module(compile=True)
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints load in either mode
+    x, t, y = torch.randn(4, 1, 28, 28), torch.randint(0, 100, (4,)), torch.randint(0, 11, (4,))
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, t, y), eager(x, t, y), rtol=1e-4, atol=1e-5)
+
+
+def test_min_snr_weighting_scales_each_image_and_leaves_validation_unweighted() -> None:
+    module = make_module(min_snr_gamma=5.0)
+    x0, labels = torch.rand(6, 1, 28, 28) * 2 - 1, torch.arange(6)
+    t, noise = torch.tensor([0, 10, 30, 50, 70, 99]), torch.randn(6, 1, 28, 28)
+    with torch.no_grad():
+        error = (module(module.schedule.q_sample(x0, t, noise), t, labels) - noise).square().mean(dim=(1, 2, 3))
+        snr = module.schedule.alphas_cumprod[t] / (1 - module.schedule.alphas_cumprod[t])
+        expected = (error * torch.clamp(snr, max=5.0) / snr).mean()
+        assert module.diffusion_loss(x0, labels, t, noise, weighted=True) == pytest.approx(float(expected), rel=1e-5)
+        assert module.diffusion_loss(x0, labels, t, noise) == pytest.approx(float(error.mean()), rel=1e-5)
+    assert snr[0] > 5.0 > snr[-1], "the test spans both sides of gamma"
+
+
+def test_bad_min_snr_gamma_refused() -> None:
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        make_module(min_snr_gamma=0.0)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -35,13 +36,17 @@ class DiffusionModule(L.LightningModule):
         unet: the noise predictor.
         schedule: the noise schedule.
         optimizer: factory ``params -> Optimizer`` (a Hydra ``_partial_``).
-        lr_scheduler: factory ``optimizer -> ReduceLROnPlateau`` (or any scheduler), optional.
+        lr_scheduler: factory ``optimizer -> scheduler`` (a Hydra ``_partial_``), optional. One that takes
+            ``total_steps`` (``OneCycleLR``) is given the run's length and stepped every batch; any
+            other is stepped after every validation (``ReduceLROnPlateau`` on ``val/loss``).
         cond_drop_prob: probability of training a sample unconditionally, in [0, 1).
         val_seed: seed of the validation timesteps and noise.
         channels_last: run convolutions in channels-last memory format (pays on GPUs, not on CPUs).
         compile: compile the U-Net with ``torch.compile`` (``nn.Module.compile``: the state dict and
             checkpoints keep their plain keys); pays on GPUs, where it fuses the many small kernels.
         compile_mode: ``torch.compile`` mode: ``default``, ``reduce-overhead`` (CUDA graphs) or ``max-autotune``.
+        min_snr_gamma: Min-SNR-gamma loss weighting in training (None: the plain DDPM loss); the
+            validation loss is always unweighted, so it compares across settings.
     """
 
     def __init__(
@@ -55,10 +60,13 @@ class DiffusionModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         compile_mode: str = "default",
+        min_snr_gamma: float | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= cond_drop_prob < 1.0:
             raise ValueError(f"model.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+        if min_snr_gamma is not None and min_snr_gamma <= 0:
+            raise ValueError(f"model.min_snr_gamma must be positive or null, got {min_snr_gamma}")
         self.save_hyperparameters(ignore=["unet", "schedule", "optimizer", "lr_scheduler"], logger=False)
         self.unet = unet
         self.schedule = schedule
@@ -67,6 +75,7 @@ class DiffusionModule(L.LightningModule):
         self.cond_drop_prob = cond_drop_prob
         self.val_seed = val_seed
         self.channels_last = channels_last
+        self.min_snr_gamma = min_snr_gamma
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
         if compile:
@@ -77,12 +86,21 @@ class DiffusionModule(L.LightningModule):
         """Predicted noise ``[B, C, H, W]`` for noisy images ``x`` at timesteps ``t``."""
         return self.unet(x, t, labels)
 
-    def diffusion_loss(self, x0: Tensor, labels: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """Mean squared error between the true and the predicted noise."""
+    def diffusion_loss(self, x0: Tensor, labels: Tensor, t: Tensor, noise: Tensor, weighted: bool = False) -> Tensor:
+        """Mean squared error between the true and the predicted noise.
+
+        With ``weighted`` and ``min_snr_gamma`` set, image i's error is weighted by
+        ``min(SNR(t_i), gamma) / SNR(t_i)`` (Min-SNR, Hang et al. 2023): the nearly noiseless
+        timesteps, easy to fit and of little use to sampling, stop dominating the gradient.
+        """
         x_t = self.schedule.q_sample(x0, t, noise)
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
-        return F.mse_loss(self.unet(x_t, t, labels).float(), noise)
+        error = (self.unet(x_t, t, labels).float() - noise).square().mean(dim=tuple(range(1, x0.ndim)))
+        if weighted and self.min_snr_gamma is not None:
+            snr = self.schedule.log_snr()[t].exp()
+            error = error * snr.clamp(max=self.min_snr_gamma) / snr
+        return error.mean()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x0, labels = batch
@@ -90,7 +108,7 @@ class DiffusionModule(L.LightningModule):
         noise = torch.randn_like(x0)
         drop = torch.rand(len(labels), device=labels.device) < self.cond_drop_prob
         labels = torch.where(drop, torch.full_like(labels, self.unet.null_class), labels)
-        loss = self.diffusion_loss(x0, labels, t, noise)
+        loss = self.diffusion_loss(x0, labels, t, noise, weighted=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(x0))
         return loss
 
@@ -106,6 +124,12 @@ class DiffusionModule(L.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
+        if "total_steps" in inspect.signature(self.lr_scheduler_factory).parameters:
+            total_steps = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+            if not math.isfinite(total_steps):
+                raise ValueError("model.lr_scheduler needs the run's length: set trainer.max_epochs or max_steps")
+            scheduler = self.lr_scheduler_factory(optimizer=optimizer, total_steps=int(total_steps))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = self.lr_scheduler_factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
