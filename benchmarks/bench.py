@@ -42,11 +42,11 @@ from diffusion_lab.generation import generate
 PRESETS = ("small", "base", "large")
 
 
-def compose_config(preset: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """The real training config, as ``diffusion-lab-train model=PRESET OVERRIDES...`` composes it."""
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The real training config, as ``diffusion-lab-train OVERRIDES...`` composes it, writing to ``output_dir``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model={preset}", *overrides], return_hydra_config=True)
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg.hydra
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {"machine": machine(), "settings": vars(args)}
     rows = []
     for preset in args.presets.split(","):
-        cfg = compose_config(preset, args.overrides, output.parent / "run")
+        cfg = compose_config([f"model={preset}", *args.overrides], output.parent / "run")
         L.seed_everything(0, verbose=False)
         bf16 = "bf16" in str(cfg.trainer.precision)
         runs = {
@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((preset, str(cfg.trainer.precision), cfg.data.batch_size, framework, fp32, same))
         print(f"{preset}: framework {framework:.0f} img/s, plain fp32 {fp32:.0f}, plain same precision {same:.0f}",
               file=sys.stderr, flush=True)  # fmt: skip
-    results.update(sampling_seconds(compose_config("small", args.overrides, output.parent / "run"), args.skip_ddpm))
+    small = compose_config(["model=small", *args.overrides], output.parent / "run")
+    results.update(sampling_seconds(small, args.skip_ddpm))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["memory/peak_host_mib"] = peak
     if torch.cuda.is_available():

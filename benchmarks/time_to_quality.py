@@ -26,14 +26,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from bench import machine  # this script's folder is on sys.path
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
+from bench import compose_config, machine  # this script's folder is on sys.path
 from lightning.pytorch.callbacks import WeightAveraging
-from omegaconf import DictConfig, open_dict
 
-from diffusion_lab.config import CONF_DIR, project_root
+from diffusion_lab.config import project_root
 from diffusion_lab.evaluation import Evaluator
 from diffusion_lab.generation import generate
 from diffusion_lab.train import build
@@ -75,18 +71,6 @@ class Snapshots(L.Callback):
             {"seconds": seconds, "step": trainer.global_step, "epoch": trainer.current_epoch, "state": state}
         )
         self._excluded += time.perf_counter() - copied
-
-
-def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """``conf/train.yaml`` with ``overrides``, as ``diffusion-lab-train`` composes it, writing to ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:

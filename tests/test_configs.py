@@ -26,6 +26,7 @@ def options(group: str) -> list[str]:
 def test_groups_have_their_options() -> None:
     assert options("data") == ["fashion_mnist", "mnist"]
     assert options("model") == ["base", "large", "small"]
+    assert options("model/lr_scheduler") == ["onecycle", "plateau"]
     assert options("schedule") == ["cosine", "linear", "quadratic"]
     assert set(options("trainer")) >= {"cpu", "gpu", "ddp"}
     assert set(options("logger")) == {"csv", "tensorboard", "wandb", "none"}
@@ -50,6 +51,17 @@ def test_model_options(compose_train, name: str) -> None:
     assert isinstance(model, DiffusionModule)
     assert list(model.unet.down_chs) == list(cfg.model.unet.down_chs)
     assert model.unet.num_classes == 10
+
+
+@pytest.mark.parametrize("name", options("model/lr_scheduler"))
+@pytest.mark.parametrize("preset", options("model"))
+def test_lr_scheduler_options_build_for_every_preset(compose_train, preset: str, name: str) -> None:
+    cfg = compose_train(f"model={preset}", f"model/lr_scheduler={name}")
+    model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+    config = model.configure_optimizers()
+    expected = {"onecycle": "OneCycleLR", "plateau": "ReduceLROnPlateau"}[name]
+    assert type(config["lr_scheduler"]["scheduler"]).__name__ == expected
+    assert config["lr_scheduler"]["interval"] == ("step" if name == "onecycle" else "epoch")
 
 
 def test_model_presets_have_documented_channels(compose_train) -> None:
