@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from diffusion_lab.diffusion_module import DiffusionModule
+from diffusion_lab.lr_schedules import one_cycle
 from diffusion_lab.schedules import cosine
 from diffusion_lab.unet import ConditionalUNet
 
@@ -56,11 +57,8 @@ def test_bad_cond_drop_prob_refused(prob: float) -> None:
         make_module(cond_drop_prob=prob)
 
 
-def _onecycle(**kwargs: object) -> functools.partial:
-    return functools.partial(
-        torch.optim.lr_scheduler.OneCycleLR, max_lr=1e-3, pct_start=0.25, cycle_momentum=False, div_factor=10,
-        final_div_factor=100, **kwargs,
-    )  # fmt: skip
+def _onecycle() -> functools.partial:
+    return functools.partial(one_cycle, pct_start=0.25, div_factor=10, final_div_factor=100)
 
 
 class LearningRates(L.Callback):
@@ -120,3 +118,23 @@ def test_min_snr_weighting_scales_each_image_and_leaves_validation_unweighted() 
 def test_bad_min_snr_gamma_refused() -> None:
     with pytest.raises(ValueError, match="min_snr_gamma"):
         make_module(min_snr_gamma=0.0)
+
+
+@pytest.mark.parametrize("total", [7, 20, 1263])
+def test_one_cycle_is_torchs_curve_and_holds_its_end_past_the_run(total: int) -> None:
+    ours, torchs = (torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-3) for _ in range(2))
+    schedule = one_cycle(ours, total)
+    reference = torch.optim.lr_scheduler.OneCycleLR(
+        torchs, max_lr=2e-3, total_steps=total, pct_start=0.1, cycle_momentum=False, div_factor=25,
+        final_div_factor=100,
+    )  # fmt: skip
+    for step in range(total):
+        assert ours.param_groups[0]["lr"] == pytest.approx(torchs.param_groups[0]["lr"], rel=1e-9), step
+        for stepper in (ours, torchs, schedule):
+            stepper.step()
+        if step < total - 1:
+            reference.step()
+    for _ in range(5):  # a resumed run with a larger max_steps: torch's raises, ours keeps the final lr
+        ours.step()
+        schedule.step()
+        assert ours.param_groups[0]["lr"] == pytest.approx(2e-3 / 2500, rel=1e-9)

@@ -113,6 +113,10 @@ def test_score_refuses_mismatched_input(evaluator: Evaluator) -> None:
         evaluator.score(torch.rand(4, 3, 28, 28), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="4 images but 3 labels"):
         evaluator.score(torch.rand(4, 1, 28, 28), torch.zeros(3, dtype=torch.long))
+    diverged = torch.rand(20, 1, 28, 28)
+    diverged[3, 0, 5, 5] = float("nan")  # a diverged model's samples: FID's eigen solver would crash on them
+    with pytest.raises(ValueError, match="NaN or infinite values: the model has diverged"):
+        evaluator.score(diverged, torch.arange(10).repeat(2))
 
 
 @pytest.mark.slow

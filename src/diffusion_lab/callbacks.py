@@ -278,11 +278,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 class StopOnNonFiniteLoss(L.Callback):
-    """Stop training at the first NaN/inf training loss, and never write a checkpoint with NaN/inf weights.
+    """Stop training at the first NaN/inf training or validation loss; never write a checkpoint with NaN/inf weights.
 
     The loss is checked on the device without a host sync each step; the flag is read every
     ``check_every_n_steps`` steps and before every checkpoint, so a diverged model never
-    overwrites ``last.ckpt``.
+    overwrites ``last.ckpt``. ``val/loss`` is read after each validation and before every
+    checkpoint too: the EMA weights validation uses can diverge while the training loss is
+    still finite.
 
     Args:
         check_every_n_steps: how often the accumulated flag is read (one host sync each time).
@@ -294,7 +296,7 @@ class StopOnNonFiniteLoss(L.Callback):
         self.check_every_n_steps = check_every_n_steps
         self._finite: torch.Tensor | None = None
 
-    def _raise_if_diverged(self, trainer: L.Trainer) -> None:
+    def _raise_if_diverged(self, trainer: L.Trainer, metric: str = "train/loss") -> None:
         if self._finite is not None and not bool(self._finite):
             ckpt = trainer.checkpoint_callback
             last = Path(ckpt.dirpath or ".") / "last.ckpt" if ckpt is not None else None
@@ -302,7 +304,7 @@ class StopOnNonFiniteLoss(L.Callback):
                 f"the last good checkpoint {last} is kept" if last and last.is_file() else "no checkpoint was written"
             )
             raise NonFiniteLossError(
-                f"train/loss became NaN or infinite by step {trainer.global_step} ({kept}): "
+                f"{metric} became NaN or infinite by step {trainer.global_step} ({kept}): "
                 "lower model.optimizer.lr or set trainer.gradient_clip_val"
             )
 
@@ -315,7 +317,18 @@ class StopOnNonFiniteLoss(L.Callback):
         if trainer.global_step % self.check_every_n_steps == 0:
             self._raise_if_diverged(trainer)
 
+    def _check_val_loss(self, trainer: L.Trainer) -> None:
+        val_loss = trainer.callback_metrics.get("val/loss")
+        if val_loss is not None and not bool(torch.isfinite(val_loss).all()):
+            self._finite = torch.tensor(False)
+            self._raise_if_diverged(trainer, "val/loss")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check_val_loss(trainer)
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._check_val_loss(trainer)  # the checkpoint after a validation is written before on_validation_end here
         self._raise_if_diverged(trainer)
         weights = [*pl_module.parameters(), *checkpoint.get("state_dict", {}).values()]
         if not all(bool(torch.isfinite(w).all()) for w in weights if w.is_floating_point()):

@@ -182,6 +182,8 @@ class Evaluator:
             raise ValueError(f"expected images of shape [N, 1, 28, 28], got {list(images.shape)}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError("the generated images hold NaN or infinite values: the model has diverged")
         images, labels = images.float().cpu(), labels.cpu()
         return {
             **self.accuracy(images, labels, prefix),
