@@ -36,6 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from diffusion_lab.checkpointing import atomic_write_text
 from diffusion_lab.config import CONF_DIR, project_root
 from diffusion_lab.generation import generate
 
@@ -215,10 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if "sample/ddpm_s" in results:
         print(f"DDIM-50 speed-up over DDPM: {results['sample/ddpm_s'] / results['sample/ddim50_s']:.1f}x")
     print(f"peak host memory: {peak:.0f} MiB; machine: {results['machine']}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, output)
+    atomic_write_text(output, json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(f"wrote {output}")
     return 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -29,6 +28,7 @@ import torch
 from bench import compose_config, machine  # this script's folder is on sys.path
 from lightning.pytorch.callbacks import WeightAveraging
 
+from diffusion_lab.checkpointing import atomic_write_text
 from diffusion_lab.config import project_root
 from diffusion_lab.evaluation import Evaluator
 from diffusion_lab.generation import generate
@@ -122,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {p['minutes']:.2f} | {p['step']} | {p['epoch']} | {p['accuracy']:.1%} | {p['fid']:.1f} |")
     target = f"{result['minutes_to_target']:.2f} minutes" if reached else "not reached"
     print(f"{args.target:.0%} class accuracy: {target}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, output)
+    atomic_write_text(output, json.dumps(result, indent=2) + "\n")
     print(f"wrote {output}")
     return 0
 
