@@ -121,16 +121,26 @@ class DiffusionModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(x0))
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        """The optimizer and LR schedule; a bad setting of either raises ``ValueError`` naming its config key."""
+        try:
+            optimizer = self.optimizer_factory(params=self.parameters())
+        except ValueError as err:
+            raise ValueError(f"model.optimizer: {err}") from err
         if self.lr_scheduler_factory is None:
             return optimizer
-        if "total_steps" in inspect.signature(self.lr_scheduler_factory).parameters:
+        per_step = "total_steps" in inspect.signature(self.lr_scheduler_factory).parameters
+        kwargs: dict[str, Any] = {}
+        if per_step:
             total_steps = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
             if not math.isfinite(total_steps):
                 raise ValueError("model.lr_scheduler needs the run's length: set trainer.max_epochs or max_steps")
-            scheduler = self.lr_scheduler_factory(optimizer=optimizer, total_steps=int(total_steps))
+            kwargs["total_steps"] = int(total_steps)
+        try:
+            scheduler = self.lr_scheduler_factory(optimizer=optimizer, **kwargs)
+        except ValueError as err:
+            raise ValueError(f"model.lr_scheduler: {err}") from err
+        if per_step:
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch", "strict": False},

@@ -45,7 +45,7 @@ def one_cycle(
     """
     if not 0.0 < pct_start < 1.0 or div_factor <= 0 or final_div_factor <= 0 or total_steps < 1:
         raise ValueError(
-            "model.lr_scheduler: pct_start must be in (0, 1), div_factor and final_div_factor positive, "
+            "pct_start must be in (0, 1), div_factor and final_div_factor positive, "
             f"total_steps >= 1; got {pct_start}, {div_factor}, {final_div_factor}, {total_steps}"
         )
     factor = functools.partial(

@@ -50,10 +50,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     datamodule = instantiate(cfg.data)
     schedule = instantiate(cfg.schedule)
     model = instantiate(cfg.model, schedule=schedule)
-    try:  # the optimizer is built lazily by Lightning; build it once now so its settings fail early
-        model.configure_optimizers()
-    except ValueError as err:
-        raise ValueError(str(err) if str(err).startswith("model.") else f"model.optimizer: {err}") from err
+    model.configure_optimizers()  # Lightning builds these lazily; build them once now so their settings fail early
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     logger_cfg = cfg.get("logger")
