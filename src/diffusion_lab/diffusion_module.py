@@ -98,7 +98,8 @@ class DiffusionModule(L.LightningModule):
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         error = (self.unet(x_t, t, labels).float() - noise).square().mean(dim=tuple(range(1, x0.ndim)))
         if weighted and self.min_snr_gamma is not None:
-            snr = self.schedule.log_snr()[t].exp()
+            alpha_bar = self.schedule.alphas_cumprod[t]
+            snr = alpha_bar / (1.0 - alpha_bar)
             error = error * snr.clamp(max=self.min_snr_gamma) / snr
         return error.mean()
 
