@@ -16,7 +16,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_lab.classifier import ReferenceClassifier, load_classifier
 from diffusion_lab.config import CONF_DIR, project_root
-from diffusion_lab.diffusion_module import CONFIG_KEY
+from diffusion_lab.datamodule import MNISTDataModule
+from diffusion_lab.diffusion_module import CONFIG_KEY, STYLE_STATS_KEY
+from diffusion_lab.styles import StyleStats
 
 DATA_DIR = project_root() / "data"
 
@@ -45,16 +47,39 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+@pytest.fixture(scope="session")
+def style_stats(data_dir: Path) -> Callable[[str], StyleStats]:
+    """The training split's style distribution of a dataset, as a styled training run records it (cached)."""
+    cache: dict[str, StyleStats] = {}
+
+    def _stats(name: str) -> StyleStats:
+        if name not in cache:
+            data = MNISTDataModule(name, data_dir, styles=True)
+            data.setup()
+            cache[name] = data.style_stats
+        return cache[name]
+
+    return _stats
+
+
 @pytest.fixture
-def make_checkpoint(compose_train: Callable[..., DictConfig], tmp_path: Path) -> Callable[..., Path]:
-    """Write an untrained checkpoint as training writes it (weights + resolved config) for a small U-Net."""
+def make_checkpoint(
+    compose_train: Callable[..., DictConfig], tmp_path: Path, style_stats: Callable[[str], StyleStats]
+) -> Callable[..., Path]:
+    """Write an untrained checkpoint as training writes it (weights + resolved config) for a small U-Net.
+
+    With ``model.style_conditioning=true`` it also holds the dataset's style distribution.
+    """
 
     def _make(*overrides: str, name: str = "model.ckpt") -> Path:
         cfg = compose_train("model.unet.down_chs=[8,16]", "diffusion.timesteps=100", *overrides)
         torch.manual_seed(0)
         model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+        checkpoint = {"state_dict": model.state_dict(), CONFIG_KEY: OmegaConf.to_container(cfg, resolve=True)}
+        if cfg.model.style_conditioning:
+            checkpoint[STYLE_STATS_KEY] = style_stats(cfg.data.name).to_dict()
         path = tmp_path / name
-        torch.save({"state_dict": model.state_dict(), CONFIG_KEY: OmegaConf.to_container(cfg, resolve=True)}, path)
+        torch.save(checkpoint, path)
         return path
 
     return _make

@@ -38,9 +38,9 @@ def test_labels_are_dropped_to_the_null_class_at_the_configured_rate() -> None:
     seen: list[torch.Tensor] = []
     forward = module.unet.forward
 
-    def spy(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def spy(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, styles: torch.Tensor | None) -> torch.Tensor:
         seen.append(labels)
-        return forward(x, t, labels)
+        return forward(x, t, labels, styles)
 
     module.unet.forward = spy
     module.log = lambda *args, **kwargs: None

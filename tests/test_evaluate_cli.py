@@ -76,13 +76,32 @@ def test_without_clip_weights_everything_else_runs(
     assert not [k for k in metrics if "clip_" in k], "no CLIP numbers without CLIP weights"
     assert "generated/fid" in metrics and "real/classifier_accuracy" in metrics
     assert "generated/inception_fid" not in metrics
+    assert not [k for k in metrics if k.startswith("style/")], "an unstyled model has no style control"
     log = capsys.readouterr()
     assert len([line for line in (log.out + log.err).splitlines() if "CLIP metrics skipped" in line]) == 1
 
 
+@pytest.mark.slow
+def test_a_styled_checkpoint_is_scored_on_style_control(
+    make_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "eval"
+    ckpt = make_checkpoint("model.style_conditioning=true")
+    main_in_process(monkeypatch, f"ckpt={ckpt}", "num_per_class=4", "steps=3", "inception=false", "clip=none",
+                    f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("slant", "thickness"):
+        for stat in ("correlation", "mae", "bias"):
+            assert np.isfinite(metrics[f"style/{name}_{stat}"]), (name, stat)
+    assert 0 <= metrics["style/classifier_accuracy"] <= 1 and metrics["time/style_s"] > 0
+    report = (out / "report.md").read_text()
+    assert "## Style control" in report and "| thickness |" in report and "Class accuracy with styles" in report
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("num_per_class=1", "num_per_class must be at least 2"), ("steps=0", "steps must be in 1..100"),
+    [("style_control=maybe", "style_control must be true or false"),
+     ("num_per_class=1", "num_per_class must be at least 2"), ("steps=0", "steps must be in 1..100"),
      ("precision=16", "precision must be one of 32, bf16"), ("clip=clop", "clip=clop is not an option"),
      ("guidance=-1", "guidance must be a finite number >= 0"), ("batch_size=0", "batch_size must be positive")],
 )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ from diffusion_lab.figures import (
     plot_schedules,
     save_figure,
     show_noise_progression,
+    style_distributions,
+    style_grid,
     visualize_generation_steps,
 )
 from diffusion_lab.generation import generate
@@ -237,6 +240,57 @@ def test_guidance_sweep_refuses_a_negative_weight(model: DiffusionModule) -> Non
 # --------------------------------------------------------------------------- files and the entry point
 
 
+# --------------------------------------------------------------------------- styles
+
+
+@pytest.fixture(scope="module")
+def styled_model(style_stats) -> DiffusionModule:
+    """A tiny randomly initialised style-conditioned model with MNIST's style distribution."""
+    torch.manual_seed(0)
+    unet = ConditionalUNet(down_chs=(8, 16), num_classes=10, num_styles=2)
+    module = DiffusionModule(unet, cosine(50), torch.optim.AdamW, style_conditioning=True)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    for p in module.unet.style_emb.parameters():
+        torch.nn.init.normal_(p, std=1.0)
+    module.style_stats = style_stats("mnist")
+    module.run_config = {"data": {"name": "mnist"}}
+    return module.eval()
+
+
+def test_style_grid_draws_one_class_across_slant_and_thickness_from_one_noise(styled_model: DiffusionModule) -> None:
+    slants, thicknesses = [-20, 0, "right"], ["thin", 4.0]
+    fig = style_grid(styled_model, "7", slants, thicknesses, steps=4, precision="32")
+    grid = image_grid(fig)
+    assert grid_shape(grid) == (2, 3)
+    assert [grid[(0, c)].get_title() for c in range(3)] == ["slant -20°", "slant 0°", "slant right"]
+    assert grid[(1, 0)].get_ylabel() == "thickness\n4.0 px"
+    for (r, c), ax in grid.items():
+        style = {"slant": slants[c], "thickness": thicknesses[r]}
+        image = generate(styled_model, [7], seed=0, steps=4, precision="32", style=style)
+        np.testing.assert_allclose(pixels(ax), image[0, 0].numpy(), atol=1e-5)
+        assert re.fullmatch(r"[+-]\d+°, \d+\.\d px", ax.get_xlabel()), ax.get_xlabel()
+    assert np.abs(pixels(grid[(0, 0)]) - pixels(grid[(1, 2)])).mean() > 1e-3
+
+
+def test_style_grid_needs_a_styled_model_and_good_values(model: DiffusionModule, styled_model: DiffusionModule) -> None:
+    with pytest.raises(ValueError, match="trained without style conditions"):
+        style_grid(model, 7, steps=2)
+    with pytest.raises(ValueError, match="slant=90 is outside what the model was trained on"):
+        style_grid(styled_model, 7, slants=[90], steps=2)
+
+
+def test_style_distributions_mark_the_named_levels(style_stats) -> None:
+    stats = style_stats("mnist")
+    values = torch.stack([torch.randn(500) * 10 + 5, torch.rand(500) * 2 + 2], dim=-1)
+    fig = style_distributions(values, stats, "mnist")
+    slant_ax, thickness_ax = fig.axes
+    assert slant_ax.get_xlabel() == "slant (degrees)" and thickness_ax.get_xlabel() == "thickness (pixels)"
+    marked = [line.get_xdata()[0] for line in thickness_ax.lines]
+    assert marked == [stats.attributes["thickness"].percentiles[p] for p in (10, 50, 90)]
+    assert sum(patch.get_height() for patch in slant_ax.patches) == pytest.approx(500, abs=5)
+
+
 def test_save_figure_writes_a_png_and_no_temporary_file(tmp_path: Path) -> None:
     path = save_figure(plot_schedules(timesteps=50), tmp_path / "new" / "schedules.png")
     assert path == tmp_path / "new" / "schedules.png"
@@ -271,7 +325,7 @@ def test_cli_without_checkpoint_writes_the_two_model_free_figures(overrides: tup
     out = tmp_path / "figs"
     proc = run_figures(*overrides, f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_pngs(out, {"noise_progression.png", "schedules.png"})
+    assert_pngs(out, {"noise_progression.png", "schedules.png", "style_distributions.png"})
     assert "need a trained model: pass ckpt=PATH" in proc.stdout + proc.stderr
 
 
@@ -305,6 +359,29 @@ def test_cli_with_checkpoint_writes_all_four_figures(make_checkpoint, tmp_path: 
         f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_pngs(out, {"noise_progression.png", "schedules.png", "generation_steps.png", "guidance_sweep.png"})
+    assert_pngs(out, {"noise_progression.png", "schedules.png", "generation_steps.png", "guidance_sweep.png",
+                      "style_distributions.png"})  # fmt: skip
     for name in ("noise_progression.png", "generation_steps.png", "guidance_sweep.png"):
         assert str(out / name) in proc.stdout + proc.stderr
+    assert "style_grid.png needs a style-conditioned model" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_with_a_styled_checkpoint_also_draws_the_style_grid(make_checkpoint, tmp_path: Path) -> None:
+    ckpt = make_checkpoint("model.style_conditioning=true")
+    out = tmp_path / "figs"
+    proc = run_figures(f"ckpt={ckpt}", f"output={out}", "steps=3", "num_per_class=1", "guidance_weights=[0]",
+                       "style_slants=[left,0,20]", "style_thicknesses=[thin,3.5]",
+                       f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "style_grid.png" in {p.name for p in out.iterdir()}
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_bad_style_grid_value_in_one_line(make_checkpoint, tmp_path: Path) -> None:
+    ckpt = make_checkpoint("model.style_conditioning=true")
+    out = tmp_path / "figs"
+    proc = run_figures(f"ckpt={ckpt}", f"output={out}", "steps=3", "style_thicknesses=[huge]",
+                       f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert_one_line_error(proc, "thickness='huge' is not a style value")
+    assert not out.exists()

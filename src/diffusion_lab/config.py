@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from diffusion_lab.datasets import dataset_info
+from diffusion_lab.styles import STYLE_NAMES
 
 
 def project_root() -> Path:
@@ -30,11 +31,13 @@ def run_id(run_dir: str) -> str:
 
 
 def register_resolvers() -> None:
-    """``${project_root:}``, ``${num_classes:NAME}`` and ``${run_id:DIR}`` for the config tree."""
+    """``${project_root:}``, ``${num_classes:NAME}``, ``${num_styles:ON}`` and ``${run_id:DIR}`` for the config tree."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("num_classes"):
         OmegaConf.register_new_resolver("num_classes", lambda name: dataset_info(name).num_classes)
+    if not OmegaConf.has_resolver("num_styles"):
+        OmegaConf.register_new_resolver("num_styles", lambda on: len(STYLE_NAMES) if on else 0)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id)
 

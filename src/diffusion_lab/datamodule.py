@@ -16,26 +16,41 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from diffusion_lab.datasets import dataset_info, load_arrays, prepare
+from diffusion_lab.styles import StyleStats, measure
+
+#: A batch: images ``[B, 1, 28, 28]`` and labels ``[B]``, then raw style attributes ``[B, 2]`` when the data has them.
+Batch = tuple[Tensor, ...]
 
 
 class InMemoryDataset(Dataset):
-    """Images in [-1, 1] as ``[N, 1, 28, 28]`` float32 and labels ``[N]`` int64, on one device."""
+    """Images in [-1, 1] as ``[N, 1, 28, 28]`` float32 and labels ``[N]`` int64, on one device.
 
-    def __init__(self, images: Tensor, labels: Tensor) -> None:
+    ``styles`` (optional) holds each image's raw style attributes ``[N, 2]`` (``diffusion_lab.styles``).
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, styles: Tensor | None = None) -> None:
         self.images = images
         self.labels = labels
+        self.styles = styles
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.images[index], self.labels[index]
+    def __getitem__(self, index: int) -> Batch:
+        return self.select(index)
+
+    def select(self, index: int | Tensor) -> Batch:
+        """``(images, labels)``, with ``styles`` last when the split has them, at ``index``."""
+        if self.styles is None:
+            return self.images[index], self.labels[index]
+        return self.images[index], self.labels[index], self.styles[index]
 
     def to(self, device: torch.device) -> InMemoryDataset:
         """The same split on ``device`` (itself when it is there already)."""
         if self.labels.device == device:
             return self
-        return InMemoryDataset(self.images.to(device), self.labels.to(device))
+        styles = None if self.styles is None else self.styles.to(device)
+        return InMemoryDataset(self.images.to(device), self.labels.to(device), styles)
 
 
 class EpochOrder:
@@ -73,7 +88,8 @@ class EpochOrder:
 
 
 class TensorBatches:
-    """Batches ``(images [B, 1, 28, 28], labels [B])`` indexed straight out of an :class:`InMemoryDataset`.
+    """Batches ``(images [B, 1, 28, 28], labels [B])``, plus ``styles [B, 2]`` when the split has them,
+    indexed straight out of an :class:`InMemoryDataset`.
 
     An iterable Lightning accepts in place of a DataLoader. Like a DataLoader it has a ``sampler``
     (the :class:`EpochOrder`, which Lightning reshuffles each epoch) and a ``batch_sampler`` (None).
@@ -90,11 +106,15 @@ class TensorBatches:
         full, rest = divmod(len(self.sampler), self.batch_size)
         return full if self.drop_last or not rest else full + 1
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         indices = self.sampler.indices().to(self.dataset.labels.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            batch = indices[start : start + self.batch_size]
-            yield self.dataset.images[batch], self.dataset.labels[batch]
+            yield self.dataset.select(indices[start : start + self.batch_size])
+
+
+def _pick(images: Tensor, labels: Tensor, styles: Tensor | None, index: Tensor) -> Batch:
+    """The images, labels and styles (None stays None) at ``index``."""
+    return images[index], labels[index], None if styles is None else styles[index]
 
 
 def to_unit_range(images: Tensor) -> Tensor:
@@ -113,6 +133,8 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: seed of the train/val permutation, fixed so runs compare.
         eval_batch_size: images per validation/test batch (defaults to ``batch_size``).
         shuffle_seed: seed of the per-epoch training order (None: the run's seed, ``torch.initial_seed()``).
+        styles: also give every image's style attributes (slant, thickness), measured once in
+            :meth:`setup`, with their training-set distribution in :attr:`style_stats`.
         download: fall back to torchvision's download when no offline source is present.
     """
 
@@ -125,6 +147,7 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: int = 0,
         eval_batch_size: int | None = None,
         shuffle_seed: int | None = None,
+        styles: bool = False,
         download: bool = False,
     ) -> None:
         super().__init__()
@@ -138,6 +161,8 @@ class MNISTDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.shuffle_seed = shuffle_seed
+        self.styles = styles
+        self.style_stats: StyleStats | None = None
         self.download = download
         self.data_train: InMemoryDataset | None = None
         self.data_val: InMemoryDataset | None = None
@@ -163,11 +188,14 @@ class MNISTDataModule(L.LightningDataModule):
             order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
             num_val = round(len(labels) * self.val_fraction)
             val_idx, train_idx = order[:num_val], order[num_val:]
-            self.data_train = InMemoryDataset(images[train_idx], labels[train_idx])
-            self.data_val = InMemoryDataset(images[val_idx], labels[val_idx])
-            self.data_test = InMemoryDataset(
-                to_unit_range(torch.from_numpy(arrays["test_images"])), torch.from_numpy(arrays["test_labels"])
-            )
+            test_images = to_unit_range(torch.from_numpy(arrays["test_images"]))
+            styles = test_styles = None
+            if self.styles:
+                styles, test_styles = measure((images + 1) / 2), measure((test_images + 1) / 2)
+                self.style_stats = StyleStats.from_values(styles[train_idx])
+            self.data_train = InMemoryDataset(*_pick(images, labels, styles, train_idx))
+            self.data_val = InMemoryDataset(*_pick(images, labels, styles, val_idx))
+            self.data_test = InMemoryDataset(test_images, torch.from_numpy(arrays["test_labels"]), test_styles)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         self.data_train, self.data_val, self.data_test = (split.to(device) for split in self.splits())
 

@@ -15,10 +15,13 @@ from torch.optim import Optimizer
 
 from diffusion_lab.checkpointing import read_checkpoint
 from diffusion_lab.schedules import NoiseSchedule
+from diffusion_lab.styles import STYLE_NAMES, StyleStats
 from diffusion_lab.unet import ConditionalUNet
 
 #: Checkpoint key that holds the resolved run configuration, so a checkpoint rebuilds its model.
 CONFIG_KEY = "diffusion_lab_config"
+#: Checkpoint key of a style-conditioned model's training-set style distribution (:class:`StyleStats`).
+STYLE_STATS_KEY = "diffusion_lab_style_stats"
 
 
 class DiffusionModule(L.LightningModule):
@@ -26,6 +29,10 @@ class DiffusionModule(L.LightningModule):
 
     Labels are replaced by the null class with probability ``cond_drop_prob`` so the same
     network also learns the unconditional model that classifier-free guidance needs.
+    With ``style_conditioning`` the batches also carry each image's style attributes (slant,
+    thickness; ``diffusion_lab.styles``), normalised by the training set's distribution and given
+    to the U-Net; they are dropped together with the label, and each one on its own with the same
+    probability, so the model samples with any subset of them, or none.
     The validation loss uses fixed timesteps and noise (seeded per batch), so it is
     comparable across epochs and runs.
 
@@ -47,6 +54,8 @@ class DiffusionModule(L.LightningModule):
         compile_mode: ``torch.compile`` mode: ``default``, ``reduce-overhead`` (CUDA graphs) or ``max-autotune``.
         min_snr_gamma: Min-SNR-gamma loss weighting in training (None: the plain DDPM loss); the
             validation loss is always unweighted, so it compares across settings.
+        style_conditioning: condition on the images' style attributes; needs a U-Net with
+            ``num_styles=2`` and a datamodule that gives styles (``data.styles``, on by default then).
     """
 
     def __init__(
@@ -61,12 +70,19 @@ class DiffusionModule(L.LightningModule):
         compile: bool = False,
         compile_mode: str = "default",
         min_snr_gamma: float | None = None,
+        style_conditioning: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= cond_drop_prob < 1.0:
             raise ValueError(f"model.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ValueError(f"model.min_snr_gamma must be positive or null, got {min_snr_gamma}")
+        wanted = len(STYLE_NAMES) if style_conditioning else 0
+        if unet.num_styles != wanted:
+            raise ValueError(
+                f"model.unet.num_styles is {unet.num_styles} but model.style_conditioning={style_conditioning} needs "
+                f"{wanted}: leave model.unet.num_styles to its default"
+            )
         self.save_hyperparameters(ignore=["unet", "schedule", "optimizer", "lr_scheduler"], logger=False)
         self.unet = unet
         self.schedule = schedule
@@ -76,17 +92,59 @@ class DiffusionModule(L.LightningModule):
         self.val_seed = val_seed
         self.channels_last = channels_last
         self.min_snr_gamma = min_snr_gamma
+        self.style_conditioning = style_conditioning
+        #: The training set's style distribution (from the datamodule, or the checkpoint).
+        self.style_stats: StyleStats | None = None
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
         if compile:
             self.unet.compile(mode=compile_mode)
         self.run_config: dict[str, Any] | None = None
 
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-        """Predicted noise ``[B, C, H, W]`` for noisy images ``x`` at timesteps ``t``."""
-        return self.unet(x, t, labels)
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor, styles: Tensor | None = None) -> Tensor:
+        """Predicted noise ``[B, C, H, W]`` for noisy images ``x`` at timesteps ``t`` (``styles`` normalised)."""
+        return self.unet(x, t, labels, styles)
 
-    def diffusion_loss(self, x0: Tensor, labels: Tensor, t: Tensor, noise: Tensor, weighted: bool = False) -> Tensor:
+    def require_style_stats(self) -> StyleStats:
+        """The training set's style distribution; a one-line ``ValueError`` for a model trained without styles."""
+        if not self.style_conditioning:
+            raise ValueError(
+                "this checkpoint was trained without style conditions: train one with model.style_conditioning=true"
+            )
+        if self.style_stats is None:
+            raise RuntimeError("the model has no style statistics: they come from the datamodule or the checkpoint")
+        return self.style_stats
+
+    def style_condition(self, styles: Tensor) -> Tensor:
+        """Raw style attributes ``[N, 2]`` (degrees, pixels; NaN = not given) -> the U-Net's normalised input."""
+        return self.require_style_stats().normalize(styles.float())
+
+    def _split_batch(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(x0, labels, normalised styles or None)`` of a datamodule batch."""
+        x0, labels, *rest = batch
+        if not self.style_conditioning:
+            return x0, labels, None
+        if not rest:
+            raise ValueError("model.style_conditioning=true needs batches with styles: set data.styles=true")
+        return x0, labels, self.style_condition(rest[0])
+
+    def on_fit_start(self) -> None:
+        """Take the style distribution from the datamodule (the same on every start of a run)."""
+        if self.style_conditioning:
+            stats = getattr(self.trainer.datamodule, "style_stats", None)
+            if stats is None:
+                raise ValueError("model.style_conditioning=true needs a datamodule with data.styles=true")
+            self.style_stats = stats
+
+    def diffusion_loss(
+        self,
+        x0: Tensor,
+        labels: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        styles: Tensor | None = None,
+        weighted: bool = False,
+    ) -> Tensor:
         """Mean squared error between the true and the predicted noise.
 
         With ``weighted`` and ``min_snr_gamma`` set, image i's error is weighted by
@@ -96,29 +154,32 @@ class DiffusionModule(L.LightningModule):
         x_t = self.schedule.q_sample(x0, t, noise)
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
-        error = (self.unet(x_t, t, labels).float() - noise).square().mean(dim=tuple(range(1, x0.ndim)))
+        error = (self.unet(x_t, t, labels, styles).float() - noise).square().mean(dim=tuple(range(1, x0.ndim)))
         if weighted and self.min_snr_gamma is not None:
             alpha_bar = self.schedule.alphas_cumprod[t]
             snr = alpha_bar / (1.0 - alpha_bar)
             error = error * snr.clamp(max=self.min_snr_gamma) / snr
         return error.mean()
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x0, labels = batch
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        x0, labels, styles = self._split_batch(batch)
         t = torch.randint(0, self.schedule.timesteps, (len(x0),), device=x0.device)
         noise = torch.randn_like(x0)
         drop = torch.rand(len(labels), device=labels.device) < self.cond_drop_prob
         labels = torch.where(drop, torch.full_like(labels, self.unet.null_class), labels)
-        loss = self.diffusion_loss(x0, labels, t, noise, weighted=True)
+        if styles is not None:
+            drop_style = drop[:, None] | (torch.rand(styles.shape, device=styles.device) < self.cond_drop_prob)
+            styles = styles.masked_fill(drop_style, float("nan"))
+        loss = self.diffusion_loss(x0, labels, t, noise, styles, weighted=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(x0))
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x0, labels = batch
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        x0, labels, styles = self._split_batch(batch)
         gen = torch.Generator(device=x0.device).manual_seed(self.val_seed + batch_idx)
         t = torch.randint(0, self.schedule.timesteps, (len(x0),), device=x0.device, generator=gen)
         noise = torch.randn(x0.shape, device=x0.device, generator=gen)
-        loss = self.diffusion_loss(x0, labels, t, noise)
+        loss = self.diffusion_loss(x0, labels, t, noise, styles)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(x0))
 
     def configure_optimizers(self) -> Any:
@@ -150,6 +211,12 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config
+        if self.style_stats is not None:
+            checkpoint[STYLE_STATS_KEY] = self.style_stats.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if STYLE_STATS_KEY in checkpoint:
+            self.style_stats = StyleStats.from_dict(checkpoint[STYLE_STATS_KEY])
 
     @classmethod
     def load_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> DiffusionModule:
@@ -167,4 +234,7 @@ class DiffusionModule(L.LightningModule):
         except (KeyError, RuntimeError) as err:
             raise ValueError(f"{path} does not match the model its config describes: {err}") from err
         module.run_config = config
+        module.on_load_checkpoint(checkpoint)
+        if module.style_conditioning and module.style_stats is None:
+            raise ValueError(f"{path} is style-conditioned but holds no {STYLE_STATS_KEY}")
         return module.eval()

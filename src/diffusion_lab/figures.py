@@ -1,4 +1,4 @@
-"""The lab figures: the forward process, the noise schedules, the reverse process, and guidance.
+"""The lab figures: the forward process, the noise schedules, the reverse process, guidance and styles.
 
 In a notebook::
 
@@ -31,7 +31,7 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from diffusion_lab.cli import checkpoint_path, exit_with, hydra_app, resolve_device
-from diffusion_lab.datamodule import to_unit_range
+from diffusion_lab.datamodule import MNISTDataModule, to_unit_range
 from diffusion_lab.datasets import DataError, dataset_info, load_arrays
 from diffusion_lab.diffusion_module import DiffusionModule
 from diffusion_lab.generation import (
@@ -49,6 +49,7 @@ from diffusion_lab.generation import (
 from diffusion_lab.samplers import SAMPLERS, Sampler
 from diffusion_lab.sampling import check_guidance, make_sampler, sample_progressive
 from diffusion_lab.schedules import NoiseSchedule, cosine, linear, quadratic
+from diffusion_lab.styles import LEVEL_PERCENTILES, STYLE_NAMES, STYLE_UNITS, StyleStats, measure
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +323,83 @@ def guidance_sweep(
     return fig
 
 
+def style_distributions(styles: Tensor, stats: StyleStats, dataset: str) -> Figure:
+    """Histograms of each style attribute over a training set ``[N, 2]``, with its named levels marked."""
+    fig = Figure(figsize=(9.0, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(STYLE_NAMES))
+    for i, (ax, name) in enumerate(zip(axes, STYLE_NAMES, strict=True)):
+        attribute = stats.attributes[name]
+        values = styles[:, i].double().numpy()
+        low, high = attribute.percentiles[1], attribute.percentiles[99]
+        ax.hist(values, bins=80, range=(low - 0.1 * (high - low), high + 0.1 * (high - low)), color="0.6")
+        for level, percentile in LEVEL_PERCENTILES.items():
+            value = attribute.percentiles[percentile]
+            ax.axvline(value, color="C3", lw=1)
+            ax.annotate(f"{level}\n{value:.1f}", (value, 1.0), xycoords=("data", "axes fraction"),
+                        ha="center", va="bottom", fontsize=8, color="C3")  # fmt: skip
+        ax.set_xlabel(f"{name} ({STYLE_UNITS[name]})")
+        ax.set_ylabel("training images" if i == 0 else "")
+        ax.set_title(f"mean {attribute.mean:.2f}, std {attribute.std:.2f}", fontsize=9, pad=22)
+    fig.suptitle(f"Style attributes of the {dataset} training split ({len(styles):,} images)", fontsize=11)
+    return fig
+
+
+@torch.no_grad()
+def style_grid(
+    model: DiffusionModule,
+    label: Label = 7,
+    slants: Sequence[float | str] = (-30, -15, 0, 15, 30),
+    thicknesses: Sequence[float | str] = ("thin", "regular", "bold"),
+    seed: int = 0,
+    sampler: str | Sampler = "ddim",
+    steps: int | None = None,
+    guidance: float = 2.0,
+    precision: str = "bf16",
+    **sampler_kwargs: object,
+) -> Figure:
+    """One class drawn at every slant (columns) and thickness (rows), all from the same starting noise.
+
+    Under each image are its slant and thickness measured again (``diffusion_lab.styles``), so the
+    figure shows how closely the model follows what was asked.
+
+    Args:
+        model: a style-conditioned model (``model.style_conditioning=true``).
+        label: the class, an index or a name.
+        slants: degrees or named levels (``left``, ``upright``, ``right``, ``low``, ``medium``, ``high``).
+        thicknesses: pixels or named levels (``thin``, ``regular``, ``bold``, ``low``, ``medium``, ``high``).
+        seed: seed of the starting noise, the same in every cell.
+        sampler: ``ddim``, ``ddpm``, ``dpm_solver`` (built with ``sampler_kwargs``), or a :class:`Sampler`.
+        steps: sampler steps (None: the sampler's default).
+        guidance: classifier-free guidance weight w.
+        precision: ``bf16`` or ``32``, as for :func:`~diffusion_lab.generation.generate`.
+    """
+    stats = model.require_style_stats()
+    slants, thicknesses = list(slants), list(thicknesses)
+    if not slants or not thicknesses:
+        raise ValueError("style_grid needs at least one slant and one thickness")
+    index = label_index(label, class_names(model))
+    asked = torch.tensor([[stats.value("slant", s), stats.value("thickness", t)] for t in thicknesses for s in slants])
+    proc = _build_sampler(model, sampler, steps, **sampler_kwargs)
+    noise, _ = starting_noise(model, 1, seed)
+    images = generate(
+        model, [index] * len(asked), seed=seed, sampler=proc, steps=steps, guidance=guidance, precision=precision,
+        style=asked, noise=noise.expand(len(asked), -1, -1, -1),
+    )  # fmt: skip
+    measured = measure(images)
+    name = class_names(model)[index]
+    fig, axes = _image_grid(
+        len(thicknesses),
+        len(slants),
+        [f"thickness\n{t}" + ("" if isinstance(t, str) else " px") for t in thicknesses],
+        [f"slant {s}" + ("" if isinstance(s, str) else "°") for s in slants],
+        f"{name}: slant across, thickness down ({_sampler_title(proc)}, w = {guidance:g}, seed {seed})",
+    )
+    for k, ax in enumerate(axes.flat):
+        _show(ax, images[k], (0.0, 1.0))
+        ax.set_xlabel(f"{measured[k, 0]:+.0f}°, {measured[k, 1]:.1f} px", fontsize=8)
+    return fig
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG to ``path`` (folders created) through a temporary file, so no half file is left."""
     path = Path(path)
@@ -356,9 +434,12 @@ def make_figures(cfg: DictConfig) -> list[Path]:
     dataset = trained_on or cfg.data.name
     image = _test_image(dataset, cfg.image_label, cfg.paths.data_dir)
     schedules = default_schedules(cfg.timesteps)
+    data = MNISTDataModule(dataset, cfg.paths.data_dir, styles=True)
+    data.setup()
     figures = {
         "noise_progression.png": show_noise_progression(image, schedules, seed=cfg.seed),
         "schedules.png": plot_schedules(schedules=schedules),
+        "style_distributions.png": style_distributions(data.splits()[0].styles, data.style_stats, dataset),
     }
     if model is None:
         log.info("generation_steps.png and guidance_sweep.png need a trained model: pass ckpt=PATH")
@@ -374,6 +455,13 @@ def make_figures(cfg: DictConfig) -> list[Path]:
         )
         weights = [float(w) for w in cfg.guidance_weights]
         figures["guidance_sweep.png"] = guidance_sweep(model, weights, num_per_class=cfg.num_per_class, **sampling)
+        if model.style_conditioning:
+            figures["style_grid.png"] = style_grid(
+                model, cfg.style_label, list(cfg.style_slants), list(cfg.style_thicknesses), guidance=cfg.guidance,
+                **sampling,
+            )  # fmt: skip
+        else:
+            log.info("style_grid.png needs a style-conditioned model (model.style_conditioning=true)")
     written = []
     for name, fig in figures.items():
         written.append(save_figure(fig, Path(cfg.output) / name))

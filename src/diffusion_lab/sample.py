@@ -1,5 +1,9 @@
 """``diffusion-lab-sample``: draw images of chosen classes from a checkpoint into a PNG grid and an NPZ.
 
+With ``slant=...`` and/or ``thickness=...`` (numbers, or named levels such as ``left`` or ``bold``) a
+style-conditioned checkpoint draws that style; the NPZ then also holds the requested ``styles``
+``[N, 2]`` (slant in degrees, thickness in pixels; NaN where not asked for).
+
 With ``select_top=N candidates=K`` it draws K candidates per class and keeps the N that CLIP
 scores highest against the class prompt (CLIP-guided selection); the NPZ then also holds
 ``clip_scores`` and ``OUTPUT.json`` lists them per class.
@@ -21,7 +25,16 @@ from diffusion_lab.checkpointing import atomic_write_text
 from diffusion_lab.cli import checkpoint_path, exit_with, hydra_app, resolve_device
 from diffusion_lab.clip_score import clip_from_config, select_top
 from diffusion_lab.datasets import DataError
-from diffusion_lab.generation import class_names, generate, load_model, resolve_labels, save_samples, trained_dataset
+from diffusion_lab.generation import (
+    class_names,
+    generate,
+    load_model,
+    resolve_labels,
+    save_samples,
+    style_tensor,
+    trained_dataset,
+)
+from diffusion_lab.styles import STYLE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +64,8 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
     label = OmegaConf.to_object(cfg.label) if OmegaConf.is_config(cfg.label) else cfg.label
     per_class = selection[1] if selection else cfg.num_samples
     labels = resolve_labels(label, per_class, names)
+    style = {name: cfg.get(name) for name in STYLE_NAMES if cfg.get(name) is not None} or None
+    style_tensor(model, style, 1)  # a bad style value fails here, before any sampling
     sampler = instantiate(cfg.sampler, schedule=model.schedule)
     scorer = None
     if selection:
@@ -60,19 +75,23 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
             raise ValueError(f"select_top needs CLIP, which is {status}")
     images = generate(
         model, labels, seed=cfg.seed, sampler=sampler, steps=cfg.steps, guidance=cfg.guidance,
-        batch_size=cfg.batch_size, precision=str(cfg.precision),
+        batch_size=cfg.batch_size, precision=str(cfg.precision), style=style,
     )  # fmt: skip
-    extra, kept = None, per_class
+    extra: dict[str, np.ndarray] = {}
+    kept = per_class
     if selection:
         kept = selection[0]
         images, labels, scores = select_top(scorer, images, labels, kept)
-        extra = {"clip_scores": scores.numpy().astype(np.float32)}
+        extra["clip_scores"] = scores.numpy().astype(np.float32)
+    if style:
+        extra["styles"] = model.require_style_stats().request(len(labels), **style).numpy()
     classes = len(labels) // kept
     nrow = kept if classes > 1 else math.ceil(math.sqrt(len(labels)))
-    png, npz = save_samples(images, labels, cfg.output, nrow=nrow, extra=extra)
+    png, npz = save_samples(images, labels, cfg.output, nrow=nrow, extra=extra or None)
     drawn = ", ".join(names[i] for i in labels.unique_consecutive().tolist())
-    log.info("%d images of %s (%s, %d steps, w=%g, seed %d)", len(labels), drawn, type(sampler).__name__,
-             sampler.num_steps, cfg.guidance, cfg.seed)  # fmt: skip
+    styled = "".join(f", {name}={value}" for name, value in (style or {}).items())
+    log.info("%d images of %s (%s, %d steps, w=%g, seed %d%s)", len(labels), drawn, type(sampler).__name__,
+             sampler.num_steps, cfg.guidance, cfg.seed, styled)  # fmt: skip
     if selection:
         report = {
             "clip": scorer.name,

@@ -14,16 +14,25 @@ from diffusion_lab.schedules import NoiseSchedule
 from diffusion_lab.unet import ConditionalUNet
 
 
-def guided_eps(unet: ConditionalUNet, x: Tensor, t: Tensor, labels: Tensor, guidance: float) -> Tensor:
-    """Classifier-free guided noise ``(1 + w) eps(x, y) - w eps(x, null)`` in float32, in one batched pass.
+def guided_eps(
+    unet: ConditionalUNet, x: Tensor, t: Tensor, labels: Tensor, guidance: float, styles: Tensor | None = None
+) -> Tensor:
+    """Classifier-free guided noise ``(1 + w) eps(x, y, s) - w eps(x, null, no style)`` in float32, in one batched pass.
 
     With ``guidance == 0`` this is the plain conditional prediction (one forward pass of ``[B]``);
-    otherwise one pass of ``[2B]`` over the conditional and the null-class halves.
+    otherwise one pass of ``[2B]`` over the conditional and the unconditional halves. ``styles``
+    (``[B, S]`` normalised, NaN = not given) is dropped in the unconditional half with the label,
+    so guidance pushes towards the asked style as it does towards the class.
     """
     if guidance == 0:
-        return unet(x, t, labels).float()
+        return (unet(x, t, labels) if styles is None else unet(x, t, labels, styles)).float()
     null = torch.full_like(labels, unet.null_class)
-    eps_cond, eps_uncond = unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float().chunk(2)
+    x2, t2, labels2 = torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])
+    if styles is None:
+        eps = unet(x2, t2, labels2)
+    else:
+        eps = unet(x2, t2, labels2, torch.cat([styles, torch.full_like(styles, float("nan"))]))
+    eps_cond, eps_uncond = eps.float().chunk(2)
     return (1 + guidance) * eps_cond - guidance * eps_uncond
 
 
@@ -52,6 +61,7 @@ def sample_progressive(
     noise: Tensor,
     guidance: float = 0.0,
     generator: torch.Generator | None = None,
+    styles: Tensor | None = None,
 ) -> Iterator[tuple[int, Tensor]]:
     """Run the reverse process from ``noise``, yielding ``(t, x)`` before the first step and after each.
 
@@ -64,6 +74,7 @@ def sample_progressive(
         noise: ``[N, C, H, W]`` the starting x_T.
         guidance: classifier-free guidance weight w (0 = conditional only).
         generator: RNG of stochastic samplers (on the model's device).
+        styles: ``[N, S]`` normalised style conditions (NaN = not given) of a style-conditioned U-Net.
     """
     check_guidance(guidance)
     x = noise
@@ -71,7 +82,7 @@ def sample_progressive(
     yield timesteps[0], x
     for t in timesteps:
         t_batch = torch.full((len(labels),), t, device=x.device, dtype=torch.long)
-        eps = guided_eps(unet, x, t_batch, labels, guidance)
+        eps = guided_eps(unet, x, t_batch, labels, guidance, styles)
         x = sampler.step(eps, t, x, generator=generator)
         yield sampler.prev_timestep[t], x
 
@@ -87,6 +98,7 @@ def sample(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     image_shape: tuple[int, int, int] = (1, 28, 28),
+    styles: Tensor | None = None,
     **sampler_kwargs: object,
 ) -> Tensor:
     """Generate one image per label.
@@ -100,6 +112,7 @@ def sample(
         guidance: classifier-free guidance weight w (0 = conditional only).
         noise: ``[N, C, H, W]`` starting noise x_T; drawn from ``generator`` if None.
         generator: RNG for x_T and stochastic steps, for reproducible samples.
+        styles: ``[N, S]`` normalised style conditions (NaN = not given) of a style-conditioned U-Net.
 
     Returns:
         ``[N, C, H, W]`` images in [-1, 1].
@@ -110,6 +123,9 @@ def sample(
     labels = labels.to(device)
     if noise is None:
         noise = torch.randn((len(labels), *image_shape), generator=generator, device=device)
-    steps_taken = sample_progressive(unet, proc, labels, noise.to(device), guidance=guidance, generator=generator)
+    styles = None if styles is None else styles.to(device)
+    steps_taken = sample_progressive(
+        unet, proc, labels, noise.to(device), guidance=guidance, generator=generator, styles=styles
+    )
     _, x = deque(steps_taken, maxlen=1)[0]
     return x.clamp(-1, 1)

@@ -71,12 +71,35 @@ class SelfAttention(nn.Module):
         return x + self.out(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+class StyleEmbedding(nn.Module):
+    """Continuous style conditions ``[B, S]`` (normalised; NaN = not given) -> ``[B, emb_dim]``.
+
+    The MLP sees each value beside a flag saying whether it was given, so any subset of the
+    attributes can be asked for; with none given the output is a learned constant, the
+    "no style" embedding that classifier-free guidance contrasts with.
+    """
+
+    def __init__(self, num_styles: int, emb_dim: int, activation: str) -> None:
+        super().__init__()
+        self.num_styles = num_styles
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * num_styles, emb_dim), _ACTIVATIONS[activation](), nn.Linear(emb_dim, emb_dim)
+        )
+
+    def forward(self, styles: Tensor) -> Tensor:
+        given = styles.isfinite()
+        values = torch.where(given, styles, torch.zeros_like(styles))
+        return self.mlp(torch.cat([values, given.to(values.dtype)], dim=-1))
+
+
 class ConditionalUNet(nn.Module):
-    """U-Net eps-predictor conditioned on a timestep and a class label.
+    """U-Net eps-predictor conditioned on a timestep, a class label and optionally style attributes.
 
     Label ``num_classes`` is the null class: the unconditional model used by classifier-free
-    guidance. Inputs whose side is not a multiple of ``2 ** (len(down_chs) - 1)`` are padded
-    and the output is cropped back, so any depth works on 28x28.
+    guidance. With ``num_styles > 0`` the network also takes continuous style conditions
+    (``diffusion_lab.styles``), embedded and added to the time and class embedding. Inputs whose
+    side is not a multiple of ``2 ** (len(down_chs) - 1)`` are padded and the output is cropped
+    back, so any depth works on 28x28.
 
     Args:
         down_chs: channels per resolution level, e.g. ``(32, 64, 128)``.
@@ -88,6 +111,7 @@ class ConditionalUNet(nn.Module):
         activation: ``silu`` or ``gelu``.
         dropout: dropout inside residual blocks.
         num_heads: attention heads.
+        num_styles: continuous style conditions taken (0: none; 2 for slant and thickness).
     """
 
     def __init__(
@@ -101,6 +125,7 @@ class ConditionalUNet(nn.Module):
         activation: str = "silu",
         dropout: float = 0.0,
         num_heads: int = 4,
+        num_styles: int = 0,
     ) -> None:
         super().__init__()
         down_chs = tuple(int(c) for c in down_chs)
@@ -120,6 +145,8 @@ class ConditionalUNet(nn.Module):
             nn.Linear(self.time_dim, emb_dim), _ACTIVATIONS[activation](), nn.Linear(emb_dim, emb_dim)
         )
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim)
+        self.num_styles = num_styles
+        self.style_emb = StyleEmbedding(num_styles, emb_dim, activation) if num_styles else None
         self.stem = nn.Conv2d(in_channels, down_chs[0], 3, padding=1)
 
         def block(cin: int, cout: int, level: int) -> nn.ModuleList:
@@ -163,13 +190,15 @@ class ConditionalUNet(nn.Module):
         """Label of the unconditional (dropped) class."""
         return self.num_classes
 
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor, styles: Tensor | None = None) -> Tensor:
         """Predict the noise in ``x``.
 
         Args:
             x: ``[B, C, H, W]`` noisy images x_t.
             t: ``[B]`` timesteps (integer indices, any float works).
             labels: ``[B]`` class indices in ``[0, num_classes]``; ``num_classes`` is the null class.
+            styles: ``[B, num_styles]`` normalised style conditions, NaN where one is not given;
+                None gives none (a model with styles then samples as without them).
 
         Returns:
             ``[B, C, H, W]`` predicted noise.
@@ -180,6 +209,14 @@ class ConditionalUNet(nn.Module):
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         emb = self.time_mlp(sinusoidal_embedding(t, self.time_dim)) + self.class_emb(labels)
+        if self.style_emb is not None:
+            if styles is None:
+                styles = emb.new_full((len(labels), self.num_styles), math.nan)
+            elif styles.shape != (len(labels), self.num_styles):
+                raise ValueError(f"styles must be [{len(labels)}, {self.num_styles}], got {list(styles.shape)}")
+            emb = emb + self.style_emb(styles.float())
+        elif styles is not None:
+            raise ValueError("this model was trained without style conditions (model.style_conditioning=false)")
 
         h = self.stem(x)
         skips = [h]

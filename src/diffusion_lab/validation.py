@@ -74,6 +74,7 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.cond_drop_prob", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("model.min_snr_gamma", lambda v: v is None or (_is_number(v) and v > 0), "a positive number or null"),
     ("model.compile", lambda v: isinstance(v, bool), "true or false"),
+    ("model.style_conditioning", lambda v: isinstance(v, bool), "true or false"),
     ("model.compile_mode", lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}"),
     ("model.optimizer.lr", positive_number, "a positive number, e.g. 2e-3"),
     ("model.optimizer.weight_decay", non_negative_number, "a number >= 0"),
