@@ -31,8 +31,8 @@ class DiffusionModule(L.LightningModule):
     network also learns the unconditional model that classifier-free guidance needs.
     With ``style_conditioning`` the batches also carry each image's style attributes (slant,
     thickness; ``diffusion_lab.styles``), normalised by the training set's distribution and given
-    to the U-Net; they are dropped together with the label, and each one on its own with the same
-    probability, so the model samples with any subset of them, or none.
+    to the U-Net; they are dropped together with the label, and each one on its own with
+    probability ``style_drop_prob``, so the model samples with any subset of them, or none.
     The validation loss uses fixed timesteps and noise (seeded per batch), so it is
     comparable across epochs and runs.
 
@@ -56,6 +56,8 @@ class DiffusionModule(L.LightningModule):
             validation loss is always unweighted, so it compares across settings.
         style_conditioning: condition on the images' style attributes; needs a U-Net with
             ``num_styles=2`` and a datamodule that gives styles (``data.styles``, on by default then).
+        style_drop_prob: probability of dropping each style attribute of a sample on its own, in [0, 1):
+            how often the model learns the class with part or none of its style given.
     """
 
     def __init__(
@@ -71,10 +73,13 @@ class DiffusionModule(L.LightningModule):
         compile_mode: str = "default",
         min_snr_gamma: float | None = None,
         style_conditioning: bool = False,
+        style_drop_prob: float = 0.1,
     ) -> None:
         super().__init__()
         if not 0.0 <= cond_drop_prob < 1.0:
             raise ValueError(f"model.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+        if not 0.0 <= style_drop_prob < 1.0:
+            raise ValueError(f"model.style_drop_prob must be in [0, 1), got {style_drop_prob}")
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ValueError(f"model.min_snr_gamma must be positive or null, got {min_snr_gamma}")
         wanted = len(STYLE_NAMES) if style_conditioning else 0
@@ -93,6 +98,7 @@ class DiffusionModule(L.LightningModule):
         self.channels_last = channels_last
         self.min_snr_gamma = min_snr_gamma
         self.style_conditioning = style_conditioning
+        self.style_drop_prob = style_drop_prob
         #: The training set's style distribution (from the datamodule, or the checkpoint).
         self.style_stats: StyleStats | None = None
         if channels_last:
@@ -168,7 +174,7 @@ class DiffusionModule(L.LightningModule):
         drop = torch.rand(len(labels), device=labels.device) < self.cond_drop_prob
         labels = torch.where(drop, torch.full_like(labels, self.unet.null_class), labels)
         if styles is not None:
-            drop_style = drop[:, None] | (torch.rand(styles.shape, device=styles.device) < self.cond_drop_prob)
+            drop_style = drop[:, None] | (torch.rand(styles.shape, device=styles.device) < self.style_drop_prob)
             styles = styles.masked_fill(drop_style, float("nan"))
         loss = self.diffusion_loss(x0, labels, t, noise, styles, weighted=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(x0))

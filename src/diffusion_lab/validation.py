@@ -72,6 +72,7 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.unet.num_res_blocks", positive_int, "a positive integer"),
     ("model.unet.dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("model.cond_drop_prob", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("model.style_drop_prob", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("model.min_snr_gamma", lambda v: v is None or (_is_number(v) and v > 0), "a positive number or null"),
     ("model.compile", lambda v: isinstance(v, bool), "true or false"),
     ("model.style_conditioning", lambda v: isinstance(v, bool), "true or false"),
