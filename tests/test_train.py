@@ -91,16 +91,6 @@ def test_resume_continues_from_last_checkpoint(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_multirun_sweeps_schedules(tmp_path: Path) -> None:
-    sweep_dir = tmp_path / "sweep"
-    proc = run_train("-m", "experiment=smoke", "schedule=linear,cosine", f"hydra.sweep.dir={sweep_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for job in ("0", "1"):
-        assert (sweep_dir / job / "metrics.json").is_file()
-        assert (sweep_dir / job / "checkpoints" / "last.ckpt").is_file()
-
-
-@pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     """The `ddp` trainer config, run with two CPU processes (gloo) instead of two GPUs."""
     run_dir = tmp_path / "run"

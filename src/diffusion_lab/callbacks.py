@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -249,15 +250,23 @@ def _as_float(value: Any) -> float | None:
 class MetricsJson(L.Callback):
     """Write the final logged metrics (flat keys as logged, e.g. ``val/loss``) to a JSON file.
 
-    Also records ``epoch``, ``global_step`` and the best checkpoint's path and score.
+    Also records ``epoch``, ``global_step``, the best checkpoint's path and score, the model's
+    parameter count (``params``) and the wall time of this fit (``time/fit_s``; after a resume,
+    of the resumed part only), which ``diffusion-lab-report`` tabulates across a sweep.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._started: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics: dict[str, Any] = {}
+        metrics: dict[str, Any] = {"params": sum(p.numel() for p in pl_module.parameters())}
+        if self._started is not None:
+            metrics["time/fit_s"] = time.perf_counter() - self._started
         for key, value in trainer.callback_metrics.items():
             number = _as_float(value)
             if number is not None:

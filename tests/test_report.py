@@ -1,0 +1,96 @@
+"""``diffusion-lab-report``: a table of a sweep's jobs, from a real 2x2 multirun and from edge cases."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from diffusion_lab.report import load_sweep, main, quality_figure, write_report
+
+TRAIN = [sys.executable, "-m", "diffusion_lab.train"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2x2 ``diffusion-lab-train -m`` sweep of smoke runs: two schedules x two U-Net sizes."""
+    sweep_dir = tmp_path_factory.mktemp("sweep") / "multirun"
+    cmd = [*TRAIN, "-m", "experiment=smoke", "schedule=linear,cosine", "model.unet.down_chs=[8,16],[16,32]",
+           f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep_dir
+
+
+@pytest.mark.slow
+def test_a_2x2_sweep_leaves_four_jobs_and_a_four_row_report(sweep: Path, capsys) -> None:
+    for job in "0123":
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+        assert (sweep / job / "metrics.json").is_file()
+    main([str(sweep)])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[:3] == ["job", "overrides", "params"] and len(printed) == 1 + 4 + 1
+    with (sweep / "report.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["job"] for row in rows] == ["0", "1", "2", "3"]
+    assert [row["overrides"] for row in rows] == [
+        "schedule=linear model.unet.down_chs=[8,16]", "schedule=linear model.unet.down_chs=[16,32]",
+        "schedule=cosine model.unet.down_chs=[8,16]", "schedule=cosine model.unet.down_chs=[16,32]",
+    ]  # fmt: skip
+    for row in rows:
+        metrics = json.loads((sweep / row["job"] / "metrics.json").read_text())
+        assert float(row["best/val/loss"]) == pytest.approx(metrics["best/val/loss"])
+        assert float(row["time/fit_s"]) > 0 and 0 <= float(row["eval/classifier_accuracy"]) <= 1
+    assert float(rows[1]["params"]) > 3 * float(rows[0]["params"]), "wider U-Net, more parameters"
+    assert rows[0]["params"] == rows[2]["params"]
+    report = (sweep / "report.md").read_text()
+    assert report.count("| schedule=") == 4 and "![validation loss](val_loss.png)" in report
+    for name in ("val_loss.png", "quality.png"):
+        with Image.open(sweep / name) as image:
+            assert image.format == "PNG" and image.size[0] > 400
+    jobs = load_sweep(sweep)
+    assert all(len(job.val_curve) >= 2 for job in jobs), "one point per validation (smoke: every 10 steps)"
+
+
+def _job(sweep: Path, name: str, overrides: list[str], metrics: dict | None) -> None:
+    (sweep / name / ".hydra").mkdir(parents=True)
+    (sweep / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if metrics is not None:
+        (sweep / name / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_unfinished_and_unevaluated_jobs_get_empty_cells(tmp_path: Path) -> None:
+    _job(tmp_path, "0", ["model=small", "seed=1"], {"params": 10, "time/fit_s": 2.0, "best/val/loss": 0.05})
+    _job(tmp_path, "1", ["model=base", "seed=1"], None)
+    _job(tmp_path, "10", ["model=large", "seed=1"], {"params": 99, "best/val/loss": 0.04})
+    jobs, _ = write_report(tmp_path)
+    assert [job.name for job in jobs] == ["0", "1", "10"], "numeric job order"
+    assert [job.label for job in jobs] == ["model=small", "model=base", "model=large"], "shared seed=1 left out"
+    assert jobs[1].value("best/val/loss") is None and jobs[0].value("eval/fid") is None
+    assert "| 1 | model=base | - | - | - | - | - |" in (tmp_path / "report.md").read_text()
+    assert quality_figure(jobs).axes[0].get_ylabel() == "best val/loss", "no evaluation: quality is val/loss"
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [("missing", "sweep folder not found"), ("empty", "holds no job folders"), ("bad_json", "is not valid JSON")],
+)
+def test_a_bad_sweep_folder_is_one_line(tmp_path: Path, capsys, setup: str, message: str) -> None:
+    folder = tmp_path / "sweep"
+    if setup != "missing":
+        folder.mkdir()
+    if setup == "bad_json":
+        _job(folder, "0", ["seed=1"], None)
+        (folder / "0" / "metrics.json").write_text("{")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(folder)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (folder / "report.md").exists()
