@@ -19,10 +19,10 @@ TRAIN = [sys.executable, "-m", "diffusion_lab.train"]
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 2x2 ``diffusion-lab-train -m`` sweep of smoke runs: two schedules x two U-Net sizes."""
+    """A real 2x2 ``diffusion-lab-train -m`` sweep of smoke runs (two schedules x two U-Net sizes), two at a time."""
     sweep_dir = tmp_path_factory.mktemp("sweep") / "multirun"
-    cmd = [*TRAIN, "-m", "experiment=smoke", "schedule=linear,cosine", "model.unet.down_chs=[8,16],[16,32]",
-           f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    cmd = [*TRAIN, "-m", "hydra/launcher=parallel", "experiment=smoke", "schedule=linear,cosine",
+           "model.unet.down_chs=[8,16],[16,32]", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sweep_dir
@@ -30,9 +30,15 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_a_2x2_sweep_leaves_four_jobs_and_a_four_row_report(sweep: Path, capsys) -> None:
+    cores = os.cpu_count() or 1
     for job in "0123":
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
         assert (sweep / job / "metrics.json").is_file()
+        threads = max(1, cores // min(2, cores))
+        assert (
+            f"joblib launcher: {min(2, cores)} jobs at once, {threads} torch threads each"
+            in (sweep / job / "train.log").read_text()
+        )
     main([str(sweep)])
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].split()[:3] == ["job", "overrides", "params"] and len(printed) == 1 + 4 + 1

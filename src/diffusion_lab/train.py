@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -81,12 +84,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return fit(*build(cfg), ckpt_path=ckpt_path)
 
 
+def share_cores() -> None:
+    """Under the joblib launcher (``hydra/launcher=parallel``), give each of its n_jobs workers an equal
+    share of the cores as torch threads; n_jobs processes each using every core run far slower than one."""
+    if not HydraConfig.initialized():
+        return
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or 1
+    jobs = cores if n_jobs < 0 else min(n_jobs, cores)
+    torch.set_num_threads(max(1, cores // jobs))
+    log.info("joblib launcher: %d jobs at once, %d torch threads each", jobs, torch.get_num_threads())
+
+
 @hydra_app("train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``val/loss`` for sweepers.
 
     A bad config value or missing data ends the run with one line that names the problem.
     """
+    share_cores()
     try:
         ckpt_path = resume_checkpoint(cfg)  # refuses to overwrite a run, before anything is built
         parts = build(cfg)
