@@ -62,3 +62,25 @@ def test_a_tiny_optuna_search_minimises_the_validation_loss(tmp_path: Path) -> N
     assert result["best_value"] == pytest.approx(min(losses))
     assert set(result["best_params"]) == {"model.optimizer.lr", "schedule"}  # model=small fixed on the command line
     assert 3e-4 <= result["best_params"]["model.optimizer.lr"] <= 3e-3
+
+
+@pytest.mark.parametrize(
+    ("experiment", "key", "values"),
+    [("arch_sweep", "model", "small,base,large"), ("schedule_sweep", "schedule", "linear,quadratic,cosine")],
+)
+def test_sweep_experiments_sweep_their_question(experiment: str, key: str, values: str) -> None:
+    cfg = compose_hydra(f"experiment={experiment}")
+    assert cfg.hydra.sweeper.params[key] == values
+
+
+@pytest.mark.slow
+def test_a_sweep_experiment_runs_one_job_per_value(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "diffusion_lab.train", "-m", "experiment=schedule_sweep", "+experiment@_global_=smoke",
+           "logger=none", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    schedules = [yaml.safe_load((sweep_dir / job / ".hydra" / "overrides.yaml").read_text()) for job in "012"]
+    assert [o for job in schedules for o in job if o.startswith("schedule=")] == [
+        "schedule=linear", "schedule=quadratic", "schedule=cosine"
+    ]  # fmt: skip

@@ -6,6 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from diffusion_lab.datasets import dataset_info
@@ -30,8 +32,23 @@ def run_id(run_dir: str) -> str:
     return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
 
 
+def sweep_group() -> str | None:
+    """``sweep-<date_time>`` (the sweep folder's name) in a job of a ``-m`` sweep, else None: a wandb group."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return f"sweep-{Path(HydraConfig.get().sweep.dir).name}"
+
+
+def job_name() -> str | None:
+    """The job's command-line overrides (``model=base,schedule=linear``), or None without any: a run name."""
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().job.override_dirname or None
+
+
 def register_resolvers() -> None:
-    """``${project_root:}``, ``${num_classes:NAME}``, ``${num_styles:ON}`` and ``${run_id:DIR}`` for the config tree."""
+    """``${project_root:}``, ``${num_classes:NAME}``, ``${num_styles:ON}``, ``${run_id:DIR}``, ``${sweep_group:}``
+    and ``${job_name:}`` for the config tree."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("num_classes"):
@@ -40,6 +57,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("num_styles", lambda on: len(STYLE_NAMES) if on else 0)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id)
+    if not OmegaConf.has_resolver("sweep_group"):
+        OmegaConf.register_new_resolver("sweep_group", sweep_group)
+    if not OmegaConf.has_resolver("job_name"):
+        OmegaConf.register_new_resolver("job_name", job_name)
 
 
 register_resolvers()

@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -60,6 +61,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     logger = instantiate(logger_cfg) if logger_cfg and "_target_" in logger_cfg else False
     if not logger:  # `logger=none`: the learning rate has nowhere to go, and Lightning refuses the monitor
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    else:  # the whole resolved config, not just the module's arguments (wandb config, hparams.yaml, TensorBoard)
+        logger.log_hyperparams(model.run_config)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     return datamodule, model, trainer
 
@@ -71,7 +74,14 @@ def fit(
 
     Checkpoints are loaded with ``weights_only=True``: resuming never unpickles code.
     """
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    finally:
+        # Close the wandb run, so the next job of a -m sweep (same process) starts its own.
+        if trainer.is_global_zero and any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+            import wandb
+
+            wandb.finish()
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and trainer.is_global_zero:
         log.info("Checkpoints: best %s, last %s/last.ckpt", ckpt.best_model_path or "-", ckpt.dirpath)
