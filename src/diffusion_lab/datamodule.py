@@ -112,11 +112,6 @@ class TensorBatches:
             yield self.dataset.select(indices[start : start + self.batch_size])
 
 
-def _pick(images: Tensor, labels: Tensor, styles: Tensor | None, index: Tensor) -> Batch:
-    """The images, labels and styles (None stays None) at ``index``."""
-    return images[index], labels[index], None if styles is None else styles[index]
-
-
 def to_unit_range(images: Tensor) -> Tensor:
     """uint8 ``[N, 28, 28]`` -> float32 ``[N, 1, 28, 28]`` in [-1, 1]."""
     return (images.float().div_(127.5).sub_(1.0)).unsqueeze(1)
@@ -193,8 +188,9 @@ class MNISTDataModule(L.LightningDataModule):
             if self.styles:
                 styles, test_styles = measure((images + 1) / 2), measure((test_images + 1) / 2)
                 self.style_stats = StyleStats.from_values(styles[train_idx])
-            self.data_train = InMemoryDataset(*_pick(images, labels, styles, train_idx))
-            self.data_val = InMemoryDataset(*_pick(images, labels, styles, val_idx))
+            everything = InMemoryDataset(images, labels, styles)
+            self.data_train = InMemoryDataset(*everything.select(train_idx))
+            self.data_val = InMemoryDataset(*everything.select(val_idx))
             self.data_test = InMemoryDataset(test_images, torch.from_numpy(arrays["test_labels"]), test_styles)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         self.data_train, self.data_val, self.data_test = (split.to(device) for split in self.splits())
