@@ -45,6 +45,7 @@ from diffusion_lab.evaluation import Evaluator, class_keys, per_class
 from diffusion_lab.figures import save_figure
 from diffusion_lab.generation import check_settings, generate, load_model, save_png, save_samples, trained_dataset
 from diffusion_lab.inception import InceptionWeightsError
+from diffusion_lab.samplers import Sampler
 from diffusion_lab.styles import STYLE_NAMES, STYLE_UNITS, control_metrics, measure, uniform_requests
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics_started = time.perf_counter()
     scores = {**evaluator.score(images, labels, "generated"), **evaluator.real_metrics()}
     if cfg.style_control and model.style_conditioning:
-        scores.update(style_control(model, evaluator, labels, cfg))
+        scores.update(style_control(model, evaluator, labels, sampler, cfg))
     elif cfg.style_control:
         log.info("Style control skipped: the checkpoint was trained without styles (model.style_conditioning)")
     metrics: dict[str, Any] = {
@@ -237,13 +238,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def style_control(model: DiffusionModule, evaluator: Evaluator, labels: Tensor, cfg: DictConfig) -> dict[str, float]:
+def style_control(
+    model: DiffusionModule, evaluator: Evaluator, labels: Tensor, sampler: Sampler, cfg: DictConfig
+) -> dict[str, float]:
     """``style/*``: sample ``labels`` with uniformly drawn style requests, measure the styles, score the class."""
     requested = uniform_requests(model.require_style_stats(), len(labels), seed=cfg.seed)
     started = time.perf_counter()
     images = generate(
-        model, labels, seed=cfg.seed, sampler=instantiate(cfg.sampler, schedule=model.schedule), steps=cfg.steps,
-        guidance=cfg.guidance, batch_size=cfg.batch_size, precision=str(cfg.precision), style=requested,
+        model, labels, seed=cfg.seed, sampler=sampler, steps=cfg.steps, guidance=cfg.guidance,
+        batch_size=cfg.batch_size, precision=str(cfg.precision), style=requested,
     )  # fmt: skip
     metrics = control_metrics(requested, measure(images))
     metrics["style/classifier_accuracy"] = evaluator.accuracy(images, labels, "style")["style/classifier_accuracy"]

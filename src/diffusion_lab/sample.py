@@ -31,7 +31,6 @@ from diffusion_lab.generation import (
     load_model,
     resolve_labels,
     save_samples,
-    style_tensor,
     trained_dataset,
 )
 from diffusion_lab.styles import STYLE_NAMES
@@ -65,7 +64,8 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
     per_class = selection[1] if selection else cfg.num_samples
     labels = resolve_labels(label, per_class, names)
     style = {name: cfg.get(name) for name in STYLE_NAMES if cfg.get(name) is not None} or None
-    style_tensor(model, style, 1)  # a bad style value fails here, before any sampling
+    # The requested raw attributes [1, 2], checked here (one line for a bad value) before any sampling.
+    requested = model.require_style_stats().request(1, **style) if style else None
     sampler = instantiate(cfg.sampler, schedule=model.schedule)
     scorer = None
     if selection:
@@ -83,8 +83,8 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
         kept = selection[0]
         images, labels, scores = select_top(scorer, images, labels, kept)
         extra["clip_scores"] = scores.numpy().astype(np.float32)
-    if style:
-        extra["styles"] = model.require_style_stats().request(len(labels), **style).numpy()
+    if requested is not None:
+        extra["styles"] = requested.expand(len(labels), -1).numpy()
     classes = len(labels) // kept
     nrow = kept if classes > 1 else math.ceil(math.sqrt(len(labels)))
     png, npz = save_samples(images, labels, cfg.output, nrow=nrow, extra=extra or None)
