@@ -42,6 +42,15 @@ def fraction_open(value: Any) -> bool:
     return _is_number(value) and 0 < value < 1
 
 
+def probability(value: Any) -> bool:
+    """A number in [0, 1): a dropout or drop rate (1 would drop everything)."""
+    return _is_number(value) and 0 <= value < 1
+
+
+def boolean(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
 def steps_limit(value: Any) -> bool:
     return value is None or (_is_int(value) and value >= -1)
 
@@ -70,12 +79,12 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.val_fraction", fraction_open, "a number strictly between 0 and 1"),
     ("model.unet.down_chs", channel_list, "a non-empty list of positive channel counts, e.g. [16,32,64]"),
     ("model.unet.num_res_blocks", positive_int, "a positive integer"),
-    ("model.unet.dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("model.cond_drop_prob", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("model.style_drop_prob", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("model.unet.dropout", probability, "a number in [0, 1)"),
+    ("model.cond_drop_prob", probability, "a number in [0, 1)"),
+    ("model.style_drop_prob", probability, "a number in [0, 1)"),
     ("model.min_snr_gamma", lambda v: v is None or (_is_number(v) and v > 0), "a positive number or null"),
-    ("model.compile", lambda v: isinstance(v, bool), "true or false"),
-    ("model.style_conditioning", lambda v: isinstance(v, bool), "true or false"),
+    ("model.compile", boolean, "true or false"),
+    ("model.style_conditioning", boolean, "true or false"),
     ("model.compile_mode", lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}"),
     ("model.optimizer.lr", positive_number, "a positive number, e.g. 2e-3"),
     ("model.optimizer.weight_decay", non_negative_number, "a number >= 0"),
