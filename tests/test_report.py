@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from diffusion_lab.report import load_sweep, main, quality_figure, write_report
+from diffusion_lab.report import evaluation_figure, load_sweep, main, quality_figure, write_report
 
 TRAIN = [sys.executable, "-m", "diffusion_lab.train"]
 
@@ -41,7 +41,7 @@ def test_a_2x2_sweep_leaves_four_jobs_and_a_four_row_report(sweep: Path, capsys)
         )
     main([str(sweep)])
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].split()[:3] == ["job", "overrides", "params"] and len(printed) == 1 + 4 + 1
+    assert printed[0].split()[:4] == ["job", "overrides", "status", "params"] and len(printed) == 1 + 4 + 1
     with (sweep / "report.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [row["job"] for row in rows] == ["0", "1", "2", "3"]
@@ -79,8 +79,41 @@ def test_unfinished_and_unevaluated_jobs_get_empty_cells(tmp_path: Path) -> None
     assert [job.name for job in jobs] == ["0", "1", "10"], "numeric job order"
     assert [job.label for job in jobs] == ["model=small", "model=base", "model=large"], "shared seed=1 left out"
     assert jobs[1].value("best/val/loss") is None and jobs[0].value("eval/fid") is None
-    assert "| 1 | model=base | - | - | - | - | - |" in (tmp_path / "report.md").read_text()
+    assert "| 1 | model=base | unfinished | - | - | - | - | - |" in (tmp_path / "report.md").read_text()
     assert quality_figure(jobs).axes[0].get_ylabel() == "best val/loss", "no evaluation: quality is val/loss"
+
+
+def test_a_failed_job_shows_its_reason(tmp_path: Path, capsys) -> None:
+    _job(tmp_path, "0", ["model.optimizer.lr=2e-3"], {"params": 10, "time/fit_s": 2.0, "best/val/loss": 0.05})
+    _job(tmp_path, "1", ["model.optimizer.lr=-1"], None)
+    (tmp_path / "1" / "error.txt").write_text("model.optimizer.lr must be a positive number, e.g. 2e-3, got -1\n")
+    main([str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "failed: job 1 (model.optimizer.lr=-1): model.optimizer.lr must be a positive number" in printed
+    report = (tmp_path / "report.md").read_text()
+    assert (
+        "| 1 | model.optimizer.lr=-1 | failed | - |" in report and "- job 1 (model.optimizer.lr=-1): model." in report
+    )
+    with (tmp_path / "report.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["status"], row["error"][:18]) for row in rows] == [("done", ""), ("failed", "model.optimizer.lr")]
+
+
+def test_an_evaluation_sweep_reports_sample_metrics_against_the_swept_weight(tmp_path: Path) -> None:
+    """A guidance sweep: evaluation columns (none for metrics no job measured), quality against w."""
+    for job, (w, acc, fid) in enumerate([(0.0, 0.88, 30.0), (2.0, 0.99, 35.0), (0.5, 0.93, 25.0)]):
+        metrics = {"guidance": w, "generated/classifier_accuracy": acc, "generated/fid": fid, "generated/kid": 0.01,
+                   "time/sampling_s": 12.0, "real/fid": 1.0}  # fmt: skip
+        _job(tmp_path, str(job), [f"guidance={w:g}", "ckpt=run/last.ckpt"], metrics)
+    jobs, _ = write_report(tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "| job | overrides | status | class accuracy | FID | KID | sampling (s) |" in report
+    assert "| 1 | guidance=2 | done | 99.0% | 35 | 0.01 | 12 |" in report and "3 evaluation jobs" in report
+    assert not (tmp_path / "val_loss.png").exists() and "val_loss.png" not in report
+    fig = evaluation_figure(jobs)
+    assert [ax.get_xlabel() for ax in fig.axes] == ["guidance", "guidance"]
+    xs, ys = fig.axes[0].lines[0].get_data()
+    assert list(xs) == [0.0, 0.5, 2.0] and list(ys) == [0.88, 0.93, 0.99], "accuracy in order of w"
 
 
 @pytest.mark.parametrize(

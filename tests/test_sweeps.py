@@ -1,10 +1,12 @@
-"""Sweep machinery: the SLURM and parallel launcher configs and the Optuna search, composed from the real tree."""
+"""Sweep machinery: launcher and sweeper configs, sweep experiments, and what a failing job does to a sweep."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
 from diffusion_lab.config import CONF_DIR
+from diffusion_lab.report import load_sweep
+from diffusion_lab.report import main as report_main
 
 
 def compose_hydra(*overrides: str) -> DictConfig:
@@ -84,3 +88,91 @@ def test_a_sweep_experiment_runs_one_job_per_value(tmp_path: Path) -> None:
     assert [o for job in schedules for o in job if o.startswith("schedule=")] == [
         "schedule=linear", "schedule=quadratic", "schedule=cosine"
     ]  # fmt: skip
+
+
+def test_guidance_sweep_evaluates_one_checkpoint_at_five_weights() -> None:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="evaluate", return_hydra_config=True, overrides=["experiment=guidance_sweep"])
+    finally:
+        GlobalHydra.instance().clear()
+    assert cfg.hydra.sweeper.params.guidance == "0,0.5,1,2,4"
+    assert cfg.sampler._target_.endswith("DDIMSampler") and cfg.steps == 50
+
+
+@pytest.mark.slow
+def test_a_guidance_sweep_leaves_one_evaluation_per_weight_and_a_report(
+    make_checkpoint: Callable[..., Path], tmp_path: Path, capsys
+) -> None:
+    sweep_dir = tmp_path / "guidance"
+    cmd = [sys.executable, "-m", "diffusion_lab.evaluate", "-m", "experiment=guidance_sweep",
+           f"ckpt={make_checkpoint()}", "guidance=0,4", "num_per_class=2", "steps=3",
+           "inception=false", "clip=none",
+           f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = [json.loads((sweep_dir / job / "metrics.json").read_text())["guidance"] for job in "01"]
+    assert weights == [0.0, 4.0]
+    report_main([str(sweep_dir)])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["job", "overrides", "status", "class", "accuracy", "FID", "KID", "sampling", "(s)"]
+    assert [line.split()[:3] for line in printed[1:3]] == [["0", "guidance=0", "done"], ["1", "guidance=4", "done"]]
+    assert (sweep_dir / "quality.png").is_file() and not (sweep_dir / "val_loss.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "overrides", "message"),
+    [
+        ("train", ["experiment=guidance_sweep"], "experiment=guidance_sweep is not a diffusion-lab-train experiment "
+         "(it sets sampler, which diffusion-lab-train has no group for): run diffusion-lab-evaluate -m "
+         "experiment=guidance_sweep ckpt="),
+        ("evaluate", ["experiment=gpu", "ckpt=x.ckpt"], "experiment=gpu is not a diffusion-lab-evaluate experiment "
+         "(it sets trainer, which diffusion-lab-evaluate has no group for): run diffusion-lab-train experiment=gpu"),
+        ("evaluate", ["-m", "experiment=arch_sweep", "ckpt=x.ckpt"], "experiment=arch_sweep is not a "
+         "diffusion-lab-evaluate experiment (it sets model, which diffusion-lab-evaluate has no group for): run "
+         "diffusion-lab-train -m experiment=arch_sweep"),
+    ],
+)  # fmt: skip
+def test_an_experiment_of_another_command_is_one_line_naming_it(
+    command: str, overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    cmd = [sys.executable, "-m", f"diffusion_lab.{command}", *overrides, f"hydra.run.dir={tmp_path / 'run'}",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(f"error: {message}")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep" / "0").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_job_fails_alone_and_the_sweep_exits_1(tmp_path: Path) -> None:
+    """Job 1 has a bad learning rate: job 0 still trains, job 1 leaves its reason, the sweep ends with it."""
+    sweep_dir = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "diffusion_lab.train", "-m", "experiment=smoke", "logger=none",
+           "model.optimizer.lr=2e-3,-1", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 1
+    reason = "model.optimizer.lr must be a positive number, e.g. 2e-3, got -1"
+    job = "experiment=smoke,logger=none,model.optimizer.lr=-1"
+    assert proc.stderr.strip().splitlines()[-1] == f"error: job 1 ({job}) failed: {reason}"
+    assert (sweep_dir / "0" / "checkpoints" / "last.ckpt").is_file() and (sweep_dir / "0" / "metrics.json").is_file()
+    assert (sweep_dir / "1" / "error.txt").read_text().strip() == reason
+    assert not (sweep_dir / "1" / "checkpoints").exists()
+    jobs = load_sweep(sweep_dir)
+    assert [job.status for job in jobs] == ["done", "failed"] and jobs[1].error == reason
+
+
+@pytest.mark.slow
+def test_a_failed_trial_does_not_end_the_search(tmp_path: Path) -> None:
+    """Random search over a bad and a good learning rate: bad trials fail, the search finishes on the good one."""
+    sweep_dir = tmp_path / "search"
+    cmd = [sys.executable, "-m", "diffusion_lab.train", "-m", "hydra/sweeper=search", "hydra/sweeper/sampler=random",
+           "hydra.sweeper.n_trials=3", "model.optimizer.lr=choice(-1,0.002)", "model=small", "schedule=cosine",
+           "experiment=smoke", "logger=none", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert result["best_params"] == {"model.optimizer.lr": 0.002}
+    failed = [p.parent.name for p in sweep_dir.glob("*/error.txt")]
+    assert failed and len(failed) < 3, "some trials failed, and the search went on to a good one"

@@ -1,14 +1,18 @@
 """What the command-line entry points share: a bad input ends the run with one line, not a traceback.
 
 Hydra reports a bad command line (an unknown group option such as ``data=cifar``, a misspelt key,
-broken override syntax) in several lines; :func:`hydra_app` turns those into one ``error:`` line as
-well. ``HYDRA_FULL_ERROR=1`` still gives the full traceback of anything.
+broken override syntax, an experiment of another command) in several lines; :func:`hydra_app` turns
+those into one ``error:`` line as well. In a ``-m`` sweep a failing job does not end the sweep: it
+fails alone (:func:`fail`), the other jobs run, and the sweep exits 1 at the end. ``HYDRA_FULL_ERROR=1``
+still gives the full traceback of anything.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +20,16 @@ from typing import Any, NoReturn
 
 import hydra
 import torch
-from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, HydraException, InstantiationException, MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from diffusion_lab.checkpointing import atomic_write_text
 from diffusion_lab.config import CONF_DIR
+
+log = logging.getLogger(__name__)
 
 #: Set while :func:`hydra_app` asks Hydra to raise, so that the user's own HYDRA_FULL_ERROR=1 stays
 #: distinguishable (also in the processes DDP starts, which inherit the environment).
@@ -53,6 +62,48 @@ def exit_with(err: BaseException) -> NoReturn:
     sys.exit(1)
 
 
+class JobFailed(Exception):
+    """One job of a ``-m`` sweep failed; its message is the one line that says why."""
+
+
+#: Where a failed job of a sweep leaves its one-line reason (``diffusion-lab-report`` shows it).
+ERROR_FILE = "error.txt"
+
+
+def fail(err: BaseException) -> NoReturn:
+    """End the task on ``err``: a single run prints one ``error:`` line and exits 1 (:func:`exit_with`).
+
+    A job of a ``-m`` sweep logs that line, writes it to ``<job>/error.txt`` and raises :class:`JobFailed`,
+    so Hydra goes on with the sweep's other jobs: the basic sweeper and the launchers run the whole
+    batch and then end with the first failure, the Optuna sweeper counts a failed trial and goes on.
+    """
+    if full_error_requested() or not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        exit_with(err)
+    job = HydraConfig.get().job
+    message = f"job {job.num} ({job.override_dirname or 'no overrides'}) failed: {one_line(err)}"
+    log.error(message)
+    atomic_write_text(Path(HydraConfig.get().runtime.output_dir) / ERROR_FILE, one_line(err) + "\n")
+    raise JobFailed(message) from err
+
+
+def wrong_experiment(command: str, err: ConfigCompositionException, argv: list[str]) -> str | None:
+    """For ``experiment=NAME`` of another command (it overrides a group this one lacks), a line naming its command."""
+    match = re.search(r"Could not override '([^']+)'\. No match in the defaults list", str(err))
+    names = [arg.split("=", 1)[1] for arg in argv if arg.startswith("experiment=")]
+    if not match or not names:
+        return None
+    path = CONF_DIR / "experiment" / f"{names[-1]}.yaml"
+    usage = [
+        line.lstrip("#").strip() for line in (path.read_text().splitlines() if path.is_file() else [])
+        if line.lstrip("#").strip().startswith("diffusion-lab-")
+    ]  # fmt: skip
+    how = f"run {usage[0]}" if usage else f"see {path}"
+    return (
+        f"experiment={names[-1]} is not a diffusion-lab-{command} experiment (it sets {match[1]}, which "
+        f"diffusion-lab-{command} has no group for): {how}"
+    )
+
+
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """``hydra.main`` on the project's config tree, with one-line errors for a bad command line."""
 
@@ -67,7 +118,12 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
             os.environ.update({"HYDRA_FULL_ERROR": "1", _RAISING: "1"})  # Hydra raises; we print one line
             try:
                 return hydra_main()
-            except (HydraException, OmegaConfBaseException) as err:
+            except ConfigCompositionException as err:
+                if (message := wrong_experiment(config_name, err, sys.argv[1:])) is None:
+                    exit_with(err)
+                print(f"error: {message}", file=sys.stderr)
+                sys.exit(1)
+            except (HydraException, OmegaConfBaseException, JobFailed) as err:
                 exit_with(err)
             finally:
                 for key, value in saved.items():

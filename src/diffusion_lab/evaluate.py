@@ -37,7 +37,7 @@ from torchvision.utils import make_grid
 
 from diffusion_lab.checkpointing import atomic_write_text
 from diffusion_lab.classifier import ClassifierError
-from diffusion_lab.cli import checkpoint_path, exit_with, hydra_app, resolve_device
+from diffusion_lab.cli import checkpoint_path, fail, hydra_app, resolve_device
 from diffusion_lab.clip_score import clip_from_config
 from diffusion_lab.datasets import DataError, dataset_info
 from diffusion_lab.diffusion_module import DiffusionModule
@@ -265,7 +265,7 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except (InstantiationException, ValueError, DataError, InceptionWeightsError, ClassifierError) as err:
-        exit_with(err)
+        fail(err)
 
 
 if __name__ == "__main__":

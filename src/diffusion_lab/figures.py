@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from diffusion_lab.cli import checkpoint_path, exit_with, hydra_app, resolve_device
+from diffusion_lab.cli import checkpoint_path, fail, hydra_app, resolve_device
 from diffusion_lab.datamodule import MNISTDataModule, to_unit_range
 from diffusion_lab.datasets import DataError, dataset_info, load_arrays
 from diffusion_lab.diffusion_module import DiffusionModule
@@ -475,7 +475,7 @@ def main(cfg: DictConfig) -> None:
     try:
         make_figures(cfg)
     except (InstantiationException, DataError, ValueError, FileNotFoundError) as err:
-        exit_with(err)
+        fail(err)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
-"""``diffusion-lab-report SWEEP_DIR``: one table of every job of a ``diffusion-lab-train -m`` sweep.
+"""``diffusion-lab-report SWEEP_DIR``: one table of every job of a ``-m`` sweep of training or evaluation.
 
 Each job folder of the sweep (``SWEEP_DIR/<job number>``, with its ``.hydra/overrides.yaml``) gives a
-row: its overrides, parameter count, wall time, best ``val/loss``, and the sample-quality metrics of
-its ``metrics.json`` when there are any (``eval/classifier_accuracy``, ``eval/fid``). A job that has
-not finished (no ``metrics.json``) is listed with empty cells. The command prints the table and
-writes into ``SWEEP_DIR`` (or ``--output``):
+row: its overrides, its status, and the numbers of its ``metrics.json``. For a ``diffusion-lab-train -m``
+sweep these are the parameter count, wall time, best ``val/loss`` and, when the job scored samples,
+``eval/classifier_accuracy`` and ``eval/fid``; for a ``diffusion-lab-evaluate -m`` sweep (such as
+``experiment=guidance_sweep``) the sample metrics it measured. A job still running (no
+``metrics.json``) has empty cells; a failed one shows the reason it left in ``error.txt``. The command
+prints the table and writes into ``SWEEP_DIR`` (or ``--output``):
 
 * ``report.md`` and ``report.csv``: the table;
-* ``val_loss.png``: the validation-loss curve of every job (from its ``csv/metrics.csv``);
-* ``quality.png``: the quality metric (class accuracy when evaluated, else best ``val/loss``)
-  against parameters and against wall time.
+* ``val_loss.png`` (training sweeps): the validation-loss curve of every job (from its ``csv/metrics.csv``);
+* ``quality.png``: for training, the quality metric (class accuracy when evaluated, else best
+  ``val/loss``) against parameters and against wall time; for evaluation, class accuracy and FID
+  against the swept value (e.g. the guidance weight) when one number varies, else against each other.
 """
 
 from __future__ import annotations
@@ -28,15 +31,27 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from diffusion_lab.checkpointing import atomic_write_text
+from diffusion_lab.cli import ERROR_FILE
 from diffusion_lab.figures import save_figure
 
-#: Report columns after the job and its overrides: (metrics.json key, column title).
+#: Report columns of a training sweep after the job, its overrides and status: (metrics.json key, title).
 COLUMNS = (
     ("params", "params"),
     ("time/fit_s", "wall time (s)"),
     ("best/val/loss", "best val/loss"),
     ("eval/classifier_accuracy", "class accuracy"),
     ("eval/fid", "FID"),
+)
+#: The same for an evaluation sweep; a column no job measured (Inception FID, CLIP) is left out.
+EVALUATE_COLUMNS = (
+    ("generated/classifier_accuracy", "class accuracy"),
+    ("generated/fid", "FID"),
+    ("generated/kid", "KID"),
+    ("generated/inception_fid", "Inception FID"),
+    ("generated/clip_score", "CLIP score"),
+    ("style/slant_correlation", "slant corr."),
+    ("style/thickness_correlation", "thickness corr."),
+    ("time/sampling_s", "sampling (s)"),
 )
 
 
@@ -54,6 +69,13 @@ class Job:
     metrics: dict[str, float | str] = field(default_factory=dict)
     #: ``(step, val/loss)`` pairs in logging order.
     val_curve: list[tuple[int, float]] = field(default_factory=list)
+    #: Why the job failed (its ``error.txt``), or None.
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        """``failed``, ``done`` (it wrote ``metrics.json``) or ``unfinished``."""
+        return "failed" if self.error else "done" if self.metrics else "unfinished"
 
     @property
     def label(self) -> str:
@@ -94,8 +116,8 @@ def load_sweep(sweep_dir: str | Path) -> list[Job]:
     folders = sorted((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")), key=_job_number)
     if not folders:
         raise ReportError(
-            f"{sweep_dir} holds no job folders (<job>/.hydra/overrides.yaml): pass the folder of a "
-            "diffusion-lab-train -m sweep, e.g. outputs/multirun/<date_time>"
+            f"{sweep_dir} holds no job folders (<job>/.hydra/overrides.yaml): pass the folder of a -m "
+            "sweep, e.g. outputs/multirun/<date_time> or outputs/evaluate-multirun/<date_time>"
         )
     jobs = []
     for folder in folders:
@@ -105,9 +127,28 @@ def load_sweep(sweep_dir: str | Path) -> list[Job]:
             metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         except json.JSONDecodeError as err:
             raise ReportError(f"{metrics_path} is not valid JSON ({err}): delete it or rerun that job") from None
-        jobs.append(Job(folder.name, folder, _distinct(overrides), metrics, _val_curve(folder / "csv" / "metrics.csv")))
+        error_path = folder / ERROR_FILE
+        error = error_path.read_text().strip() if error_path.is_file() else None
+        curve = _val_curve(folder / "csv" / "metrics.csv")
+        jobs.append(Job(folder.name, folder, _distinct(overrides), metrics, curve, error))
     _keep_differences(jobs)
     return jobs
+
+
+def is_evaluation(jobs: Sequence[Job]) -> bool:
+    """True for a ``diffusion-lab-evaluate -m`` sweep: its jobs measured ``generated/*``, or ran ``evaluate``."""
+    if any("generated/classifier_accuracy" in job.metrics for job in jobs):
+        return True
+    hydra_files = [job.path / ".hydra" / "hydra.yaml" for job in jobs]
+    return any(p.is_file() and OmegaConf.load(p).hydra.job.name == "evaluate" for p in hydra_files)
+
+
+def columns(jobs: Sequence[Job]) -> tuple[tuple[str, str], ...]:
+    """The metric columns of this sweep's kind (evaluation: only those some job has)."""
+    if not is_evaluation(jobs):
+        return COLUMNS
+    kept = tuple(c for c in EVALUATE_COLUMNS if any(job.value(c[0]) is not None for job in jobs))
+    return kept or EVALUATE_COLUMNS[:2]
 
 
 def _distinct(overrides: list[str]) -> list[str]:
@@ -129,47 +170,57 @@ def _cell(value: float | None, key: str) -> str:
         return "-"
     if key == "params":
         return f"{int(value):,}"
-    if key == "eval/classifier_accuracy":
+    if key.endswith("classifier_accuracy"):
         return f"{value:.1%}"
-    if key == "time/fit_s":
+    if key.startswith("time/"):
         return f"{value:.0f}"
     return f"{value:.4g}"
 
 
 def table_rows(jobs: Sequence[Job]) -> tuple[list[str], list[list[str]]]:
     """The header and one row of formatted cells per job."""
-    header = ["job", "overrides", *(title for _, title in COLUMNS)]
-    rows = [[job.name, job.label, *(_cell(job.value(key), key) for key, _ in COLUMNS)] for job in jobs]
+    cols = columns(jobs)
+    header = ["job", "overrides", "status", *(title for _, title in cols)]
+    rows = [[job.name, job.label, job.status, *(_cell(job.value(key), key) for key, _ in cols)] for job in jobs]
     return header, rows
 
 
+def failures(jobs: Sequence[Job]) -> list[str]:
+    """``job N (overrides): reason`` for every failed job."""
+    return [f"job {job.name} ({job.label}): {job.error}" for job in jobs if job.error]
+
+
 def markdown(jobs: Sequence[Job], sweep_dir: Path) -> str:
-    """``report.md``: the table and the two figures."""
+    """``report.md``: the table, why jobs failed, and the figures."""
     header, rows = table_rows(jobs)
+    kind = "evaluation" if is_evaluation(jobs) else "training"
     lines = [
         f"# Sweep {sweep_dir}",
         "",
-        f"{len(jobs)} jobs; the overrides shown are those that differ between them.",
+        f"{len(jobs)} {kind} jobs; the overrides shown are those that differ between them.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *("| " + " | ".join(row) + " |" for row in rows),
         "",
-        "![validation loss](val_loss.png)",
-        "",
-        "![quality](quality.png)",
-        "",
     ]
+    if failed := failures(jobs):
+        lines += ["Failed jobs:", "", *(f"- {line}" for line in failed), ""]
+    if kind == "training":
+        lines += ["![validation loss](val_loss.png)", ""]
+    lines += ["![quality](quality.png)", ""]
     return "\n".join(lines)
 
 
 def csv_text(jobs: Sequence[Job]) -> str:
-    """``report.csv``: the same columns with raw numbers (empty where missing)."""
+    """``report.csv``: the same columns with raw numbers (empty where missing), and the failure reason."""
+    cols = columns(jobs)
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["job", "overrides", *(key for key, _ in COLUMNS)])
+    writer.writerow(["job", "overrides", "status", *(key for key, _ in cols), "error"])
     for job in jobs:
-        writer.writerow([job.name, job.label, *("" if job.value(k) is None else job.value(k) for k, _ in COLUMNS)])
+        values = ("" if job.value(k) is None else job.value(k) for k, _ in cols)
+        writer.writerow([job.name, job.label, job.status, *values, job.error or ""])
     return out.getvalue()
 
 
@@ -188,6 +239,46 @@ def val_loss_figure(jobs: Sequence[Job]) -> Figure:
     if ax.lines:
         ax.legend(fontsize=7)
     fig.suptitle("Validation loss per job")
+    return fig
+
+
+def swept_value(jobs: Sequence[Job]) -> tuple[str, list[float | None]] | None:
+    """``(key, value per job)`` when the jobs differ in one numeric override (``guidance=0.5``), else None."""
+    keys = {o.split("=", 1)[0] for job in jobs for o in job.overrides}
+    if len(keys) != 1 or not all(len(job.overrides) == 1 for job in jobs):
+        return None
+    try:
+        return keys.pop(), [float(job.overrides[0].split("=", 1)[1]) for job in jobs]
+    except ValueError:
+        return None
+
+
+def evaluation_figure(jobs: Sequence[Job]) -> Figure:
+    """Class accuracy and FID against the swept value (guidance weight...), or against each other."""
+    acc, fid = "generated/classifier_accuracy", "generated/fid"
+    fig = Figure(figsize=(9.0, 3.8), layout="constrained")
+    if (swept := swept_value(jobs)) is not None:
+        key, xs = swept
+        for ax, (metric, title) in zip(fig.subplots(1, 2), ((acc, "class accuracy"), (fid, "FID")), strict=True):
+            values = (job.value(metric) for job in jobs)
+            points = sorted((x, y) for x, y in zip(xs, values, strict=True) if y is not None)
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o")
+            ax.set_xlabel(key)
+            ax.set_ylabel(title)
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"Class accuracy and FID (classifier features) against {key}")
+        return fig
+    ax = fig.subplots()
+    for job in jobs:
+        x, y = job.value(fid), job.value(acc)
+        if x is not None and y is not None:
+            ax.scatter(x, y)
+            ax.annotate(job.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("FID (classifier features)")
+    ax.set_ylabel("class accuracy")
+    ax.grid(alpha=0.3)
+    fig.suptitle("Class accuracy against FID, per job")
     return fig
 
 
@@ -215,13 +306,16 @@ def quality_figure(jobs: Sequence[Job]) -> Figure:
 
 
 def write_report(sweep_dir: str | Path, output: str | Path | None = None) -> tuple[list[Job], Path]:
-    """Load the sweep and write ``report.md``, ``report.csv``, ``val_loss.png`` and ``quality.png``."""
+    """Load the sweep and write ``report.md``, ``report.csv``, ``quality.png`` and (training) ``val_loss.png``."""
     sweep_dir = Path(sweep_dir)
     jobs = load_sweep(sweep_dir)
     out = Path(output) if output is not None else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    save_figure(val_loss_figure(jobs), out / "val_loss.png")
-    save_figure(quality_figure(jobs), out / "quality.png")
+    if is_evaluation(jobs):
+        save_figure(evaluation_figure(jobs), out / "quality.png")
+    else:
+        save_figure(val_loss_figure(jobs), out / "val_loss.png")
+        save_figure(quality_figure(jobs), out / "quality.png")
     atomic_write_text(out / "report.csv", csv_text(jobs))
     atomic_write_text(out / "report.md", markdown(jobs, sweep_dir))
     return jobs, out
@@ -230,7 +324,11 @@ def write_report(sweep_dir: str | Path, output: str | Path | None = None) -> tup
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: print the table, write the files; a bad folder ends it with one line."""
     parser = argparse.ArgumentParser(prog="diffusion-lab-report", description=__doc__.split("\n")[0])
-    parser.add_argument("sweep_dir", help="folder of a diffusion-lab-train -m sweep (outputs/multirun/<date_time>)")
+    parser.add_argument(
+        "sweep_dir",
+        help="folder of a diffusion-lab-train -m sweep (outputs/multirun/<date_time>) or of a "
+        "diffusion-lab-evaluate -m sweep (outputs/evaluate-multirun/<date_time>)",
+    )
     parser.add_argument("--output", help="folder for the report files (default: the sweep folder)")
     args = parser.parse_args(argv)
     try:
@@ -241,8 +339,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     header, rows = table_rows(jobs)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    print(f"Wrote {out / 'report.md'}, report.csv, val_loss.png and quality.png")
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for line in failures(jobs):
+        print(f"failed: {line}")
+    print(f"Wrote {out / 'report.md'}, report.csv and the figures")
 
 
 if __name__ == "__main__":

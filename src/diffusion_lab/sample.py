@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.checkpointing import atomic_write_text
-from diffusion_lab.cli import checkpoint_path, exit_with, hydra_app, resolve_device
+from diffusion_lab.cli import checkpoint_path, fail, hydra_app, resolve_device
 from diffusion_lab.clip_score import clip_from_config, select_top
 from diffusion_lab.datasets import DataError
 from diffusion_lab.generation import (
@@ -114,7 +114,7 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except (InstantiationException, ValueError, DataError) as err:
-        exit_with(err)
+        fail(err)
 
 
 if __name__ == "__main__":

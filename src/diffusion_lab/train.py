@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.callbacks import NonFiniteLossError
 from diffusion_lab.checkpointing import check_resumable
-from diffusion_lab.cli import checkpoint_path, exit_with, hydra_app
+from diffusion_lab.cli import checkpoint_path, fail, hydra_app
 from diffusion_lab.datasets import DataError
 from diffusion_lab.validation import validate_train_config
 
@@ -113,7 +113,8 @@ def share_cores() -> None:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``val/loss`` for sweepers.
 
-    A bad config value or missing data ends the run with one line that names the problem.
+    A bad config value or missing data ends the run with one line that names the problem; in a ``-m``
+    sweep the job fails alone (:func:`diffusion_lab.cli.fail`).
     """
     share_cores()
     try:
@@ -122,12 +123,12 @@ def main(cfg: DictConfig) -> float | None:
         if ckpt_path is not None:
             check_resumable(ckpt_path, parts[1])
     except (InstantiationException, ValueError) as err:
-        exit_with(err)
+        fail(err)
     try:
         metrics = fit(*parts, ckpt_path=ckpt_path)
     except (DataError, NonFiniteLossError, MisconfigurationException, ValueError) as err:
         print(file=sys.stderr)  # end the progress bar's line
-        exit_with(err)  # also Lightning's own late checks of trainer.* values
+        fail(err)  # also Lightning's own late checks of trainer.* values
     return metrics.get("val/loss")
 
 
