@@ -107,6 +107,24 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_ddp_jobs_of_a_sweep_each_train_once_in_their_own_folder(tmp_path: Path) -> None:
+    """Lightning starts DDP ranks by re-running the command line: in a sweep that must not re-run the sweep."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_train(
+        "-m", "experiment=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=none",
+        "schedule=linear,cosine", f"paths.log_dir={tmp_path / 'logs'}", f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert output.count("Launching 2 jobs") == 1 and output.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"], "no stray run folders"
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["0", "1", "multirun.yaml"]
+    for job in ("0", "1"):
+        assert json.loads((sweep_dir / job / "metrics.json").read_text())["global_step"] == 20
+        assert (sweep_dir / job / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -44,10 +44,13 @@ def key(item: object) -> str:
 
 
 @pytest.mark.slow
-def test_offline_sweep_runs_share_a_group_and_hold_config_history_images_and_tables(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ddp", [False, True], ids=["one_process", "ddp_two_cpu_processes"])
+def test_offline_sweep_runs_share_a_group_and_hold_config_history_images_and_tables(ddp: bool, tmp_path: Path) -> None:
+    """One wandb run per job, also when each job trains on two DDP processes (rank 0 logs)."""
     sweep_dir = tmp_path / "multirun"
+    trainer = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"] if ddp else []
     cmd = [sys.executable, "-m", "diffusion_lab.train", "-m", "experiment=smoke", "logger=wandb",
-           "schedule=linear,cosine", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+           "schedule=linear,cosine", *trainer, f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_SILENT": "true"}
     env.pop("WANDB_MODE", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -58,7 +61,8 @@ def test_offline_sweep_runs_share_a_group_and_hold_config_history_images_and_tab
         records = read_records(next(runs[0].glob("run-*.wandb")))
         run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
         assert run.run_group == "sweep-multirun" and list(run.tags) == ["mnist", "small", schedule]
-        assert run.display_name == f"experiment=smoke,logger=wandb,schedule={schedule}"
+        ddp_name = "trainer.accelerator=cpu,trainer.devices=2,trainer=ddp," if ddp else ""
+        assert run.display_name == f"experiment=smoke,logger=wandb,schedule={schedule},{ddp_name}".rstrip(",")
         config = {key(item) for r in records if r.WhichOneof("record_type") == "config" for item in r.config.update}
         assert {"data", "model", "schedule", "trainer"} <= config
         history = {key(item) for r in records if r.WhichOneof("record_type") == "history" for item in r.history.item}

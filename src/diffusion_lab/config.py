@@ -32,8 +32,14 @@ def run_id(run_dir: str) -> str:
     return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
 
 
+#: Set for the process that trains a DDP job of a sweep (:mod:`diffusion_lab.ddp`): the sweep's group.
+SWEEP_GROUP_ENV = "DIFFUSION_LAB_SWEEP_GROUP"
+
+
 def sweep_group() -> str | None:
     """``sweep-<date_time>`` (the sweep folder's name) in a job of a ``-m`` sweep, else None: a wandb group."""
+    if SWEEP_GROUP_ENV in os.environ:
+        return os.environ[SWEEP_GROUP_ENV]
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     return f"sweep-{Path(HydraConfig.get().sweep.dir).name}"

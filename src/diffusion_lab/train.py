@@ -20,7 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from diffusion_lab.callbacks import NonFiniteLossError
 from diffusion_lab.checkpointing import check_resumable
 from diffusion_lab.cli import checkpoint_path, fail, hydra_app
+from diffusion_lab.config import sweep_group
 from diffusion_lab.datasets import DataError
+from diffusion_lab.ddp import ChildFailed, needs_own_process, train_in_child
 from diffusion_lab.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -114,9 +116,15 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``val/loss`` for sweepers.
 
     A bad config value or missing data ends the run with one line that names the problem; in a ``-m``
-    sweep the job fails alone (:func:`diffusion_lab.cli.fail`).
+    sweep the job fails alone (:func:`diffusion_lab.cli.fail`). A DDP job of a sweep trains in a
+    process of its own (:mod:`diffusion_lab.ddp`).
     """
     share_cores()
+    if needs_own_process(cfg):
+        try:
+            return train_in_child(sweep_group())
+        except ChildFailed as err:
+            fail(err)
     try:
         ckpt_path = resume_checkpoint(cfg)  # refuses to overwrite a run, before anything is built
         parts = build(cfg)

@@ -1,0 +1,70 @@
+"""DDP jobs inside a ``-m`` sweep: each job runs as one ``diffusion-lab-train`` process of its own.
+
+Lightning starts DDP ranks 1..N-1 by running the command line again. Inside a ``-m`` sweep that
+command line is the whole sweep, so every extra rank would run a sweep of its own, and a later job
+would reuse the first job's process group. A sweep job with a DDP strategy therefore runs its
+training in a child ``diffusion-lab-train`` with only that job's overrides, in the job's folder:
+Lightning then starts the extra ranks of that one job, and the process group ends with it. Where a
+cluster starts the ranks itself (SLURM with ``tasks_per_node=N``, torchrun), the job trains in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from omegaconf import DictConfig
+
+from diffusion_lab.config import SWEEP_GROUP_ENV
+
+log = logging.getLogger(__name__)
+
+
+class ChildFailed(RuntimeError):
+    """The child ``diffusion-lab-train`` of a DDP sweep job exited with an error (its message is the child's line)."""
+
+
+def needs_own_process(cfg: DictConfig) -> bool:
+    """True for a ``-m`` sweep job that Lightning would start DDP ranks for by re-running the command line."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    strategy = str(cfg.trainer.get("strategy", ""))
+    if not strategy.startswith("ddp") or any(kind in strategy for kind in ("spawn", "fork", "notebook")):
+        return False
+    started_by_cluster = SLURMEnvironment.detect() or TorchElasticEnvironment.detect() or "LOCAL_RANK" in os.environ
+    return not started_by_cluster
+
+
+def train_in_child(group: str | None) -> float | None:
+    """Run this sweep job as ``diffusion-lab-train <job overrides>`` in its folder; returns its final ``val/loss``.
+
+    The child's output streams through; its ``error:`` line becomes :class:`ChildFailed`.
+    """
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    command = [
+        sys.executable, "-m", "diffusion_lab.train", *hydra_cfg.overrides.task,
+        f"hydra.run.dir={job_dir}", "hydra.output_subdir=null",
+    ]  # fmt: skip
+    env = {**os.environ, **({SWEEP_GROUP_ENV: group} if group else {})}
+    log.info("DDP job: training in its own process: %s", " ".join(command[1:]))
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    tail = b""
+    while chunk := proc.stderr.read1(65536):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+        tail = (tail + chunk)[-4096:]
+    if proc.wait() != 0:
+        lines = tail.decode(errors="replace").strip().splitlines()
+        errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+        raise ChildFailed(errors[-1] if errors else f"the DDP job's process exited with status {proc.returncode}")
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    return metrics.get("val/loss")
