@@ -61,6 +61,7 @@ def test_a_tiny_optuna_search_minimises_the_validation_loss(tmp_path: Path) -> N
            "model=small", "experiment=smoke", "logger=none", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "setup plugin alembic" not in proc.stdout + proc.stderr, "the search's imports stay quiet"
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     losses = [yaml.safe_load((sweep_dir / job / "metrics.json").read_text())["val/loss"] for job in ("0", "1")]
     assert result["best_value"] == pytest.approx(min(losses))
