@@ -108,10 +108,23 @@ def test_logger_options(compose_train, name: str, tmp_path: Path) -> None:
         assert Path(logger.save_dir) == tmp_path
 
 
+#: Experiments for diffusion-lab-evaluate; the others are for diffusion-lab-train.
+EVALUATION_EXPERIMENTS = ("guidance_sweep",)
+
+
 @pytest.mark.parametrize("name", options("experiment"))
 def test_experiment_options(compose_train, name: str) -> None:
-    cfg = compose_train(f"experiment={name}")
-    instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+    """Each experiment composes with its command and builds what it configures."""
+    if name not in EVALUATION_EXPERIMENTS:
+        cfg = compose_train(f"experiment={name}")
+        instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+        return
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=[f"experiment={name}"])
+    GlobalHydra.instance().clear()
+    sampler = instantiate(cfg.sampler, schedule=cosine(100))
+    sampler.set_timesteps(cfg.steps)
 
 
 def test_callbacks_build_in_order(compose_train) -> None:

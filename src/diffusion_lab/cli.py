@@ -93,10 +93,12 @@ def wrong_experiment(command: str, err: ConfigCompositionException, argv: list[s
     if not match or not names:
         return None
     path = CONF_DIR / "experiment" / f"{names[-1]}.yaml"
+    lines = (
+        line.lstrip("#").split("#")[0].strip() for line in (path.read_text().splitlines() if path.is_file() else [])
+    )
     usage = [
-        line.lstrip("#").strip() for line in (path.read_text().splitlines() if path.is_file() else [])
-        if line.lstrip("#").strip().startswith("diffusion-lab-")
-    ]  # fmt: skip
+        line for line in lines if line.startswith("diffusion-lab-") and not line.startswith(f"diffusion-lab-{command} ")
+    ]
     how = f"run {usage[0]}" if usage else f"see {path}"
     return (
         f"experiment={names[-1]} is not a diffusion-lab-{command} experiment (it sets {match[1]}, which "
