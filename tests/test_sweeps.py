@@ -21,14 +21,21 @@ from diffusion_lab.report import load_sweep
 from diffusion_lab.report import main as report_main
 
 
-def compose_hydra(*overrides: str) -> DictConfig:
-    """``conf/train.yaml`` with its ``hydra`` node, as ``diffusion-lab-train -m`` composes it."""
+def compose_hydra(*overrides: str, config_name: str = "train") -> DictConfig:
+    """``conf/<config_name>.yaml`` with its ``hydra`` node, as ``diffusion-lab-<config_name> -m`` composes it."""
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="train", return_hydra_config=True, overrides=list(overrides))
+            return compose(config_name=config_name, return_hydra_config=True, overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
+
+
+def run_cli(command: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """``diffusion-lab-<command> ARGS`` as a user runs it (one-line errors)."""
+    cmd = [sys.executable, "-m", f"diffusion_lab.{command}", *args]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_slurm_launcher_composes_with_cluster_settings() -> None:
@@ -57,9 +64,8 @@ def test_parallel_launcher_and_search_sweeper_compose() -> None:
 @pytest.mark.slow
 def test_a_tiny_optuna_search_minimises_the_validation_loss(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "search"
-    cmd = [sys.executable, "-m", "diffusion_lab.train", "-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=2",
-           "model=small", "experiment=smoke", "logger=none", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    proc = run_cli("train", "-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=2", "model=small",
+                   "experiment=smoke", "logger=none", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "setup plugin alembic" not in proc.stdout + proc.stderr, "the search's imports stay quiet"
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
@@ -81,9 +87,8 @@ def test_sweep_experiments_sweep_their_question(experiment: str, key: str, value
 @pytest.mark.slow
 def test_a_sweep_experiment_runs_one_job_per_value(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "diffusion_lab.train", "-m", "experiment=schedule_sweep", "+experiment@_global_=smoke",
-           "logger=none", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    proc = run_cli("train", "-m", "experiment=schedule_sweep", "+experiment@_global_=smoke", "logger=none",
+                   f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     schedules = [yaml.safe_load((sweep_dir / job / ".hydra" / "overrides.yaml").read_text()) for job in "012"]
     assert [o for job in schedules for o in job if o.startswith("schedule=")] == [
@@ -92,12 +97,7 @@ def test_a_sweep_experiment_runs_one_job_per_value(tmp_path: Path) -> None:
 
 
 def test_guidance_sweep_evaluates_one_checkpoint_at_five_weights() -> None:
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="evaluate", return_hydra_config=True, overrides=["experiment=guidance_sweep"])
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose_hydra("experiment=guidance_sweep", config_name="evaluate")
     assert cfg.hydra.sweeper.params.guidance == "0,0.5,1,2,4"
     assert cfg.sampler._target_.endswith("DDIMSampler") and cfg.steps == 50
 
@@ -107,11 +107,9 @@ def test_a_guidance_sweep_leaves_one_evaluation_per_weight_and_a_report(
     make_checkpoint: Callable[..., Path], tmp_path: Path, capsys
 ) -> None:
     sweep_dir = tmp_path / "guidance"
-    cmd = [sys.executable, "-m", "diffusion_lab.evaluate", "-m", "experiment=guidance_sweep",
-           f"ckpt={make_checkpoint()}", "guidance=0,4", "num_per_class=2", "steps=3",
-           "inception=false", "clip=none",
-           f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    proc = run_cli("evaluate", "-m", "experiment=guidance_sweep", f"ckpt={make_checkpoint()}", "guidance=0,4",
+                   "num_per_class=2", "steps=3", "inception=false", "clip=none",
+                   f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     weights = [json.loads((sweep_dir / job / "metrics.json").read_text())["guidance"] for job in "01"]
     assert weights == [0.0, 4.0]
@@ -138,9 +136,9 @@ def test_a_guidance_sweep_leaves_one_evaluation_per_weight_and_a_report(
 def test_an_experiment_of_another_command_is_one_line_naming_it(
     command: str, overrides: list[str], message: str, tmp_path: Path
 ) -> None:
-    cmd = [sys.executable, "-m", f"diffusion_lab.{command}", *overrides, f"hydra.run.dir={tmp_path / 'run'}",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    proc = run_cli(
+        command, *overrides, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=120
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: {message}"
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep" / "0").exists()
@@ -150,9 +148,9 @@ def test_an_experiment_of_another_command_is_one_line_naming_it(
 def test_a_failing_job_fails_alone_and_the_sweep_exits_1(tmp_path: Path) -> None:
     """Job 1 has a bad learning rate: job 0 still trains, job 1 leaves its reason, the sweep ends with it."""
     sweep_dir = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "diffusion_lab.train", "-m", "experiment=smoke", "logger=none",
-           "model.optimizer.lr=2e-3,-1", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    proc = run_cli(
+        "train", "-m", "experiment=smoke", "logger=none", "model.optimizer.lr=2e-3,-1", f"hydra.sweep.dir={sweep_dir}"
+    )
     assert proc.returncode == 1
     reason = "model.optimizer.lr must be a positive number, e.g. 2e-3, got -1"
     job = "experiment=smoke,logger=none,model.optimizer.lr=-1"
@@ -168,10 +166,9 @@ def test_a_failing_job_fails_alone_and_the_sweep_exits_1(tmp_path: Path) -> None
 def test_a_failed_trial_does_not_end_the_search(tmp_path: Path) -> None:
     """Random search over a bad and a good learning rate: bad trials fail, the search finishes on the good one."""
     sweep_dir = tmp_path / "search"
-    cmd = [sys.executable, "-m", "diffusion_lab.train", "-m", "hydra/sweeper=search", "hydra/sweeper/sampler=random",
-           "hydra.sweeper.n_trials=3", "model.optimizer.lr=choice(-1,0.002)", "model=small", "schedule=cosine",
-           "experiment=smoke", "logger=none", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    proc = run_cli("train", "-m", "hydra/sweeper=search", "hydra/sweeper/sampler=random",
+                   "hydra.sweeper.n_trials=3", "model.optimizer.lr=choice(-1,0.002)", "model=small",
+                   "schedule=cosine", "experiment=smoke", "logger=none", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert result["best_params"] == {"model.optimizer.lr": 0.002}
