@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_errors import one_error_line
 from diffusion_lab import evaluate
 
 REQUIRED = [
@@ -119,10 +120,8 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
         main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", "clip=none", override, f"output={out}",
                         f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert exit_info.value.code == 1
-    err = capsys.readouterr().err
-    error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1 and message in error_lines[0], err
-    assert "Traceback" not in err and not out.exists()
+    assert message in one_error_line(capsys.readouterr().err)
+    assert not out.exists()
 
 
 def test_missing_inception_weights_name_the_fix(

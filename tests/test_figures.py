@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torchvision.utils import make_grid
 
+from cli_errors import one_error_line
 from diffusion_lab.diffusion_module import DiffusionModule
 from diffusion_lab.figures import (
     guidance_sweep,
@@ -314,9 +315,7 @@ def assert_pngs(folder: Path, names: set[str]) -> None:
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], message: str) -> None:
     assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
+    assert message in one_error_line(proc.stderr), proc.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_errors import one_error_line
 from diffusion_lab import train as train_entry
 from diffusion_lab.checkpointing import atomic_torch_save, read_checkpoint
 from diffusion_lab.validation import CHECKS, validate_train_config
@@ -52,10 +53,6 @@ def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120) -> N
 
 def step_of(path: Path) -> int:
     return int(read_checkpoint(path)["global_step"])
-
-
-def error_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith("error: ")]
 
 
 @pytest.mark.slow
@@ -111,10 +108,9 @@ def test_diverging_loss_stops_with_one_line_and_keeps_the_good_checkpoint(tmp_pa
     every_step = ("trainer.val_check_interval=2", "trainer.limit_val_batches=1")  # a checkpoint before the NaN
     proc = run_train("experiment=smoke", *diverging, *every_step, f"hydra.run.dir={run_dir}")
     assert proc.returncode == 1
-    lines = error_lines(proc.stderr)
-    assert len(lines) == 1 and re.search(r"(train|val)/loss became NaN or infinite", lines[0]), proc.stderr[-2000:]
-    assert f"the last good checkpoint {last} is kept" in lines[0]
-    assert "Traceback" not in proc.stderr
+    line = one_error_line(proc.stderr)
+    assert re.search(r"(train|val)/loss became NaN or infinite", line), proc.stderr[-2000:]
+    assert f"the last good checkpoint {last} is kept" in line
     checkpoint = read_checkpoint(last)
     assert 0 < checkpoint["global_step"] < 20
     for weights in (checkpoint["state_dict"], checkpoint["current_model_state"]):
@@ -203,9 +199,7 @@ def test_bad_training_input_is_one_line_and_writes_nothing(
         main_in_process(monkeypatch, "experiment=smoke", *override.split(" "), f"hydra.run.dir={run_dir}")
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    lines = error_lines(err)
-    assert len(lines) == 1 and message in lines[0], err[-2000:]
-    assert "Traceback" not in err
+    assert message in one_error_line(err), err[-2000:]
     assert not (run_dir / "checkpoints").exists()
 
 
@@ -218,8 +212,8 @@ def test_fresh_run_refuses_a_folder_that_holds_one(
     for extra in ((), ("resume=true", f"ckpt_path={last}")):
         with pytest.raises(SystemExit):
             main_in_process(monkeypatch, "experiment=smoke", *extra, f"hydra.run.dir={tmp_path / 'run'}")
-        lines = error_lines(capsys.readouterr().err)
-        assert len(lines) == 1 and ("already holds a run: pass resume=true" in lines[0] or "exclusive" in lines[0])
+        line = one_error_line(capsys.readouterr().err)
+        assert "already holds a run: pass resume=true" in line or "exclusive" in line
     assert last.read_bytes() == b"a previous run"
 
 
@@ -240,9 +234,9 @@ def test_resume_refuses_a_broken_or_foreign_checkpoint(
     before = last.read_bytes()
     with pytest.raises(SystemExit):
         main_in_process(monkeypatch, "experiment=smoke", "resume=true", f"hydra.run.dir={run_dir}")
-    lines = error_lines(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     expected = {"truncate": "truncated or corrupt", "junk": "not a PyTorch checkpoint", "other_model": "another model"}
-    assert len(lines) == 1 and expected[damage] in lines[0]
+    assert expected[damage] in line
     assert last.read_bytes() == before
 
 

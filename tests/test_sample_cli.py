@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_errors import one_error_line
 from diffusion_lab import sample
 
 
@@ -88,10 +89,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
         main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", override, f"output={out}",
                         f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert exit_info.value.code == 1
-    err = capsys.readouterr().err
-    error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1 and message in error_lines[0], err
-    assert "Traceback" not in err
+    assert message in one_error_line(capsys.readouterr().err)
     assert not out.parent.exists()
 
 
@@ -111,8 +109,7 @@ def test_bad_checkpoint_is_one_clear_line(
     with pytest.raises(SystemExit) as exit_info:
         main_in_process(monkeypatch, *args, f"output={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert exit_info.value.code == 1
-    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1 and message in error_lines[0]
+    assert message in one_error_line(capsys.readouterr().err)
     assert not list(tmp_path.glob("out*"))
 
 
@@ -161,6 +158,5 @@ def test_bad_selection_is_one_clear_line(
     with pytest.raises(SystemExit):
         main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", *overrides, f"output={out}",
                         f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
-    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1 and message in error_lines[0], error_lines
+    assert message in one_error_line(capsys.readouterr().err)
     assert not out.parent.exists()

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_errors import one_error_line
 from diffusion_lab.diffusion_module import DiffusionModule
 from diffusion_lab.train import train
 
@@ -26,9 +27,7 @@ def run_train(*overrides: str) -> subprocess.CompletedProcess[str]:
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], run_dir: Path, message: str) -> None:
     """The run failed with exit 1 and one ``error:`` line holding ``message``, no traceback, no checkpoint."""
     assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
+    assert message in one_error_line(proc.stderr), proc.stderr[-2000:]
     assert not (run_dir / "checkpoints").exists()
 
 
