@@ -25,14 +25,7 @@ from diffusion_lab.checkpointing import atomic_write_text
 from diffusion_lab.cli import checkpoint_path, fail, hydra_app, resolve_device
 from diffusion_lab.clip_score import clip_from_config, select_top
 from diffusion_lab.datasets import DataError
-from diffusion_lab.generation import (
-    class_names,
-    generate,
-    load_model,
-    resolve_labels,
-    save_samples,
-    trained_dataset,
-)
+from diffusion_lab.generation import class_names, generate, load_model, resolve_labels, save_samples, trained_dataset
 from diffusion_lab.styles import STYLE_NAMES
 
 log = logging.getLogger(__name__)
@@ -75,7 +68,8 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
             raise ValueError(f"select_top needs CLIP, which is {status}")
     images = generate(
         model, labels, seed=cfg.seed, sampler=sampler, steps=cfg.steps, guidance=cfg.guidance,
-        batch_size=cfg.batch_size, precision=str(cfg.precision), style=style,
+        batch_size=cfg.batch_size, precision=str(cfg.precision),
+        style=None if requested is None else requested.expand(len(labels), -1),
     )  # fmt: skip
     extra: dict[str, np.ndarray] = {}
     kept = per_class
