@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig
 
-from diffusion_lab.config import SWEEP_GROUP_ENV
+from diffusion_lab.config import SWEEP_GROUP_ENV, sweep_group
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,11 @@ def needs_own_process(cfg: DictConfig) -> bool:
     return not started_by_cluster
 
 
-def train_in_child(group: str | None) -> float | None:
+def train_in_child() -> float | None:
     """Run this sweep job as ``diffusion-lab-train <job overrides>`` in its folder; returns its final ``val/loss``.
 
-    The child's output streams through; its ``error:`` line becomes :class:`ChildFailed`.
+    The child keeps the sweep's wandb group; its output streams through, and its ``error:`` line becomes
+    :class:`ChildFailed`.
     """
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
@@ -53,6 +54,7 @@ def train_in_child(group: str | None) -> float | None:
         sys.executable, "-m", "diffusion_lab.train", *hydra_cfg.overrides.task,
         f"hydra.run.dir={job_dir}", "hydra.output_subdir=null",
     ]  # fmt: skip
+    group = sweep_group()
     env = {**os.environ, **({SWEEP_GROUP_ENV: group} if group else {})}
     log.info("DDP job: training in its own process: %s", " ".join(command[1:]))
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)

@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from diffusion_lab.callbacks import NonFiniteLossError
 from diffusion_lab.checkpointing import check_resumable
 from diffusion_lab.cli import checkpoint_path, fail, hydra_app
-from diffusion_lab.config import sweep_group
 from diffusion_lab.datasets import DataError
 from diffusion_lab.ddp import ChildFailed, needs_own_process, train_in_child
 from diffusion_lab.validation import validate_train_config
@@ -122,7 +121,7 @@ def main(cfg: DictConfig) -> float | None:
     share_cores()
     if needs_own_process(cfg):
         try:
-            return train_in_child(sweep_group())
+            return train_in_child()
         except ChildFailed as err:
             fail(err)
     try:
