@@ -71,6 +71,8 @@ class Job:
     val_curve: list[tuple[int, float]] = field(default_factory=list)
     #: Why the job failed (its ``error.txt``), or None.
     error: str | None = None
+    #: A job of ``diffusion-lab-evaluate`` (it measured ``generated/*``, or its Hydra job is ``evaluate``).
+    evaluation: bool = False
 
     @property
     def status(self) -> str:
@@ -130,17 +132,18 @@ def load_sweep(sweep_dir: str | Path) -> list[Job]:
         error_path = folder / ERROR_FILE
         error = error_path.read_text().strip() if error_path.is_file() else None
         curve = _val_curve(folder / "csv" / "metrics.csv")
-        jobs.append(Job(folder.name, folder, _distinct(overrides), metrics, curve, error))
+        hydra_file = folder / ".hydra" / "hydra.yaml"
+        evaluation = "generated/classifier_accuracy" in metrics or (
+            hydra_file.is_file() and OmegaConf.load(hydra_file).hydra.job.name == "evaluate"
+        )
+        jobs.append(Job(folder.name, folder, _distinct(overrides), metrics, curve, error, evaluation))
     _keep_differences(jobs)
     return jobs
 
 
 def is_evaluation(jobs: Sequence[Job]) -> bool:
-    """True for a ``diffusion-lab-evaluate -m`` sweep: its jobs measured ``generated/*``, or ran ``evaluate``."""
-    if any("generated/classifier_accuracy" in job.metrics for job in jobs):
-        return True
-    hydra_files = [job.path / ".hydra" / "hydra.yaml" for job in jobs]
-    return any(p.is_file() and OmegaConf.load(p).hydra.job.name == "evaluate" for p in hydra_files)
+    """True for a ``diffusion-lab-evaluate -m`` sweep."""
+    return any(job.evaluation for job in jobs)
 
 
 def columns(jobs: Sequence[Job]) -> tuple[tuple[str, str], ...]:
