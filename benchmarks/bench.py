@@ -36,9 +36,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from diffusion_lab.checkpointing import atomic_write_text
 from diffusion_lab.config import CONF_DIR, project_root
-from diffusion_lab.generation import generate
+from diffusion_lab.pipeline import DiffusionPipeline
+from diffusion_lab.utils.files import atomic_write_text
 
 PRESETS = ("small", "base", "large")
 
@@ -141,15 +141,16 @@ def sampling_seconds(cfg: DictConfig, skip_ddpm: bool) -> dict[str, float]:
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     if torch.cuda.is_available():
         model = model.cuda()
+    pipe = DiffusionPipeline(model)
     labels = torch.arange(10).repeat_interleave(10)
-    generate(model, labels[:10], steps=2)  # warm-up
+    pipe(labels[:10], steps=2)  # warm-up
     result = {}
     runs = {"sample/ddim50_s": ("ddim", 50)} if skip_ddpm else {"sample/ddpm_s": ("ddpm", None),
                                                                   "sample/ddim50_s": ("ddim", 50)}  # fmt: skip
     for key, (sampler, steps) in runs.items():
         _sync()
         start = time.perf_counter()
-        generate(model, labels, sampler=sampler, steps=steps)
+        pipe(labels, sampler=sampler, steps=steps)
         _sync()
         result[key] = time.perf_counter() - start
     return result

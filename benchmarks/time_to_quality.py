@@ -28,11 +28,11 @@ import torch
 from bench import compose_config, machine  # this script's folder is on sys.path
 from lightning.pytorch.callbacks import WeightAveraging
 
-from diffusion_lab.checkpointing import atomic_write_text
 from diffusion_lab.config import project_root
-from diffusion_lab.evaluation import Evaluator
-from diffusion_lab.generation import generate
-from diffusion_lab.train import build
+from diffusion_lab.evaluation.evaluator import Evaluator
+from diffusion_lab.pipeline import DiffusionPipeline
+from diffusion_lab.training.fit import build
+from diffusion_lab.utils.files import atomic_write_text
 
 
 class Snapshots(L.Callback):
@@ -94,13 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     trainer.callbacks.append(snapshots)
     trainer.fit(model, datamodule=datamodule)
 
-    model = model.cpu().eval()
+    pipe = DiffusionPipeline(model.cpu())
     evaluator = Evaluator(cfg.data.name, cfg.paths.data_dir, args.num_per_class)
     labels = torch.arange(model.unet.num_classes).repeat_interleave(args.num_per_class)
     points = []
     for point in snapshots.points:
         model.load_state_dict(point.pop("state"))
-        images = generate(model, labels, seed=0, sampler="ddim", steps=50, guidance=args.guidance)
+        images = pipe(labels, seed=0, sampler="ddim", steps=50, guidance=args.guidance)
         scores = {**evaluator.accuracy(images, labels, "g"), **evaluator.distances(images, "g")}
         point.update(minutes=point["seconds"] / 60, accuracy=scores["g/classifier_accuracy"], fid=scores["g/fid"])
         points.append(point)

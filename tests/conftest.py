@@ -14,13 +14,24 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from diffusion_lab.classifier import ReferenceClassifier, load_classifier
 from diffusion_lab.config import CONF_DIR, project_root
-from diffusion_lab.datamodule import MNISTDataModule
-from diffusion_lab.diffusion_module import CONFIG_KEY, STYLE_STATS_KEY
-from diffusion_lab.styles import StyleStats
+from diffusion_lab.data.datamodule import MNISTDataModule
+from diffusion_lab.data.styles import StyleStats
+from diffusion_lab.evaluation.classifier import ReferenceClassifier, load_classifier
+from diffusion_lab.models.diffusion_module import CONFIG_KEY, STYLE_STATS_KEY
+from tests.helpers import TINY_CLIP
 
 DATA_DIR = project_root() / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the ``gpu`` tests on a machine without a CUDA GPU, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (the gpu marker)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -85,22 +96,14 @@ def make_checkpoint(
     return _make
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def reference_classifiers(data_dir: Path) -> dict[str, tuple[ReferenceClassifier, float]]:
-    """Both reference classifiers, trained once into ``data/classifiers`` before any test needs them.
+    """Both reference classifiers, trained once into ``data/classifiers`` (a cache) for the tests that score samples.
 
-    Training runs, tests and the evaluation command all read this cache; training it up front keeps
-    the minute-long first use out of the timed subprocess tests.
+    Training runs with sample quality, the evaluation and its command all read this cache; training it
+    up front, in the tests that use them, keeps the minute-long first use out of the timed subprocess tests.
     """
     return {name: load_classifier(name, data_dir, progress=False) for name in ("mnist", "fashion_mnist")}
-
-
-#: A CLIP small enough to run in tests: ViT with one block, 32-d embeddings, 32 x 32 input.
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,65 @@
-"""What every test of a refused command line checks: one ``error:`` line, no traceback."""
+"""What the tests share: running a command as a user does, in a subprocess or in process, and checking its errors."""
 
 from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from diffusion_lab.config import CONF_DIR
+
+#: A CLIP small enough to run in tests: ViT with one block, 32-d embeddings, 32 x 32 input.
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def command(name: str) -> list[str]:
+    """``diffusion-lab-NAME`` as this interpreter runs it (``python -m diffusion_lab.cli.NAME``)."""
+    return [sys.executable, "-m", f"diffusion_lab.cli.{name}"]
+
+
+def user_env() -> dict[str, str]:
+    """The environment of a user who did not ask for tracebacks (``HYDRA_FULL_ERROR=0``)."""
+    return {**os.environ, "HYDRA_FULL_ERROR": "0"}
+
+
+def run_cli(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """``diffusion-lab-NAME ARGS`` as a user runs it, to the end; stdout and stderr kept apart."""
+    return subprocess.run([*command(name), *args], capture_output=True, text=True, env=user_env(), timeout=timeout)
+
+
+def start_cli(name: str, *args: str) -> subprocess.Popen[str]:
+    """``diffusion-lab-NAME ARGS`` started in the background, stdout and stderr in one pipe."""
+    return subprocess.Popen(
+        [*command(name), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=user_env()
+    )
+
+
+def main_in_process(monkeypatch: pytest.MonkeyPatch, name: str, *overrides: str) -> None:
+    """The ``main()`` of ``diffusion-lab-NAME`` in this process, with ``overrides`` as its command line."""
+    monkeypatch.setattr(sys, "argv", [f"diffusion-lab-{name}", *overrides])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    importlib.import_module(f"diffusion_lab.cli.{name}").main()
+
+
+def compose_hydra(*overrides: str, config_name: str = "train", conf_dir: Path = CONF_DIR) -> DictConfig:
+    """``conf/<config_name>.yaml`` with its ``hydra`` node, as ``diffusion-lab-<config_name> -m`` composes it."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            return compose(config_name=config_name, return_hydra_config=True, overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def one_error_line(stderr: str) -> str:

@@ -11,6 +11,9 @@ import pytest
 
 from diffusion_lab.config import project_root
 
+#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
+pytestmark = pytest.mark.usefixtures("reference_classifiers")
+
 
 @pytest.mark.slow
 def test_bench_writes_table_and_json(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from diffusion_lab.clip_score import (
+from diffusion_lab.config import CONF_DIR
+from diffusion_lab.evaluation.clip import (
     ClipScorer,
     ClipUnavailable,
     clip_from_config,
@@ -20,7 +21,7 @@ from diffusion_lab.clip_score import (
     select_top,
     summarize,
 )
-from diffusion_lab.config import CONF_DIR
+from tests.helpers import TINY_CLIP
 
 PROMPTS = {name: OmegaConf.load(CONF_DIR / "clip" / "prompts" / f"{name}.yaml") for name in ("mnist", "fashion_mnist")}
 
@@ -45,7 +46,6 @@ def test_local_folder_weights_are_loaded_exactly(scorer: ClipScorer, tiny_clip_d
 
 def test_weights_file_for_a_named_model(tiny_clip_dir: Path, tmp_path: Path) -> None:
     """``clip.pretrained=/path/file`` with an open_clip model name loads that file."""
-    from conftest import TINY_CLIP
 
     (tmp_path / "tiny-test-clip.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(tmp_path)
@@ -149,7 +149,7 @@ def test_prompt_sets_have_one_prompt_per_class() -> None:
 
 def test_hub_tag_weights_are_found_in_the_local_cache_only(tmp_path: Path) -> None:
     """A tag whose file sits in the hub cache resolves to it without the network; an empty cache does not."""
-    from diffusion_lab.clip_score import resolve_weights
+    from diffusion_lab.evaluation.clip import resolve_weights
 
     repo = tmp_path / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K"
     snapshot = repo / "snapshots" / "0123abc"

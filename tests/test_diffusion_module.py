@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from diffusion_lab.diffusion_module import DiffusionModule
-from diffusion_lab.lr_schedules import one_cycle
-from diffusion_lab.schedules import cosine
-from diffusion_lab.unet import ConditionalUNet
+from diffusion_lab.diffusion.schedules import cosine
+from diffusion_lab.models.diffusion_module import DiffusionModule
+from diffusion_lab.models.lr_schedules import one_cycle
+from diffusion_lab.models.unet import ConditionalUNet
 
 
 def make_module(**kwargs: object) -> DiffusionModule:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,8 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_errors import one_error_line
-from diffusion_lab import evaluate
+from diffusion_lab.cli import evaluate as evaluate_cli
+from tests.helpers import main_in_process, one_error_line, run_cli
+
+#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
+pytestmark = pytest.mark.usefixtures("reference_classifiers")
 
 REQUIRED = [
     "generated/classifier_accuracy", "generated/fid", "generated/kid", "generated/clip_score",
@@ -24,21 +25,14 @@ REQUIRED = [
 ]  # fmt: skip
 
 
-def main_in_process(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["diffusion-lab-evaluate", *overrides])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-    evaluate.main()
-
-
 @pytest.mark.slow
 def test_writes_metrics_report_and_figures(
     make_checkpoint: Callable[..., Path], tmp_path: Path, tiny_clip_dir: Path
 ) -> None:
     out = tmp_path / "eval"
     clip = f"clip.model_name=local-dir:{tiny_clip_dir}"
-    cmd = [sys.executable, "-m", "diffusion_lab.evaluate", f"ckpt={make_checkpoint()}", "num_per_class=3", "steps=5",
-           f"output={out}", clip, f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = run_cli("evaluate", f"ckpt={make_checkpoint()}", "num_per_class=3", "steps=5", f"output={out}", clip,
+                   f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert not [k for k in REQUIRED if k not in metrics]
@@ -67,8 +61,8 @@ def test_without_clip_weights_everything_else_runs(
 ) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hub_cache"))
     out = tmp_path / "eval"
-    main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", "num_per_class=2", "steps=3", "inception=false",
-                    f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    main_in_process(monkeypatch, "evaluate", f"ckpt={make_checkpoint()}", "num_per_class=2", "steps=3",
+                    "inception=false", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["clip/status"].startswith(
         "unavailable: CLIP weights ViT-B-32/laion2b_s34b_b79k are not in the local"
@@ -88,8 +82,8 @@ def test_a_styled_checkpoint_is_scored_on_style_control(
 ) -> None:
     out = tmp_path / "eval"
     ckpt = make_checkpoint("model.style_conditioning=true")
-    main_in_process(monkeypatch, f"ckpt={ckpt}", "num_per_class=4", "steps=3", "inception=false", "clip=none",
-                    f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    main_in_process(monkeypatch, "evaluate", f"ckpt={ckpt}", "num_per_class=4", "steps=3", "inception=false",
+                    "clip=none", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     for name in ("slant", "thickness"):
         for stat in ("correlation", "mae", "bias"):
@@ -115,9 +109,9 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
     def no_work(*args, **kwargs):
         raise AssertionError("the minutes of evaluation started before the settings were checked")
 
-    monkeypatch.setattr(evaluate, "Evaluator", no_work)
+    monkeypatch.setattr(evaluate_cli, "Evaluator", no_work)
     with pytest.raises(SystemExit) as exit_info:
-        main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", "clip=none", override, f"output={out}",
+        main_in_process(monkeypatch, "evaluate", f"ckpt={make_checkpoint()}", "clip=none", override, f"output={out}",
                         f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert exit_info.value.code == 1
     assert message in one_error_line(capsys.readouterr().err)
@@ -133,7 +127,7 @@ def test_missing_inception_weights_name_the_fix(
         (scratch / name).symlink_to(data_dir / name)
     out = tmp_path / "out"
     with pytest.raises(SystemExit):
-        main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", "clip=none", f"paths.data_dir={scratch}",
+        main_in_process(monkeypatch, "evaluate", f"ckpt={make_checkpoint()}", "clip=none", f"paths.data_dir={scratch}",
                         f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: Inception FID weights not found") and "make data" in error

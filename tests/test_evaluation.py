@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_lab import classifier as classifier_module
-from diffusion_lab import evaluation
-from diffusion_lab.classifier import (
+from diffusion_lab.data.sources import load_arrays
+from diffusion_lab.evaluation import classifier as classifier_module
+from diffusion_lab.evaluation import evaluator as evaluator_module
+from diffusion_lab.evaluation.classifier import (
     ClassifierError,
     ReferenceClassifier,
     accuracy,
@@ -18,9 +19,11 @@ from diffusion_lab.classifier import (
     load_classifier,
     split_images,
 )
-from diffusion_lab.clip_score import ClipScorer
-from diffusion_lab.datasets import load_arrays
-from diffusion_lab.evaluation import Evaluator, balanced_subset, class_keys
+from diffusion_lab.evaluation.clip import ClipScorer
+from diffusion_lab.evaluation.evaluator import Evaluator, balanced_subset, class_keys
+
+#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
+pytestmark = pytest.mark.usefixtures("reference_classifiers")
 
 
 def scratch_data_dir(data_dir: Path, tmp_path: Path, *keep: str) -> Path:
@@ -126,7 +129,7 @@ def test_inception_reference_is_cached_with_the_same_result(data_dir: Path, tmp_
     floor = first.real_metrics()["real/inception_fid"]
     assert len(list((scratch / "eval_cache").glob("inception_fashion_mnist_3per_class_seed0_*.pt"))) == 1
     calls = []
-    monkeypatch.setattr(evaluation, "_rgb_uint8", lambda images: calls.append(1))
+    monkeypatch.setattr(evaluator_module, "_rgb_uint8", lambda images: calls.append(1))
     second = Evaluator("fashion_mnist", str(scratch), num_per_class=3, inception=True, progress=False)
     assert second.real_metrics()["real/inception_fid"] == pytest.approx(floor, rel=1e-6)
     assert not calls, "the cached reference needs no Inception pass"
@@ -134,8 +137,8 @@ def test_inception_reference_is_cached_with_the_same_result(data_dir: Path, tmp_
 
 
 def test_clip_metrics_join_the_others(data_dir: Path, tiny_clip_dir: Path) -> None:
-    from diffusion_lab.clip_score import load_clip_scorer
-    from test_clip_score import PROMPTS
+    from diffusion_lab.evaluation.clip import load_clip_scorer
+    from tests.test_clip_score import PROMPTS
 
     clip = load_clip_scorer(PROMPTS, "fashion_mnist", model_name=f"local-dir:{tiny_clip_dir}")
     assert isinstance(clip, ClipScorer)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import functools
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +15,21 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torchvision.utils import make_grid
 
-from cli_errors import one_error_line
-from diffusion_lab.diffusion_module import DiffusionModule
-from diffusion_lab.figures import (
+from diffusion_lab.diffusion.schedules import cosine, linear, quadratic
+from diffusion_lab.models.diffusion_module import DiffusionModule
+from diffusion_lab.models.unet import ConditionalUNet
+from diffusion_lab.pipeline import DiffusionPipeline, generate
+from diffusion_lab.reports.lab_figures import (
     guidance_sweep,
     plot_schedules,
-    save_figure,
     show_noise_progression,
     style_distributions,
     style_grid,
     visualize_generation_steps,
 )
-from diffusion_lab.generation import generate
-from diffusion_lab.schedules import cosine, linear, quadratic
-from diffusion_lab.unet import ConditionalUNet
+from diffusion_lab.reports.render import save_figure
+from tests.helpers import one_error_line, run_cli
 
-FIGURES = [sys.executable, "-m", "diffusion_lab.figures"]
 MNIST_NAMES = [str(d) for d in range(10)]
 
 
@@ -157,7 +154,7 @@ def test_plot_schedules_follows_timesteps() -> None:
 
 
 @pytest.fixture(scope="module")
-def model() -> DiffusionModule:
+def model() -> DiffusionPipeline:
     """A tiny randomly initialised model on MNIST's ten classes (weights spread so labels and guidance matter)."""
     torch.manual_seed(0)
     module = DiffusionModule(
@@ -166,13 +163,12 @@ def model() -> DiffusionModule:
     for p in module.parameters():
         torch.nn.init.normal_(p, std=0.05)
     torch.nn.init.normal_(module.unet.class_emb.weight, std=1.0)
-    module.run_config = {"data": {"name": "mnist"}}
-    return module.eval()
+    return DiffusionPipeline(module, dataset="mnist")
 
 
 @pytest.mark.parametrize(("sampler", "steps"), [("ddim", 8), ("dpm_solver", 6)])
 def test_generation_steps_go_from_the_seeded_noise_to_the_sample(
-    model: DiffusionModule, sampler: str, steps: int
+    model: DiffusionPipeline, sampler: str, steps: int
 ) -> None:
     fig = visualize_generation_steps(model, num_snapshots=5, sampler=sampler, steps=steps, seed=3)
     grid = image_grid(fig)
@@ -190,17 +186,17 @@ def test_generation_steps_go_from_the_seeded_noise_to_the_sample(
         assert pixels(grid[(r, 2)]).min() >= 0 and pixels(grid[(r, 2)]).max() <= 1
 
 
-def test_generation_steps_snapshots_are_capped_by_the_steps(model: DiffusionModule) -> None:
+def test_generation_steps_snapshots_are_capped_by_the_steps(model: DiffusionPipeline) -> None:
     grid = image_grid(visualize_generation_steps(model, labels=[7, "3"], num_snapshots=20, steps=4))
     assert grid_shape(grid) == (2, 5), "4 steps give 5 states: the noise and one after each step"
     assert [grid[(r, 0)].get_ylabel() for r in range(2)] == ["7", "3"]
 
 
 def test_generation_steps_label_rows_with_the_dataset_class_names(
-    model: DiffusionModule, monkeypatch: pytest.MonkeyPatch
+    model: DiffusionPipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(model, "run_config", {"data": {"name": "fashion_mnist"}})
-    grid = image_grid(visualize_generation_steps(model, labels=["trouser", "ankle_boot"], num_snapshots=2, steps=2))
+    fashion = DiffusionPipeline(model.model, dataset="fashion_mnist")
+    grid = image_grid(visualize_generation_steps(fashion, labels=["trouser", "ankle_boot"], num_snapshots=2, steps=2))
     assert [grid[(r, 0)].get_ylabel() for r in range(2)] == ["Trouser", "Ankle boot"]
 
 
@@ -214,12 +210,12 @@ def test_generation_steps_label_rows_with_the_dataset_class_names(
         ({"labels": [10]}, "out of range"),
     ],
 )
-def test_generation_steps_refuse_bad_arguments(model: DiffusionModule, kwargs: dict, message: str) -> None:
+def test_generation_steps_refuse_bad_arguments(model: DiffusionPipeline, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         visualize_generation_steps(model, **kwargs)
 
 
-def test_guidance_sweep_changes_only_the_weight(model: DiffusionModule) -> None:
+def test_guidance_sweep_changes_only_the_weight(model: DiffusionPipeline) -> None:
     fig = guidance_sweep(model, num_per_class=2, steps=5, seed=1)
     assert [ax.get_title() for ax in fig.axes] == ["w = 0", "w = 0.5", "w = 1", "w = 2", "w = 4"]
     panels = [pixels(ax) for ax in fig.axes]
@@ -233,7 +229,7 @@ def test_guidance_sweep_changes_only_the_weight(model: DiffusionModule) -> None:
     assert np.abs(panels[0] - panels[4]).mean() > 1e-3
 
 
-def test_guidance_sweep_refuses_a_negative_weight(model: DiffusionModule) -> None:
+def test_guidance_sweep_refuses_a_negative_weight(model: DiffusionPipeline) -> None:
     with pytest.raises(ValueError, match="guidance must be a finite number >= 0"):
         guidance_sweep(model, weights=(0, -1), steps=2)
 
@@ -245,7 +241,7 @@ def test_guidance_sweep_refuses_a_negative_weight(model: DiffusionModule) -> Non
 
 
 @pytest.fixture(scope="module")
-def styled_model(style_stats) -> DiffusionModule:
+def styled_model(style_stats) -> DiffusionPipeline:
     """A tiny randomly initialised style-conditioned model with MNIST's style distribution."""
     torch.manual_seed(0)
     unet = ConditionalUNet(down_chs=(8, 16), num_classes=10, num_styles=2)
@@ -255,11 +251,10 @@ def styled_model(style_stats) -> DiffusionModule:
     for p in module.unet.style_emb.parameters():
         torch.nn.init.normal_(p, std=1.0)
     module.style_stats = style_stats("mnist")
-    module.run_config = {"data": {"name": "mnist"}}
-    return module.eval()
+    return DiffusionPipeline(module, dataset="mnist")
 
 
-def test_style_grid_draws_one_class_across_slant_and_thickness_from_one_noise(styled_model: DiffusionModule) -> None:
+def test_style_grid_draws_one_class_across_slant_and_thickness_from_one_noise(styled_model: DiffusionPipeline) -> None:
     slants, thicknesses = [-20, 0, "right"], ["thin", 4.0]
     fig = style_grid(styled_model, "7", slants, thicknesses, steps=4, precision="32")
     grid = image_grid(fig)
@@ -274,7 +269,9 @@ def test_style_grid_draws_one_class_across_slant_and_thickness_from_one_noise(st
     assert np.abs(pixels(grid[(0, 0)]) - pixels(grid[(1, 2)])).mean() > 1e-3
 
 
-def test_style_grid_needs_a_styled_model_and_good_values(model: DiffusionModule, styled_model: DiffusionModule) -> None:
+def test_style_grid_needs_a_styled_model_and_good_values(
+    model: DiffusionPipeline, styled_model: DiffusionPipeline
+) -> None:
     with pytest.raises(ValueError, match="trained without style conditions"):
         style_grid(model, 7, steps=2)
     with pytest.raises(ValueError, match="slant=90 is outside what the model was trained on"):
@@ -300,11 +297,6 @@ def test_save_figure_writes_a_png_and_no_temporary_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["schedules.png"]
 
 
-def run_figures(*overrides: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([*FIGURES, *overrides], capture_output=True, text=True, env=env, timeout=600)
-
-
 def assert_pngs(folder: Path, names: set[str]) -> None:
     assert {p.name for p in folder.iterdir()} == names
     for name in names:
@@ -322,7 +314,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], message: str) 
 @pytest.mark.parametrize("overrides", [(), ("data=fashion_mnist", "image_label=trouser")])
 def test_cli_without_checkpoint_writes_the_two_model_free_figures(overrides: tuple[str, ...], tmp_path: Path) -> None:
     out = tmp_path / "figs"
-    proc = run_figures(*overrides, f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")
+    proc = run_cli("figures", *overrides, f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_pngs(out, {"noise_progression.png", "schedules.png", "style_distributions.png"})
     assert "need a trained model: pass ckpt=PATH" in proc.stdout + proc.stderr
@@ -331,7 +323,7 @@ def test_cli_without_checkpoint_writes_the_two_model_free_figures(overrides: tup
 @pytest.mark.slow
 def test_cli_missing_checkpoint_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "figs"
-    proc = run_figures(f"ckpt={tmp_path / 'nope.ckpt'}", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")
+    proc = run_cli("figures", f"ckpt={tmp_path / 'nope.ckpt'}", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line_error(proc, "checkpoint not found")
     assert not out.exists()
 
@@ -339,7 +331,9 @@ def test_cli_missing_checkpoint_is_one_line_and_writes_nothing(tmp_path: Path) -
 @pytest.mark.slow
 def test_cli_missing_data_is_one_line(tmp_path: Path) -> None:
     out = tmp_path / "figs"
-    proc = run_figures(f"paths.data_dir={tmp_path / 'nodata'}", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")
+    proc = run_cli(
+        "figures", f"paths.data_dir={tmp_path / 'nodata'}", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}"
+    )
     assert_one_line_error(proc, "run `make data`")
     assert not out.exists()
 
@@ -348,7 +342,8 @@ def test_cli_missing_data_is_one_line(tmp_path: Path) -> None:
 def test_cli_with_checkpoint_writes_all_four_figures(make_checkpoint, tmp_path: Path) -> None:
     ckpt = make_checkpoint()
     out = tmp_path / "figs"
-    proc = run_figures(
+    proc = run_cli(
+        "figures",
         f"ckpt={ckpt}",
         f"output={out}",
         "sampler=dpm_solver",
@@ -369,7 +364,7 @@ def test_cli_with_checkpoint_writes_all_four_figures(make_checkpoint, tmp_path: 
 def test_cli_with_a_styled_checkpoint_also_draws_the_style_grid(make_checkpoint, tmp_path: Path) -> None:
     ckpt = make_checkpoint("model.style_conditioning=true")
     out = tmp_path / "figs"
-    proc = run_figures(f"ckpt={ckpt}", f"output={out}", "steps=3", "num_per_class=1", "guidance_weights=[0]",
+    proc = run_cli("figures", f"ckpt={ckpt}", f"output={out}", "steps=3", "num_per_class=1", "guidance_weights=[0]",
                        "style_slants=[left,0,20]", "style_thicknesses=[thin,3.5]",
                        f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -380,7 +375,7 @@ def test_cli_with_a_styled_checkpoint_also_draws_the_style_grid(make_checkpoint,
 def test_cli_refuses_a_bad_style_grid_value_in_one_line(make_checkpoint, tmp_path: Path) -> None:
     ckpt = make_checkpoint("model.style_conditioning=true")
     out = tmp_path / "figs"
-    proc = run_figures(f"ckpt={ckpt}", f"output={out}", "steps=3", "style_thicknesses=[huge]",
+    proc = run_cli("figures", f"ckpt={ckpt}", f"output={out}", "steps=3", "style_thicknesses=[huge]",
                        f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert_one_line_error(proc, "thickness='huge' is not a style value")
     assert not out.exists()

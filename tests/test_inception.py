@@ -10,7 +10,7 @@ import torch
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from diffusion_lab.inception import (
+from diffusion_lab.evaluation.inception import (
     FID_HELPER_WHEEL_FILE,
     InceptionWeightsError,
     convert_torchscript_inception,

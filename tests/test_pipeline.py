@@ -1,4 +1,4 @@
-"""The notebook API: load a checkpoint, name classes, generate reproducibly, save PNG + NPZ."""
+"""The pipeline and the notebook API: load a checkpoint, name classes, generate reproducibly, save PNG + NPZ."""
 
 from __future__ import annotations
 
@@ -10,74 +10,30 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_lab.datasets import dataset_info
-from diffusion_lab.diffusion_module import CONFIG_KEY, DiffusionModule
-from diffusion_lab.generation import (
-    class_names,
-    generate,
-    generate_number,
-    generate_with_seed,
-    label_index,
-    load_model,
-    resolve_labels,
-    save_samples,
-    to_uint8,
-)
+from diffusion_lab.data.sources import dataset_info
+from diffusion_lab.models.diffusion_module import CONFIG_KEY
+from diffusion_lab.pipeline import DiffusionPipeline, generate, generate_number, generate_with_seed, load_model
+from diffusion_lab.reports.images import save_samples, to_uint8
 
 FASHION = dataset_info("fashion_mnist").class_names
 DIGITS = dataset_info("mnist").class_names
 
 
 @pytest.fixture
-def model(make_checkpoint: Callable[..., Path]) -> DiffusionModule:
+def model(make_checkpoint: Callable[..., Path]) -> DiffusionPipeline:
     return load_model(make_checkpoint())
 
 
-@pytest.mark.parametrize(
-    ("label", "index"),
-    [("trouser", 1), ("Trouser", 1), ("ankle_boot", 9), ("Ankle boot", 9), ("ankle-boot", 9), ("T-shirt/top", 0),
-     ("t_shirt", 0), ("top", 0), ("sneaker", 7), (3, 3), ("3", 3)],
-)  # fmt: skip
-def test_fashion_class_names_map_to_their_indices(label: int | str, index: int) -> None:
-    assert label_index(label, FASHION) == index
-
-
-@pytest.mark.parametrize("index", range(10))
-def test_every_fashion_name_round_trips(index: int) -> None:
-    assert label_index(FASHION[index], FASHION) == index
-
-
-def test_digit_labels() -> None:
-    assert [label_index(str(d), DIGITS) for d in range(10)] == list(range(10))
-    assert label_index(7, DIGITS) == 7
-
-
-@pytest.mark.parametrize(
-    ("label", "message"),
-    [("truck", "unknown label 'truck': use a class index 0..9, a name (t_shirt_top, trouser"),
-     (10, "label 10 is out of range: use 0..9"), (-1, "label -1 is out of range"), (True, "class index or name")],
-)  # fmt: skip
-def test_bad_labels_refused(label: object, message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        label_index(label, FASHION)
-
-
-def test_resolve_labels() -> None:
-    assert resolve_labels(7, 3, DIGITS).tolist() == [7, 7, 7]
-    assert resolve_labels("all", 2, DIGITS).tolist() == [d for d in range(10) for _ in range(2)]
-    assert resolve_labels(["bag", 0], 1, FASHION).tolist() == [8, 0]
-    for bad in (0, -3, 2.5):
-        with pytest.raises(ValueError, match="num_samples must be a positive integer"):
-            resolve_labels(7, bad, DIGITS)
-
-
 def test_class_names_come_from_the_checkpoint(make_checkpoint: Callable[..., Path]) -> None:
-    assert class_names(load_model(make_checkpoint("data=fashion_mnist"))) == FASHION
-    assert class_names(load_model(make_checkpoint(name="digits.ckpt"))) == DIGITS
+    fashion = load_model(make_checkpoint("data=fashion_mnist"))
+    assert (fashion.class_names, fashion.dataset, fashion.image_shape) == (FASHION, "fashion_mnist", (1, 28, 28))
+    assert load_model(make_checkpoint(name="digits.ckpt")).class_names == DIGITS
 
 
 @pytest.mark.parametrize(("sampler", "steps"), [("ddim", 10), ("ddpm", None), ("dpm_solver", 8)])
-def test_same_seed_same_images_other_seed_other_images(model: DiffusionModule, sampler: str, steps: int | None) -> None:
+def test_same_seed_same_images_other_seed_other_images(
+    model: DiffusionPipeline, sampler: str, steps: int | None
+) -> None:
     labels = [0, 3, 7]
     a = generate(model, labels, seed=5, sampler=sampler, steps=steps)
     b = generate(model, labels, seed=5, sampler=sampler, steps=steps)
@@ -88,14 +44,14 @@ def test_same_seed_same_images_other_seed_other_images(model: DiffusionModule, s
     assert not torch.equal(a, c)
 
 
-def test_deterministic_samplers_do_not_depend_on_batch_size(model: DiffusionModule) -> None:
+def test_deterministic_samplers_do_not_depend_on_batch_size(model: DiffusionPipeline) -> None:
     labels = list(range(10))
     whole = generate(model, labels, seed=1, steps=10)
     batched = generate(model, labels, seed=1, steps=10, batch_size=3)
     torch.testing.assert_close(whole, batched)
 
 
-def test_lab_helpers(model: DiffusionModule) -> None:
+def test_lab_helpers(model: DiffusionPipeline) -> None:
     sevens = generate_number(model, 7, n=4, steps=5)
     assert sevens.shape == (4, 1, 28, 28)
     one = generate_with_seed(model, 7, seed=42, steps=5)
@@ -112,7 +68,7 @@ def test_lab_helpers(model: DiffusionModule) -> None:
      ({"labels": torch.tensor([10])}, r"labels must lie in 0\.\.9"), ({"labels": []}, "non-empty"),
      ({"precision": "fp16"}, "precision must be one of 32, bf16"), ({"batch_size": 0}, "batch_size must be positive")],
 )  # fmt: skip
-def test_bad_generation_settings_refused(model: DiffusionModule, kwargs: dict, message: str) -> None:
+def test_bad_generation_settings_refused(model: DiffusionPipeline, kwargs: dict, message: str) -> None:
     kwargs = {"labels": [1], **kwargs}
     with pytest.raises(ValueError, match=message):
         generate(model, **kwargs)
@@ -159,15 +115,15 @@ def test_unreadable_checkpoints_refused(tmp_path: Path, make_checkpoint: Callabl
         load_model(plain)
 
 
-def test_precision_sets_autocast_and_stays_deterministic(model: DiffusionModule, monkeypatch) -> None:
+def test_precision_sets_autocast_and_stays_deterministic(model: DiffusionPipeline, monkeypatch) -> None:
     seen: list[bool] = []
-    forward = model.unet.forward
+    forward = model.model.unet.forward
 
     def spy(*args: torch.Tensor) -> torch.Tensor:
         seen.append(torch.is_autocast_enabled("cpu"))
         return forward(*args)
 
-    monkeypatch.setattr(model.unet, "forward", spy)
+    monkeypatch.setattr(model.model.unet, "forward", spy)
     full = generate(model, [2, 5], seed=3, steps=4, precision="32")
     assert seen == [False] * 4
     half = generate(model, [2, 5], seed=3, steps=4, precision="bf16")

@@ -16,12 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_errors import one_error_line
-from diffusion_lab import train as train_entry
-from diffusion_lab.checkpointing import atomic_torch_save, read_checkpoint
-from diffusion_lab.validation import CHECKS, validate_train_config
+from diffusion_lab.cli.train import main as train_entry_main
+from diffusion_lab.training.checkpointing import read_checkpoint
+from diffusion_lab.training.config_checks import CHECKS, validate_train_config
+from diffusion_lab.utils.files import atomic_write
+from tests.helpers import main_in_process, one_error_line, run_cli, start_cli
 
-TRAIN = [sys.executable, "-m", "diffusion_lab.train"]
+#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
+pytestmark = pytest.mark.usefixtures("reference_classifiers")
+
 #: A run long enough to be interrupted: 421 steps per epoch, a checkpoint after every 5 steps.
 LONG = (
     "experiment=smoke",
@@ -31,16 +34,6 @@ LONG = (
     "trainer.max_steps=400",
     "callbacks.sample_grid.every_n_epochs=1000",
 )
-
-
-def start_train(*overrides: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen([*TRAIN, *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-
-
-def run_train(*overrides: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([*TRAIN, *overrides], capture_output=True, text=True, env=env, timeout=600)
 
 
 def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
@@ -62,14 +55,14 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_finishes(
     rng = random.Random(0)
     steps = []
     for _ in range(3):  # checkpoints are written every 5 steps, so kills land in and between writes
-        proc = start_train(*LONG, f"hydra.run.dir={run_dir}", "resume=true")
+        proc = start_cli("train", *LONG, f"hydra.run.dir={run_dir}", "resume=true")
         wait_for(last, proc)
         time.sleep(rng.uniform(0.5, 3.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         steps.append(step_of(last))  # loadable after every kill
     assert steps == sorted(steps) and steps[-1] > 0, "each restart continues where the last one stopped"
-    done = run_train(*LONG, "trainer.max_steps=60", f"hydra.run.dir={run_dir}", "resume=true")
+    done = run_cli("train", *LONG, "trainer.max_steps=60", f"hydra.run.dir={run_dir}", "resume=true")
     if steps[-1] >= 60:
         pytest.skip("the killed runs already passed step 60 on this machine")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -84,7 +77,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_finishes(
 def test_sigterm_saves_a_resume_point_and_exits_cleanly(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
-    proc = start_train(*LONG, "trainer.val_check_interval=100", f"hydra.run.dir={run_dir}")
+    proc = start_cli("train", *LONG, "trainer.val_check_interval=100", f"hydra.run.dir={run_dir}")
     wait_for(run_dir / "csv", proc)
     time.sleep(3)
     proc.send_signal(signal.SIGTERM)
@@ -93,8 +86,8 @@ def test_sigterm_saves_a_resume_point_and_exits_cleanly(tmp_path: Path) -> None:
     assert "SIGTERM at step" in out and "resume=true" in out
     stopped_at = step_of(last)
     assert 0 < stopped_at < 100, "saved at the signal, not at a validation"
-    done = run_train(*LONG, "trainer.val_check_interval=100", "trainer.max_steps=120", f"hydra.run.dir={run_dir}",
-                     "resume=true")  # fmt: skip
+    done = run_cli("train", *LONG, "trainer.val_check_interval=100", "trainer.max_steps=120",
+                   f"hydra.run.dir={run_dir}", "resume=true")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert step_of(last) == 120
 
@@ -106,7 +99,7 @@ def test_diverging_loss_stops_with_one_line_and_keeps_the_good_checkpoint(tmp_pa
     # AdamW moves every weight by ~lr a step: lr=10 blows up within a few steps, after the first checkpoint.
     diverging = ("model.optimizer.lr=10", "trainer.gradient_clip_val=null")
     every_step = ("trainer.val_check_interval=2", "trainer.limit_val_batches=1")  # a checkpoint before the NaN
-    proc = run_train("experiment=smoke", *diverging, *every_step, f"hydra.run.dir={run_dir}")
+    proc = run_cli("train", "experiment=smoke", *diverging, *every_step, f"hydra.run.dir={run_dir}")
     assert proc.returncode == 1
     line = one_error_line(proc.stderr)
     assert re.search(r"(train|val)/loss became NaN or infinite", line), proc.stderr[-2000:]
@@ -122,7 +115,8 @@ def test_same_seed_same_loss_curve(tmp_path: Path) -> None:
     curves = []
     for name in ("a", "b"):
         run_dir = tmp_path / name
-        assert run_train("experiment=smoke", "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}").returncode == 0
+        proc = run_cli("train", "experiment=smoke", "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}")
+        assert proc.returncode == 0
         with (run_dir / "csv" / "metrics.csv").open() as f:
             curves.append([(row["step"], row["train/loss"], row["val/loss"]) for row in csv.DictReader(f)])
     assert len(curves[0]) > 20
@@ -131,7 +125,7 @@ def test_same_seed_same_loss_curve(tmp_path: Path) -> None:
 
 def test_atomic_save_never_leaves_a_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "last.ckpt"
-    atomic_torch_save({"step": 1}, path)
+    atomic_write(path, lambda f: torch.save({"step": 1}, f))
 
     def crash(obj: object, f: object) -> None:
         f.write(b"half a checkpoint")
@@ -139,19 +133,13 @@ def test_atomic_save_never_leaves_a_partial_file(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        atomic_torch_save({"step": 2}, path)
+        atomic_write(path, lambda f: torch.save({"step": 2}, f))
     monkeypatch.undo()
     assert read_checkpoint(path) == {"step": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
 # --------------------------------------------------------------------------- bad input, in process
-
-
-def main_in_process(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["diffusion-lab-train", *overrides])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    train_entry.main()
 
 
 BAD_TRAIN_INPUT = [
@@ -182,7 +170,7 @@ BAD_TRAIN_INPUT = [
     ("trainer.precision=8", "trainer.precision must be one of"),
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be a number >= 0 or null"),
     ("callbacks.ema.decay=1.5", "callbacks.ema.decay must be a number strictly between 0 and 1"),
-    ("callbacks.sample_grid.sampler=euler", "callbacks.sample_grid.sampler must be one of ddpm, ddim, dpm_solver"),
+    ("sampler=euler", "sampler=euler is not an option: use one of ddim, ddpm, dpm_solver"),
     ("seed=abc", "seed must be an integer"),
     ("schedule=linear schedule.beta_end=2.0", "every beta must lie in (0, 1)"),
     ("+trainer.max_epoch=3", "unexpected keyword argument 'max_epoch'"),
@@ -196,7 +184,7 @@ def test_bad_training_input_is_one_line_and_writes_nothing(
 ) -> None:
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
-        main_in_process(monkeypatch, "experiment=smoke", *override.split(" "), f"hydra.run.dir={run_dir}")
+        main_in_process(monkeypatch, "train", "experiment=smoke", *override.split(" "), f"hydra.run.dir={run_dir}")
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert message in one_error_line(err), err[-2000:]
@@ -211,7 +199,7 @@ def test_fresh_run_refuses_a_folder_that_holds_one(
     last.write_bytes(b"a previous run")
     for extra in ((), ("resume=true", f"ckpt_path={last}")):
         with pytest.raises(SystemExit):
-            main_in_process(monkeypatch, "experiment=smoke", *extra, f"hydra.run.dir={tmp_path / 'run'}")
+            main_in_process(monkeypatch, "train", "experiment=smoke", *extra, f"hydra.run.dir={tmp_path / 'run'}")
         line = one_error_line(capsys.readouterr().err)
         assert "already holds a run: pass resume=true" in line or "exclusive" in line
     assert last.read_bytes() == b"a previous run"
@@ -233,7 +221,7 @@ def test_resume_refuses_a_broken_or_foreign_checkpoint(
         last.write_bytes(source.read_bytes())
     before = last.read_bytes()
     with pytest.raises(SystemExit):
-        main_in_process(monkeypatch, "experiment=smoke", "resume=true", f"hydra.run.dir={run_dir}")
+        main_in_process(monkeypatch, "train", "experiment=smoke", "resume=true", f"hydra.run.dir={run_dir}")
     line = one_error_line(capsys.readouterr().err)
     expected = {"truncate": "truncated or corrupt", "junk": "not a PyTorch checkpoint", "other_model": "another model"}
     assert expected[damage] in line
@@ -254,7 +242,7 @@ def test_full_error_gives_the_traceback(tmp_path: Path, monkeypatch: pytest.Monk
                                       f"hydra.run.dir={tmp_path}"])  # fmt: skip
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(ValueError, match=r"data\.batch_size must be a positive integer"):
-        train_entry.main()
+        train_entry_main()
 
 
 class _Payload:
@@ -279,8 +267,8 @@ def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path: Path) -> 
 def test_best_and_last_checkpoints_are_both_kept(val_check_interval: str, tmp_path: Path) -> None:
     """Validation at epoch end (the default) and within epochs: best-k by val/loss, last.ckpt at the last step."""
     run_dir = tmp_path / "run"
-    proc = run_train("experiment=smoke", f"trainer.val_check_interval={val_check_interval}", "trainer.max_epochs=2",
-                     "trainer.max_steps=-1", f"hydra.run.dir={run_dir}")  # fmt: skip
+    proc = run_cli("train", "experiment=smoke", f"trainer.val_check_interval={val_check_interval}",
+                   "trainer.max_epochs=2", "trainer.max_steps=-1", f"hydra.run.dir={run_dir}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     best = json.loads((run_dir / "metrics.json").read_text())["best_model_path"]
     assert Path(best).is_file() and Path(best).name.startswith("epoch")

@@ -12,9 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from diffusion_lab.report import evaluation_figure, load_sweep, main, quality_figure, write_report
+from diffusion_lab.cli.report import main
+from diffusion_lab.reports.sweep_report import evaluation_figure, load_sweep, quality_figure, write_report
 
-TRAIN = [sys.executable, "-m", "diffusion_lab.train"]
+#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
+pytestmark = pytest.mark.usefixtures("reference_classifiers")
+
+TRAIN = [sys.executable, "-m", "diffusion_lab.cli.train"]
 
 
 @pytest.fixture(scope="module")

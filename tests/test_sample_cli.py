@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,19 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_errors import one_error_line
-from diffusion_lab import sample
-
-
-def run_sample(*overrides: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "diffusion_lab.sample", *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-
-def main_in_process(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["diffusion-lab-sample", *overrides])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-    sample.main()
+from tests.helpers import main_in_process, one_error_line, run_cli
 
 
 @pytest.mark.slow
@@ -35,7 +21,7 @@ def test_same_seed_gives_bit_identical_files_across_processes(
     ckpt = make_checkpoint("data=fashion_mnist")
     common = [f"ckpt={ckpt}", "label=trouser", "num_samples=4", "steps=10", f"hydra.run.dir={tmp_path / 'run'}"]
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        proc = run_sample(*common, f"seed={seed}", f"output={tmp_path / name}")
+        proc = run_cli("sample", *common, f"seed={seed}", f"output={tmp_path / name}")
         assert proc.returncode == 0, proc.stderr[-2000:]
     a, b, c = (np.load(tmp_path / f"{name}.npz") for name in "abc")
     assert a["images"].shape == (4, 28, 28) and a["images"].dtype == np.uint8
@@ -52,8 +38,8 @@ def test_label_all_gives_every_class_in_rows(
 ) -> None:
     out = tmp_path / "all"
     main_in_process(
-        monkeypatch, f"ckpt={make_checkpoint()}", "label=all", "num_samples=3", f"sampler={sampler}", f"steps={steps}",
-        f"output={out}", f"hydra.run.dir={tmp_path / 'run'}",
+        monkeypatch, "sample", f"ckpt={make_checkpoint()}", "label=all", "num_samples=3", f"sampler={sampler}",
+        f"steps={steps}", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}",
     )  # fmt: skip
     with np.load(out.with_suffix(".npz")) as data:
         assert data["labels"].tolist() == [d for d in range(10) for _ in range(3)]
@@ -63,7 +49,7 @@ def test_label_all_gives_every_class_in_rows(
 
 def test_label_list_and_default_output(make_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch) -> None:
     run_dir = tmp_path / "run"
-    main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", "label=[3,8]", "num_samples=2", "steps=4",
+    main_in_process(monkeypatch, "sample", f"ckpt={make_checkpoint()}", "label=[3,8]", "num_samples=2", "steps=4",
                     f"hydra.run.dir={run_dir}")  # fmt: skip
     with np.load(run_dir / "samples.npz") as data:
         assert data["labels"].tolist() == [3, 3, 8, 8]
@@ -86,7 +72,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
 ) -> None:  # fmt: skip
     out = tmp_path / "out" / "samples"
     with pytest.raises(SystemExit) as exit_info:
-        main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", override, f"output={out}",
+        main_in_process(monkeypatch, "sample", f"ckpt={make_checkpoint()}", override, f"output={out}",
                         f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert exit_info.value.code == 1
     assert message in one_error_line(capsys.readouterr().err)
@@ -107,7 +93,7 @@ def test_bad_checkpoint_is_one_clear_line(
     (tmp_path / "junk.ckpt").write_bytes(b"\x00" * 100)
     args = [f"ckpt={tmp_path / ckpt}"] if ckpt else []
     with pytest.raises(SystemExit) as exit_info:
-        main_in_process(monkeypatch, *args, f"output={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}")
+        main_in_process(monkeypatch, "sample", *args, f"output={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert exit_info.value.code == 1
     assert message in one_error_line(capsys.readouterr().err)
     assert not list(tmp_path.glob("out*"))
@@ -117,14 +103,15 @@ def test_bad_checkpoint_is_one_clear_line(
 def test_clip_selection_keeps_the_best_candidates(
     make_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_clip_dir: Path
 ) -> None:
-    from diffusion_lab.clip_score import clip_from_config
-    from diffusion_lab.generation import generate, load_model, to_uint8
-    from test_clip_score import PROMPTS
+    from diffusion_lab.evaluation.clip import clip_from_config
+    from diffusion_lab.pipeline import generate, load_model
+    from diffusion_lab.reports.images import to_uint8
+    from tests.test_clip_score import PROMPTS
 
     ckpt, out = make_checkpoint(), tmp_path / "best"
     clip = f"clip.model_name=local-dir:{tiny_clip_dir}"
-    main_in_process(monkeypatch, f"ckpt={ckpt}", "label=[3,7]", "select_top=2", "candidates=5", "steps=4", clip,
-                    f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    main_in_process(monkeypatch, "sample", f"ckpt={ckpt}", "label=[3,7]", "select_top=2", "candidates=5", "steps=4",
+                    clip, f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     with np.load(f"{out}.npz") as data:
         kept, labels, scores = data["images"], data["labels"], data["clip_scores"]
     assert labels.tolist() == [3, 3, 7, 7] and kept.shape == (4, 28, 28)
@@ -133,7 +120,7 @@ def test_clip_selection_keeps_the_best_candidates(
     # The same candidates, scored directly: the kept ones are the two best of each class, best first.
     model = load_model(ckpt)
     candidates = generate(model, [3] * 5 + [7] * 5, seed=0, steps=4, guidance=2.0)
-    scorer, _ = clip_from_config({"_target_": "diffusion_lab.clip_score.load_clip_scorer", "_partial_": True,
+    scorer, _ = clip_from_config({"_target_": "diffusion_lab.evaluation.clip.load_clip_scorer", "_partial_": True,
                                   "prompts": PROMPTS, "model_name": f"local-dir:{tiny_clip_dir}"}, "mnist")  # fmt: skip
     all_scores = scorer.score(candidates, torch.tensor([3] * 5 + [7] * 5))["clip_score"]
     for start in (0, 5):
@@ -156,7 +143,7 @@ def test_bad_selection_is_one_clear_line(
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hub_cache"))
     out = tmp_path / "out" / "best"
     with pytest.raises(SystemExit):
-        main_in_process(monkeypatch, f"ckpt={make_checkpoint()}", *overrides, f"output={out}",
+        main_in_process(monkeypatch, "sample", f"ckpt={make_checkpoint()}", *overrides, f"output={out}",
                         f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert message in one_error_line(capsys.readouterr().err)
     assert not out.parent.exists()

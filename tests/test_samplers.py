@@ -7,9 +7,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor, nn
 
-from diffusion_lab.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, spaced_timesteps
-from diffusion_lab.sampling import make_sampler, sample
-from diffusion_lab.schedules import NoiseSchedule, cosine, linear
+from diffusion_lab.diffusion.reverse_process import make_sampler, sample
+from diffusion_lab.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, spaced_timesteps
+from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine, linear
 
 
 def fake_eps(x: Tensor, t: int) -> Tensor:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_lab.sampling import guided_eps, make_sampler, sample, sample_progressive
-from diffusion_lab.schedules import cosine
-from diffusion_lab.unet import ConditionalUNet
+from diffusion_lab.diffusion.reverse_process import guided_eps, make_sampler, sample, sample_progressive
+from diffusion_lab.diffusion.schedules import cosine
+from diffusion_lab.models.unet import ConditionalUNet
 
 
 @pytest.fixture
@@ -44,6 +44,7 @@ def test_sample_is_seeded(unet: ConditionalUNet, sampler: str, steps: int | None
             steps=steps,
             guidance=1.0,
             generator=torch.Generator().manual_seed(seed),
+            image_shape=(1, 28, 28),
         )
 
     a, b, c = draw(0), draw(0), draw(1)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from diffusion_lab import schedules
+from diffusion_lab.diffusion import schedules
 
 FACTORIES = {"linear": schedules.linear, "quadratic": schedules.quadratic, "cosine": schedules.cosine}
 
@@ -47,11 +47,11 @@ def test_cosine_matches_closed_form() -> None:
 
 
 def test_warns_when_schedule_keeps_signal(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="diffusion_lab.schedules"):
+    with caplog.at_level(logging.WARNING, logger="diffusion_lab.diffusion.schedules"):
         schedules.linear(300, scale_to_timesteps=False)
     assert "alpha_bar_T=0.0481" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="diffusion_lab.schedules"):
+    with caplog.at_level(logging.WARNING, logger="diffusion_lab.diffusion.schedules"):
         schedules.linear(300)
     assert caplog.text == ""
 

@@ -7,7 +7,6 @@ import functools
 import json
 import math
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,15 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cli_errors import one_error_line
-from diffusion_lab import sample as sample_cli
-from diffusion_lab.datamodule import MNISTDataModule
-from diffusion_lab.datasets import load_arrays
-from diffusion_lab.diffusion_module import DiffusionModule
-from diffusion_lab.generation import generate, load_model
-from diffusion_lab.sampling import guided_eps
-from diffusion_lab.schedules import cosine
-from diffusion_lab.styles import (
+from diffusion_lab.data.datamodule import MNISTDataModule
+from diffusion_lab.data.sources import load_arrays
+from diffusion_lab.data.styles import (
     STYLE_NAMES,
     StyleStats,
     control_metrics,
@@ -34,9 +27,14 @@ from diffusion_lab.styles import (
     thickness,
     uniform_requests,
 )
-from diffusion_lab.train import train
-from diffusion_lab.unet import ConditionalUNet
-from diffusion_lab.validation import validate_train_config
+from diffusion_lab.diffusion.reverse_process import guided_eps
+from diffusion_lab.diffusion.schedules import cosine
+from diffusion_lab.models.diffusion_module import DiffusionModule
+from diffusion_lab.models.unet import ConditionalUNet
+from diffusion_lab.pipeline import DiffusionPipeline, generate, load_model
+from diffusion_lab.training.config_checks import validate_train_config
+from diffusion_lab.training.fit import train
+from tests.helpers import main_in_process, one_error_line
 
 # --------------------------------------------------------------------------- synthetic images of known style
 
@@ -360,7 +358,7 @@ def test_guidance_drops_the_styles_with_the_label(styled_unet: ConditionalUNet) 
 
 
 def test_generate_takes_levels_numbers_or_per_image_values(styled_module: DiffusionModule) -> None:
-    model = styled_module.eval()
+    model = DiffusionPipeline(styled_module)
     kwargs = {"steps": 4, "seed": 1, "precision": "32"}
     named = generate(model, [7, 7], style={"slant": -15, "thickness": "bold"}, **kwargs)
     raw = model.style_stats.request(2, slant=-15, thickness="bold")
@@ -372,17 +370,11 @@ def test_generate_takes_levels_numbers_or_per_image_values(styled_module: Diffus
 
 
 def test_generate_with_a_style_on_an_unstyled_model_names_the_fix() -> None:
-    model = DiffusionModule(ConditionalUNet(down_chs=(8, 16)), cosine(50), torch.optim.AdamW).eval()
+    model = DiffusionPipeline(DiffusionModule(ConditionalUNet(down_chs=(8, 16)), cosine(50), torch.optim.AdamW))
     with pytest.raises(
         ValueError, match=re.escape("trained without style conditions: train one with model.style_conditioning")
     ):
         generate(model, [1], style={"slant": 10}, steps=2)
-
-
-def _sample_main(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["diffusion-lab-sample", *overrides])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-    sample_cli.main()
 
 
 def test_sample_cli_draws_the_asked_style(
@@ -390,14 +382,14 @@ def test_sample_cli_draws_the_asked_style(
 ) -> None:
     ckpt = make_checkpoint("model.style_conditioning=true")
     out = tmp_path / "sevens"
-    _sample_main(monkeypatch, f"ckpt={ckpt}", "label=7", "slant=-15", "thickness=high", "num_samples=3", "steps=4",
-                 f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    main_in_process(monkeypatch, "sample", f"ckpt={ckpt}", "label=7", "slant=-15", "thickness=high", "num_samples=3",
+                    "steps=4", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     bold = load_model(ckpt).style_stats.attributes["thickness"].percentiles[90]
     with np.load(out.with_suffix(".npz")) as data:
         assert data["images"].shape == (3, 28, 28) and data["labels"].tolist() == [7, 7, 7]
         assert np.allclose(data["styles"], [[-15.0, bold]] * 3)
-    _sample_main(monkeypatch, f"ckpt={ckpt}", "label=7", "num_samples=3", "steps=4", f"output={tmp_path / 'plain'}",
-                 f"hydra.run.dir={tmp_path / 'run2'}")  # fmt: skip
+    main_in_process(monkeypatch, "sample", f"ckpt={ckpt}", "label=7", "num_samples=3", "steps=4",
+                    f"output={tmp_path / 'plain'}", f"hydra.run.dir={tmp_path / 'run2'}")  # fmt: skip
     with np.load(tmp_path / "plain.npz") as plain:
         assert "styles" not in plain
 
@@ -416,7 +408,7 @@ def test_sample_cli_refuses_a_bad_style_in_one_line_and_writes_nothing(
     ckpt = make_checkpoint(*(["model.style_conditioning=true"] if styled else []))
     out = tmp_path / "out" / "samples"
     with pytest.raises(SystemExit) as exit_info:
-        _sample_main(monkeypatch, f"ckpt={ckpt}", "label=7", override, f"output={out}",
+        main_in_process(monkeypatch, "sample", f"ckpt={ckpt}", "label=7", override, f"output={out}",
                      f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert exit_info.value.code == 1
     assert message in one_error_line(capsys.readouterr().err)
@@ -427,12 +419,13 @@ def test_sample_cli_refuses_a_bad_style_in_one_line_and_writes_nothing(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reference_classifiers")
 def test_styled_training_run_records_the_style_distribution_and_samples_with_styles(
     compose_train, mnist_data: MNISTDataModule, tmp_path: Path
 ) -> None:
     cfg = compose_train("experiment=smoke", "logger=none", "model.style_conditioning=true")
     train(cfg)
     model = load_model(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
-    assert model.style_conditioning and model.style_stats == mnist_data.style_stats
+    assert model.model.style_conditioning and model.style_stats == mnist_data.style_stats
     images = generate(model, [3, 3], style={"slant": "right", "thickness": 3.0}, steps=3)
     assert images.shape == (2, 1, 28, 28)

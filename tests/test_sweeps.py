@@ -3,39 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig
 
-from diffusion_lab.config import CONF_DIR
-from diffusion_lab.report import load_sweep
-from diffusion_lab.report import main as report_main
+from diffusion_lab.cli.report import main as report_main
+from diffusion_lab.reports.sweep_report import load_sweep
+from tests.helpers import compose_hydra, one_error_line, run_cli
 
-
-def compose_hydra(*overrides: str, config_name: str = "train") -> DictConfig:
-    """``conf/<config_name>.yaml`` with its ``hydra`` node, as ``diffusion-lab-<config_name> -m`` composes it."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name=config_name, return_hydra_config=True, overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def run_cli(command: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """``diffusion-lab-<command> ARGS`` as a user runs it (one-line errors)."""
-    cmd = [sys.executable, "-m", f"diffusion_lab.{command}", *args]
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
+pytestmark = pytest.mark.usefixtures("reference_classifiers")
 
 
 def test_slurm_launcher_composes_with_cluster_settings() -> None:
@@ -52,8 +32,9 @@ def test_slurm_launcher_refuses_a_bad_setting(override: str) -> None:
         compose_hydra("hydra/launcher=slurm", override)
 
 
-def test_parallel_launcher_and_search_sweeper_compose() -> None:
-    cfg = compose_hydra("hydra/launcher=parallel", "hydra/sweeper=search")
+def test_parallel_launcher_and_optuna_search_compose() -> None:
+    cfg = compose_hydra("hydra/launcher=parallel", "hparams_search=optuna")
+    assert cfg.optimized_metric == "val/loss"
     assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
     assert cfg.hydra.launcher.n_jobs == 2
     sweeper = cfg.hydra.sweeper
@@ -64,7 +45,7 @@ def test_parallel_launcher_and_search_sweeper_compose() -> None:
 @pytest.mark.slow
 def test_a_tiny_optuna_search_minimises_the_validation_loss(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "search"
-    proc = run_cli("train", "-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=2", "model=small",
+    proc = run_cli("train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "model=small",
                    "experiment=smoke", "logger=none", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "setup plugin alembic" not in proc.stdout + proc.stderr, "the search's imports stay quiet"
@@ -73,6 +54,27 @@ def test_a_tiny_optuna_search_minimises_the_validation_loss(tmp_path: Path) -> N
     assert result["best_value"] == pytest.approx(min(losses))
     assert set(result["best_params"]) == {"model.optimizer.lr", "schedule"}  # model=small fixed on the command line
     assert 3e-4 <= result["best_params"]["model.optimizer.lr"] <= 3e-3
+
+
+@pytest.mark.slow
+def test_a_search_maximises_any_metric_of_the_runs_as_its_config_says(tmp_path: Path) -> None:
+    """``optimized_metric`` is any key of the run's metrics.json; ``direction`` says which way is better."""
+    sweep_dir = tmp_path / "search"
+    proc = run_cli("train", "-m", "hparams_search=optuna", "optimized_metric=eval/fid",
+                   "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=2", "model=small", "experiment=smoke",
+                   "logger=none", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    fids = [json.loads((sweep_dir / job / "metrics.json").read_text())["eval/fid"] for job in ("0", "1")]
+    assert fids[0] != fids[1] and result["best_value"] == pytest.approx(max(fids))
+
+
+def test_a_missing_optimized_metric_is_one_line_naming_the_keys(tmp_path: Path) -> None:
+    proc = run_cli("train", "experiment=smoke", "logger=none", "trainer.max_steps=2", "callbacks.sample_quality=null",
+                   "callbacks.sample_grid=null", "optimized_metric=eval/nope",
+                   f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert proc.returncode == 1
+    assert "optimized_metric=eval/nope is not among the run's final metrics" in one_error_line(proc.stderr)
 
 
 @pytest.mark.parametrize(
@@ -124,13 +126,19 @@ def test_a_guidance_sweep_leaves_one_evaluation_per_weight_and_a_report(
     ("command", "overrides", "message"),
     [
         ("train", ["experiment=guidance_sweep"], "experiment=guidance_sweep is not a diffusion-lab-train experiment "
-         "(it sets sampler, which diffusion-lab-train has no group for): run diffusion-lab-evaluate -m "
-         "experiment=guidance_sweep ckpt=outputs/train/<run>/checkpoints/last.ckpt"),
+         "(its task_name is evaluate): run diffusion-lab-evaluate -m experiment=guidance_sweep "
+         "ckpt=outputs/train/<run>/checkpoints/last.ckpt"),
         ("evaluate", ["experiment=gpu", "ckpt=x.ckpt"], "experiment=gpu is not a diffusion-lab-evaluate experiment "
-         "(it sets trainer, which diffusion-lab-evaluate has no group for): run diffusion-lab-train experiment=gpu"),
+         "(its task_name is train): run diffusion-lab-train experiment=gpu"),
         ("evaluate", ["-m", "experiment=arch_sweep", "ckpt=x.ckpt"], "experiment=arch_sweep is not a "
-         "diffusion-lab-evaluate experiment (it sets model, which diffusion-lab-evaluate has no group for): run "
-         "diffusion-lab-train -m experiment=arch_sweep"),
+         "diffusion-lab-evaluate experiment (its task_name is train): run diffusion-lab-train -m "
+         "experiment=arch_sweep"),
+        # overrides no group evaluate lacks, so only its task_name tells
+        ("evaluate", ["experiment=style", "ckpt=x.ckpt"], "experiment=style is not a diffusion-lab-evaluate "
+         "experiment (its task_name is train): run diffusion-lab-train experiment=style"),
+        ("train", ["-m", "experiment=quick,guidance_sweep"], "experiment=guidance_sweep is not a diffusion-lab-train "
+         "experiment (its task_name is evaluate): run diffusion-lab-evaluate -m experiment=guidance_sweep "
+         "ckpt=outputs/train/<run>/checkpoints/last.ckpt"),
     ],
 )  # fmt: skip
 def test_an_experiment_of_another_command_is_one_line_naming_it(
@@ -166,7 +174,7 @@ def test_a_failing_job_fails_alone_and_the_sweep_exits_1(tmp_path: Path) -> None
 def test_a_failed_trial_does_not_end_the_search(tmp_path: Path) -> None:
     """Random search over a bad and a good learning rate: bad trials fail, the search finishes on the good one."""
     sweep_dir = tmp_path / "search"
-    proc = run_cli("train", "-m", "hydra/sweeper=search", "hydra/sweeper/sampler=random",
+    proc = run_cli("train", "-m", "hparams_search=optuna", "hydra/sweeper/sampler=random",
                    "hydra.sweeper.n_trials=3", "model.optimizer.lr=choice(-1,0.002)", "model=small",
                    "schedule=cosine", "experiment=smoke", "logger=none", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

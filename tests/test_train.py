@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from cli_errors import one_error_line
-from diffusion_lab.diffusion_module import DiffusionModule
-from diffusion_lab.train import train
+from diffusion_lab.models.diffusion_module import DiffusionModule
+from diffusion_lab.training.fit import train
+from tests.helpers import one_error_line, run_cli
 
-TRAIN = [sys.executable, "-m", "diffusion_lab.train"]
-
-
-def run_train(*overrides: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([*TRAIN, *overrides], capture_output=True, text=True, env=env, timeout=600)
+#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
+pytestmark = pytest.mark.usefixtures("reference_classifiers")
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], run_dir: Path, message: str) -> None:
@@ -35,7 +29,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], run_dir: Path,
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
 def test_short_run_leaves_checkpoint_metrics_and_grid(dataset: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = run_train("experiment=smoke", f"data={dataset}", f"hydra.run.dir={run_dir}")
+    proc = run_cli("train", "experiment=smoke", f"data={dataset}", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -51,7 +45,7 @@ def test_short_run_leaves_checkpoint_metrics_and_grid(dataset: str, tmp_path: Pa
 @pytest.mark.slow
 def test_runs_without_a_logger(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = run_train("experiment=smoke", "logger=none", f"hydra.run.dir={run_dir}")
+    proc = run_cli("train", "experiment=smoke", "logger=none", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 20
     assert (run_dir / "samples" / "final.png").is_file() and not (run_dir / "csv").exists()
@@ -74,17 +68,17 @@ def test_checkpoint_reloads_with_ema_weights(compose_train, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_missing_data_is_one_clear_line(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = run_train("experiment=smoke", f"paths.data_dir={tmp_path / 'nodata'}", f"hydra.run.dir={run_dir}")
+    proc = run_cli("train", "experiment=smoke", f"paths.data_dir={tmp_path / 'nodata'}", f"hydra.run.dir={run_dir}")
     assert_one_line_error(proc, run_dir, "run `make data`")
 
 
 @pytest.mark.slow
 def test_resume_continues_from_last_checkpoint(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
-    assert run_train("experiment=smoke", f"hydra.run.dir={first}").returncode == 0
+    assert run_cli("train", "experiment=smoke", f"hydra.run.dir={first}").returncode == 0
     last = first / "checkpoints" / "last.ckpt"
     resume = ("trainer.max_steps=30", "trainer.max_epochs=2", f"ckpt_path={last}")
-    proc = run_train("experiment=smoke", *resume, f"hydra.run.dir={second}")
+    proc = run_cli("train", "experiment=smoke", *resume, f"hydra.run.dir={second}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((second / "metrics.json").read_text())["global_step"] == 30
 
@@ -93,8 +87,13 @@ def test_resume_continues_from_last_checkpoint(tmp_path: Path) -> None:
 def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     """The `ddp` trainer config, run with two CPU processes (gloo) instead of two GPUs."""
     run_dir = tmp_path / "run"
-    proc = run_train(
-        "experiment=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={run_dir}"
+    proc = run_cli(
+        "train",
+        "experiment=smoke",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"hydra.run.dir={run_dir}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -109,7 +108,7 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
 def test_ddp_jobs_of_a_sweep_each_train_once_in_their_own_folder(tmp_path: Path) -> None:
     """Lightning starts DDP ranks by re-running the command line: in a sweep that must not re-run the sweep."""
     sweep_dir = tmp_path / "sweep"
-    proc = run_train(
+    proc = run_cli("train",
         "-m", "experiment=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=none",
         "schedule=linear,cosine", f"paths.log_dir={tmp_path / 'logs'}", f"hydra.sweep.dir={sweep_dir}",
     )  # fmt: skip
@@ -135,7 +134,7 @@ def test_ddp_jobs_of_a_sweep_each_train_once_in_their_own_folder(tmp_path: Path)
 )
 def test_bad_config_value_is_one_clear_line(override: str, message: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = run_train("experiment=smoke", override, f"hydra.run.dir={run_dir}")
+    proc = run_cli("train", "experiment=smoke", override, f"hydra.run.dir={run_dir}")
     assert_one_line_error(proc, run_dir, message)
 
 
@@ -144,7 +143,7 @@ def test_sample_grids_reach_tensorboard(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = tmp_path / "run"
-    proc = run_train("experiment=smoke", "logger=tensorboard", f"hydra.run.dir={run_dir}")
+    proc = run_cli("train", "experiment=smoke", "logger=tensorboard", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (event_dir,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
     events = EventAccumulator(str(event_dir), size_guidance={"images": 0}).Reload()
@@ -159,7 +158,7 @@ def test_sample_quality_is_logged_as_scalars_and_a_per_class_table(tmp_path: Pat
 
     run_dir = tmp_path / "run"
     clip = ("clip=laion2b", f"clip.model_name=local-dir:{tiny_clip_dir}")
-    proc = run_train("experiment=smoke", "logger=tensorboard", *clip, f"hydra.run.dir={run_dir}")
+    proc = run_cli("train", "experiment=smoke", "logger=tensorboard", *clip, f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     keys = ["eval/classifier_accuracy", "eval/fid", "eval/kid", "eval/clip_score", "eval_real/fid", "eval_real/kid",
@@ -181,7 +180,7 @@ def test_sample_quality_trains_the_classifier_inside_validation_on_first_use(
 ) -> None:
     """The default run's path on a fresh checkout: the first scoring happens in Lightning's validation
     loop (inference mode) and must train the classifier there; the end of fit scores again after."""
-    from diffusion_lab import classifier
+    from diffusion_lab.evaluation import classifier
 
     scratch = tmp_path / "data"
     scratch.mkdir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_lab.unet import ConditionalUNet
+from diffusion_lab.models.unet import ConditionalUNet
 
 PRESETS = {
     "small": dict(down_chs=(16, 32, 64)),

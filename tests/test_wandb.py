@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
+pytestmark = pytest.mark.usefixtures("reference_classifiers")
+
 pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
 
 #: The offline run file is a LevelDB-style log: 32 KiB blocks of records (crc32, length, type) after a 7-byte header.
@@ -49,7 +52,7 @@ def test_offline_sweep_runs_share_a_group_and_hold_config_history_images_and_tab
     """One wandb run per job, also when each job trains on two DDP processes (rank 0 logs)."""
     sweep_dir = tmp_path / "multirun"
     trainer = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"] if ddp else []
-    cmd = [sys.executable, "-m", "diffusion_lab.train", "-m", "experiment=smoke", "logger=wandb",
+    cmd = [sys.executable, "-m", "diffusion_lab.cli.train", "-m", "experiment=smoke", "logger=wandb",
            "schedule=linear,cosine", *trainer, f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_SILENT": "true"}
     env.pop("WANDB_MODE", None)

@@ -10,8 +10,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from diffusion_lab.datasets import dataset_info
-from diffusion_lab.styles import STYLE_NAMES
+from diffusion_lab.data.sources import dataset_info
+from diffusion_lab.data.styles import STYLE_NAMES
 
 
 def project_root() -> Path:
@@ -32,7 +32,7 @@ def run_id(run_dir: str) -> str:
     return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
 
 
-#: Set for the process that trains a DDP job of a sweep (:mod:`diffusion_lab.ddp`): the sweep's group.
+#: Set for the process that trains a DDP job of a sweep (:mod:`diffusion_lab.training.ddp`): the sweep's group.
 SWEEP_GROUP_ENV = "DIFFUSION_LAB_SWEEP_GROUP"
 
 

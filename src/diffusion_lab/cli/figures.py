@@ -1,438 +1,46 @@
-"""The lab figures: the forward process, the noise schedules, the reverse process, guidance and styles.
+"""``diffusion-lab-figures``: draw the lab figures (:mod:`diffusion_lab.reports.lab_figures`) as PNGs.
 
-In a notebook::
-
-    from diffusion_lab.figures import plot_schedules, guidance_sweep, save_figure
-    from diffusion_lab.generation import load_model
-    save_figure(plot_schedules(), "schedules.png")
-    model = load_model("outputs/train/.../checkpoints/last.ckpt")
-    guidance_sweep(model)           # a matplotlib Figure; shows itself in Jupyter
-
-From the command line, ``diffusion-lab-figures ckpt=PATH output=DIR`` writes every figure as a PNG
-(see ``conf/figures.yaml``). Figures are plain :class:`matplotlib.figure.Figure` objects drawn
-without pyplot, so nothing global is opened or needs closing.
+See ``conf/figures.yaml`` for what is drawn; everything is drawn before the first file is written, so
+a bad setting leaves no partial output.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from omegaconf import DictConfig
-from torch import Tensor
-from torchvision.utils import make_grid
 
-from diffusion_lab.cli import checkpoint_path, fail, hydra_app, resolve_device
-from diffusion_lab.datamodule import MNISTDataModule, to_unit_range
-from diffusion_lab.datasets import DataError, dataset_info, load_arrays
-from diffusion_lab.diffusion_module import DiffusionModule
-from diffusion_lab.generation import (
-    IMAGE_SIZE,
-    Label,
-    class_names,
-    generate,
-    label_index,
-    label_tensor,
-    load_model,
-    network_precision,
-    starting_noise,
-    trained_dataset,
+from diffusion_lab.cli.app import hydra_app
+from diffusion_lab.cli.arguments import resolve_device
+from diffusion_lab.cli.errors import fail
+from diffusion_lab.data.datamodule import MNISTDataModule, first_test_image
+from diffusion_lab.data.sources import DataError
+from diffusion_lab.pipeline import load_model
+from diffusion_lab.reports.lab_figures import (
+    default_schedules,
+    guidance_sweep,
+    plot_schedules,
+    show_noise_progression,
+    style_distributions,
+    style_grid,
+    visualize_generation_steps,
 )
-from diffusion_lab.samplers import SAMPLERS, Sampler
-from diffusion_lab.sampling import check_guidance, make_sampler, sample_progressive
-from diffusion_lab.schedules import NoiseSchedule, cosine, linear, quadratic
-from diffusion_lab.styles import LEVEL_PERCENTILES, STYLE_NAMES, STYLE_UNITS, StyleStats, measure
+from diffusion_lab.reports.render import save_figure
+from diffusion_lab.training.checkpointing import checkpoint_file
 
 log = logging.getLogger(__name__)
 
-#: Resolution of written PNGs.
-DPI = 120
-#: Width and height, in inches, of one 28x28 image cell in the image-grid figures.
-CELL_INCHES = 1.15
-#: The lab's default noise-progression columns, as fractions of T.
-FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-#: Guidance weights of the default guidance sweep.
-GUIDANCE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
-#: How figure titles name each sampler.
-SAMPLER_TITLES = {"ddim": "DDIM", "ddpm": "DDPM", "dpm_solver": "DPM-Solver"}
-
-
-def default_schedules(timesteps: int = 1000) -> list[NoiseSchedule]:
-    """The three schedules of the project, each built for ``timesteps`` steps: linear, quadratic, cosine."""
-    return [linear(timesteps), quadratic(timesteps), cosine(timesteps)]
-
-
-def _image_grid(
-    rows: int, cols: int, row_labels: Sequence[str], col_titles: Sequence[str], suptitle: str
-) -> tuple[Figure, np.ndarray]:
-    """An empty figure of ``rows x cols`` image axes with a label left of each row and a title over each column."""
-    label_width = 0.25 + 0.07 * max((len(label) for label in row_labels), default=0)
-    fig = Figure(figsize=(label_width + CELL_INCHES * cols, 0.6 + CELL_INCHES * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for (r, c), ax in np.ndenumerate(axes):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-        if r == 0:
-            ax.set_title(col_titles[c], fontsize=9)
-        if c == 0:
-            ax.set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=10)
-    fig.suptitle(suptitle, fontsize=11)
-    return fig, axes
-
-
-def _show(ax: Axes, image: Tensor, value_range: tuple[float, float]) -> None:
-    """Draw one ``[C, H, W]`` image (C = 1: grayscale over ``value_range``; C = 3: RGB mapped to [0, 1])."""
-    image = image.detach().float().cpu()
-    low, high = value_range
-    if image.shape[0] == 1:
-        ax.imshow(image[0].numpy(), cmap="gray", vmin=low, vmax=high, interpolation="nearest")
-    else:
-        rgb = ((image - low) / (high - low)).clamp(0, 1).permute(1, 2, 0)
-        ax.imshow(rgb.numpy(), interpolation="nearest")
-
-
-def _as_chw(image: Tensor) -> Tensor:
-    """``[H, W]``, ``[C, H, W]`` or ``[1, C, H, W]`` -> ``[C, H, W]`` float."""
-    if image.ndim == 4 and image.shape[0] == 1:
-        image = image[0]
-    if image.ndim == 2:
-        image = image.unsqueeze(0)
-    if image.ndim != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"image must be [1, H, W] or [3, H, W], got shape {list(image.shape)}")
-    return image.float()
-
-
-def show_noise_progression(
-    image: Tensor,
-    schedules: Sequence[NoiseSchedule] | None = None,
-    fractions: Sequence[float] = FRACTIONS,
-    seed: int = 0,
-) -> Figure:
-    """How the forward process q(x_t | x_0) destroys one image under each schedule.
-
-    One row per schedule, one column per fraction f of T: f = 0 is the clean x_0, f > 0 is x_t at
-    ``t = round(f T) - 1``. Every row and column uses the same noise (from ``seed``), so the rows
-    differ only by the schedule. Grayscale images are drawn raw on a [-1, 1] gray scale (values
-    beyond it saturate), so each panel's array is x_t itself.
-
-    Args:
-        image: ``[1, 28, 28]`` (or ``[C, H, W]``) image in [-1, 1].
-        schedules: schedules sharing one T (default: linear, quadratic, cosine with T = 1000).
-        fractions: fractions of T, each in [0, 1].
-        seed: seed of the noise.
-    """
-    x0 = _as_chw(image)
-    schedules = list(schedules) if schedules is not None else default_schedules(1000)
-    if not schedules:
-        raise ValueError("show_noise_progression needs at least one schedule")
-    total = schedules[0].timesteps
-    if any(s.timesteps != total for s in schedules):
-        raise ValueError(f"schedules must share one T, got {[s.timesteps for s in schedules]}")
-    if not fractions or any(not 0 <= f <= 1 for f in fractions):
-        raise ValueError(f"fractions must be a non-empty list of numbers in [0, 1], got {list(fractions)}")
-    steps = [None if f == 0 else max(round(f * total) - 1, 0) for f in fractions]
-    titles = [f"t = {0 if t is None else t} ({f:.0%})" for t, f in zip(steps, fractions, strict=True)]
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    fig, axes = _image_grid(
-        len(schedules),
-        len(fractions),
-        [s.name for s in schedules],
-        titles,
-        f"Forward process q(x_t | x_0): one image, the same noise, {len(schedules)} schedules (T = {total})",
-    )
-    for r, schedule in enumerate(schedules):
-        schedule = schedule.cpu()
-        for c, t in enumerate(steps):
-            x_t = x0 if t is None else schedule.q_sample(x0[None], torch.tensor([t]), noise[None])[0]
-            _show(axes[r, c], x_t, (-1.0, 1.0))
-    return fig
-
-
-def plot_schedules(timesteps: int = 1000, schedules: Sequence[NoiseSchedule] | None = None) -> Figure:
-    """alpha_bar_t and log-SNR log(alpha_bar_t / (1 - alpha_bar_t)) against t, one line per schedule.
-
-    Args:
-        timesteps: T of the default schedules (linear, quadratic, cosine); unused when ``schedules`` is given.
-        schedules: the schedules to compare, each plotted over its own ``[0, T-1]``.
-    """
-    schedules = list(schedules) if schedules is not None else default_schedules(timesteps)
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    ax_bar, ax_snr = fig.subplots(1, 2)
-    for schedule in schedules:
-        t = np.arange(schedule.timesteps)
-        ax_bar.plot(t, schedule.alphas_cumprod.detach().cpu().numpy(), label=schedule.name)
-        ax_snr.plot(t, schedule.log_snr().detach().cpu().numpy(), label=schedule.name)
-    ax_bar.set(title="Signal kept: alpha_bar_t", xlabel="timestep t", ylabel="alpha_bar_t", ylim=(-0.02, 1.02))
-    ax_snr.set(title="Log signal-to-noise ratio", xlabel="timestep t", ylabel="log(alpha_bar_t / (1 - alpha_bar_t))")
-    ax_snr.axhline(0.0, color="0.6", linewidth=0.8, linestyle="--")
-    for ax in (ax_bar, ax_snr):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Noise schedules")
-    return fig
-
-
-def _build_sampler(model: DiffusionModule, sampler: str | Sampler, steps: int | None, **kwargs: object) -> Sampler:
-    """A sampler on the model's schedule (by name, built with ``kwargs``, or as given) walking ``steps`` steps."""
-    proc = make_sampler(sampler, model.schedule, **kwargs)
-    proc.set_timesteps(steps)  # refuses steps out of 1..T before any work
-    return proc
-
-
-def _sampler_title(proc: Sampler) -> str:
-    """``DDIM, 50 steps``."""
-    name = next((n for n, cls in SAMPLERS.items() if type(proc) is cls), None)
-    return f"{SAMPLER_TITLES.get(name, type(proc).__name__)}, {proc.num_steps} steps"
-
-
-@torch.no_grad()
-def visualize_generation_steps(
-    model: DiffusionModule,
-    labels: Tensor | Sequence[Label] | None = None,
-    num_snapshots: int = 8,
-    sampler: str | Sampler = "ddim",
-    steps: int | None = None,
-    guidance: float = 2.0,
-    seed: int = 0,
-    precision: str = "bf16",
-    **sampler_kwargs: object,
-) -> Figure:
-    """Snapshots of x_t along the reverse process, from pure noise x_T to the final x_0.
-
-    One row per class, one column per snapshot, taken at evenly spaced points of the sampler's step
-    sequence, always including the first (the starting noise) and the last (the sample). The
-    starting noise is drawn as :func:`~diffusion_lab.generation.generate` draws it, so the last
-    column is the image ``generate(model, labels, seed=seed, ...)`` returns. Panels show x_t mapped
-    from [-1, 1] to [0, 1] and clamped.
-
-    Args:
-        model: a trained model (:func:`~diffusion_lab.generation.load_model`).
-        labels: ``[N]`` class indices, or a list of indices / class names (default: every class once).
-        num_snapshots: columns, at least 2 (at most the number of steps + 1 are shown).
-        sampler: ``ddim``, ``ddpm``, ``dpm_solver`` (built with ``sampler_kwargs``), or a :class:`Sampler`
-            on the model's schedule.
-        steps: sampler steps (None: the sampler's default).
-        guidance: classifier-free guidance weight w.
-        seed: seed of the starting noise and of stochastic steps.
-        precision: ``bf16`` or ``32``, as for :func:`~diffusion_lab.generation.generate`.
-    """
-    if isinstance(num_snapshots, bool) or not isinstance(num_snapshots, int) or num_snapshots < 2:
-        raise ValueError(f"num_snapshots must be an integer >= 2 (noise and sample), got {num_snapshots!r}")
-    check_guidance(guidance)
-    label_idx = label_tensor(model, torch.arange(model.unet.num_classes) if labels is None else labels)
-    proc = _build_sampler(model, sampler, steps, **sampler_kwargs)
-    device = model.device
-    noise, generator = starting_noise(model, len(label_idx), seed)
-    model.eval()
-    # Yield k is x after k steps (k = 0: the noise); keep evenly spaced ones, first and last included.
-    keep = sorted({round(k) for k in np.linspace(0, proc.num_steps, min(num_snapshots, proc.num_steps + 1))})
-    snapshots: list[tuple[int, int, Tensor]] = []
-    progress = sample_progressive(model.unet, proc, label_idx.to(device), noise, guidance=guidance, generator=generator)
-    with network_precision(device, precision):
-        for k, (t, x) in enumerate(progress):
-            if k in keep:
-                snapshots.append((k, t, ((x.float().cpu() + 1) / 2).clamp(0, 1)))
-    titles = [
-        f"t = {t}\nstep {k}/{proc.num_steps}" if t >= 0 else f"x_0 (sample)\nstep {k}/{proc.num_steps}"
-        for k, t, _ in snapshots
-    ]
-    names = class_names(model)
-    fig, axes = _image_grid(
-        len(label_idx),
-        len(snapshots),
-        [names[i] for i in label_idx.tolist()],
-        titles,
-        f"Reverse process, noise to sample: {_sampler_title(proc)}, guidance w = {guidance:g}, seed {seed}",
-    )
-    for c, (_, _, images) in enumerate(snapshots):
-        for r in range(len(label_idx)):
-            _show(axes[r, c], images[r], (0.0, 1.0))
-    return fig
-
-
-@torch.no_grad()
-def guidance_sweep(
-    model: DiffusionModule,
-    weights: Sequence[float] = GUIDANCE_WEIGHTS,
-    num_per_class: int = 4,
-    seed: int = 0,
-    sampler: str | Sampler = "ddim",
-    steps: int | None = None,
-    precision: str = "bf16",
-    **sampler_kwargs: object,
-) -> Figure:
-    """Samples of every class at each classifier-free guidance weight w, from the same noise.
-
-    One panel per weight (titled ``w = ...``), each a grid of every class (rows) x ``num_per_class``
-    samples (columns) from :func:`~diffusion_lab.generation.generate` with the same ``seed``, so only
-    w changes between panels. Each panel's array is the ``[H, W, 3]`` grid in [0, 1] with 2 px white padding.
-
-    Args:
-        model: a trained model (:func:`~diffusion_lab.generation.load_model`).
-        weights: guidance weights, each >= 0 (0 = the plain conditional model).
-        num_per_class: samples per class.
-        seed: seed of the starting noise (the same for every weight).
-        sampler: ``ddim``, ``ddpm``, ``dpm_solver`` (built with ``sampler_kwargs``), or a :class:`Sampler`
-            on the model's schedule.
-        steps: sampler steps (None: the sampler's default).
-        precision: ``bf16`` or ``32``, as for :func:`~diffusion_lab.generation.generate`.
-    """
-    weights = list(weights)
-    if not weights:
-        raise ValueError("guidance_sweep needs at least one guidance weight")
-    for w in weights:
-        check_guidance(w)
-    if isinstance(num_per_class, bool) or not isinstance(num_per_class, int) or num_per_class <= 0:
-        raise ValueError(f"num_per_class must be a positive integer, got {num_per_class!r}")
-    names = class_names(model)
-    num_classes = model.unet.num_classes
-    labels = torch.arange(num_classes).repeat_interleave(num_per_class)
-    proc = _build_sampler(model, sampler, steps, **sampler_kwargs)
-    panel_w = 0.35 * num_per_class + 0.2
-    label_width = 0.25 + 0.07 * max(len(n) for n in names)
-    fig = Figure(
-        figsize=(label_width + (panel_w + 0.15) * len(weights), 0.35 * num_classes + 1.0), layout="constrained"
-    )
-    axes = fig.subplots(1, len(weights), squeeze=False)[0]
-    cell = IMAGE_SIZE + 2
-    for i, (ax, w) in enumerate(zip(axes, weights, strict=True)):
-        images = generate(model, labels, seed=seed, sampler=proc, steps=steps, guidance=w, precision=precision)
-        grid = make_grid(images, nrow=num_per_class, padding=2, pad_value=1.0)
-        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(f"w = {w:g}", fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([2 + IMAGE_SIZE / 2 + cell * r for r in range(num_classes)])
-        ax.set_yticklabels(names if i == 0 else [], fontsize=9)
-        ax.tick_params(length=0)
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-    fig.suptitle(
-        f"Classifier-free guidance: {_sampler_title(proc)}, the same noise for every w (seed {seed})",
-        fontsize=11,
-    )
-    return fig
-
-
-def style_distributions(styles: Tensor, stats: StyleStats, dataset: str) -> Figure:
-    """Histograms of each style attribute over a training set ``[N, 2]``, with its named levels marked."""
-    fig = Figure(figsize=(9.0, 3.4), layout="constrained")
-    axes = fig.subplots(1, len(STYLE_NAMES))
-    for i, (ax, name) in enumerate(zip(axes, STYLE_NAMES, strict=True)):
-        attribute = stats.attributes[name]
-        values = styles[:, i].double().numpy()
-        low, high = attribute.percentiles[1], attribute.percentiles[99]
-        ax.hist(values, bins=80, range=(low - 0.1 * (high - low), high + 0.1 * (high - low)), color="0.6")
-        for level, percentile in LEVEL_PERCENTILES.items():
-            value = attribute.percentiles[percentile]
-            ax.axvline(value, color="C3", lw=1)
-            ax.annotate(f"{level}\n{value:.1f}", (value, 1.0), xycoords=("data", "axes fraction"),
-                        ha="center", va="bottom", fontsize=8, color="C3")  # fmt: skip
-        ax.set_xlabel(f"{name} ({STYLE_UNITS[name]})")
-        ax.set_ylabel("training images" if i == 0 else "")
-        ax.set_title(f"mean {attribute.mean:.2f}, std {attribute.std:.2f}", fontsize=9, pad=22)
-    fig.suptitle(f"Style attributes of the {dataset} training split ({len(styles):,} images)", fontsize=11)
-    return fig
-
-
-@torch.no_grad()
-def style_grid(
-    model: DiffusionModule,
-    label: Label = 7,
-    slants: Sequence[float | str] = (-30, -15, 0, 15, 30),
-    thicknesses: Sequence[float | str] = ("thin", "regular", "bold"),
-    seed: int = 0,
-    sampler: str | Sampler = "ddim",
-    steps: int | None = None,
-    guidance: float = 2.0,
-    precision: str = "bf16",
-    **sampler_kwargs: object,
-) -> Figure:
-    """One class drawn at every slant (columns) and thickness (rows), all from the same starting noise.
-
-    Under each image are its slant and thickness measured again (``diffusion_lab.styles``), so the
-    figure shows how closely the model follows what was asked.
-
-    Args:
-        model: a style-conditioned model (``model.style_conditioning=true``).
-        label: the class, an index or a name.
-        slants: degrees or named levels (``left``, ``upright``, ``right``, ``low``, ``medium``, ``high``).
-        thicknesses: pixels or named levels (``thin``, ``regular``, ``bold``, ``low``, ``medium``, ``high``).
-        seed: seed of the starting noise, the same in every cell.
-        sampler: ``ddim``, ``ddpm``, ``dpm_solver`` (built with ``sampler_kwargs``), or a :class:`Sampler`.
-        steps: sampler steps (None: the sampler's default).
-        guidance: classifier-free guidance weight w.
-        precision: ``bf16`` or ``32``, as for :func:`~diffusion_lab.generation.generate`.
-    """
-    stats = model.require_style_stats()
-    slants, thicknesses = list(slants), list(thicknesses)
-    if not slants or not thicknesses:
-        raise ValueError("style_grid needs at least one slant and one thickness")
-    index = label_index(label, class_names(model))
-    asked = torch.tensor([[stats.value("slant", s), stats.value("thickness", t)] for t in thicknesses for s in slants])
-    proc = _build_sampler(model, sampler, steps, **sampler_kwargs)
-    noise, _ = starting_noise(model, 1, seed)
-    images = generate(
-        model, [index] * len(asked), seed=seed, sampler=proc, steps=steps, guidance=guidance, precision=precision,
-        style=asked, noise=noise.expand(len(asked), -1, -1, -1),
-    )  # fmt: skip
-    measured = measure(images)
-    name = class_names(model)[index]
-    fig, axes = _image_grid(
-        len(thicknesses),
-        len(slants),
-        [f"thickness\n{t}" + ("" if isinstance(t, str) else " px") for t in thicknesses],
-        [f"slant {s}" + ("" if isinstance(s, str) else "°") for s in slants],
-        f"{name}: slant across, thickness down ({_sampler_title(proc)}, w = {guidance:g}, seed {seed})",
-    )
-    for k, ax in enumerate(axes.flat):
-        _show(ax, images[k], (0.0, 1.0))
-        ax.set_xlabel(f"{measured[k, 0]:+.0f}°, {measured[k, 1]:.1f} px", fontsize=8)
-    return fig
-
-
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG to ``path`` (folders created) through a temporary file, so no half file is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _test_image(dataset: str, label: Label, data_dir: str) -> Tensor:
-    """``[1, 28, 28]`` in [-1, 1]: the first test image of class ``label`` of ``dataset``."""
-    names = dataset_info(dataset).class_names
-    index = label_index(label, names)
-    arrays = load_arrays(dataset, data_dir)
-    (positions,) = np.nonzero(arrays["test_labels"] == index)
-    return to_unit_range(torch.from_numpy(arrays["test_images"][positions[:1]]))[0]
-
 
 def make_figures(cfg: DictConfig) -> list[Path]:
-    """Draw the figures ``cfg`` asks for and write them into ``cfg.output``; returns the written paths.
-
-    Everything is drawn before the first file is written, so a bad setting leaves no partial output.
-    """
+    """Draw the figures ``cfg`` asks for and write them into ``cfg.output``; returns the written paths."""
     device = resolve_device(cfg.device)
-    model = load_model(checkpoint_path(cfg.ckpt), device) if cfg.ckpt else None
+    pipe = load_model(checkpoint_file(cfg.ckpt), device) if cfg.ckpt else None
     # The checkpoint's own dataset when it records one, else data=NAME.
-    trained_on = trained_dataset(model) if model is not None else None
-    dataset = trained_on or cfg.data.name
-    image = _test_image(dataset, cfg.image_label, cfg.paths.data_dir)
+    dataset = (pipe.dataset if pipe is not None else None) or cfg.data.name
+    image = first_test_image(dataset, cfg.image_label, cfg.paths.data_dir)
     schedules = default_schedules(cfg.timesteps)
     data = MNISTDataModule(dataset, cfg.paths.data_dir, styles=True)
     data.setup()
@@ -441,23 +49,23 @@ def make_figures(cfg: DictConfig) -> list[Path]:
         "schedules.png": plot_schedules(schedules=schedules),
         "style_distributions.png": style_distributions(data.splits()[0].styles, data.style_stats, dataset),
     }
-    if model is None:
+    if pipe is None:
         log.info("generation_steps.png and guidance_sweep.png need a trained model: pass ckpt=PATH")
     else:
         sampling = {
-            "sampler": instantiate(cfg.sampler, schedule=model.schedule),
+            "sampler": instantiate(cfg.sampler)(schedule=pipe.model.schedule),
             "steps": cfg.steps,
             "seed": cfg.seed,
             "precision": str(cfg.precision),
         }
         figures["generation_steps.png"] = visualize_generation_steps(
-            model, num_snapshots=cfg.num_snapshots, guidance=cfg.guidance, **sampling
+            pipe, num_snapshots=cfg.num_snapshots, guidance=cfg.guidance, **sampling
         )
         weights = [float(w) for w in cfg.guidance_weights]
-        figures["guidance_sweep.png"] = guidance_sweep(model, weights, num_per_class=cfg.num_per_class, **sampling)
-        if model.style_conditioning:
+        figures["guidance_sweep.png"] = guidance_sweep(pipe, weights, num_per_class=cfg.num_per_class, **sampling)
+        if pipe.model.style_conditioning:
             figures["style_grid.png"] = style_grid(
-                model, cfg.style_label, list(cfg.style_slants), list(cfg.style_thicknesses), guidance=cfg.guidance,
+                pipe, cfg.style_label, list(cfg.style_slants), list(cfg.style_thicknesses), guidance=cfg.guidance,
                 **sampling,
             )  # fmt: skip
         else:

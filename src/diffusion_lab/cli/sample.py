@@ -21,12 +21,16 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.checkpointing import atomic_write_text
-from diffusion_lab.cli import checkpoint_path, fail, hydra_app, resolve_device
-from diffusion_lab.clip_score import clip_from_config, select_top
-from diffusion_lab.datasets import DataError
-from diffusion_lab.generation import class_names, generate, load_model, resolve_labels, save_samples, trained_dataset
-from diffusion_lab.styles import STYLE_NAMES
+from diffusion_lab.cli.app import hydra_app
+from diffusion_lab.cli.arguments import resolve_device
+from diffusion_lab.cli.errors import fail
+from diffusion_lab.data.sources import DataError
+from diffusion_lab.data.styles import STYLE_NAMES
+from diffusion_lab.evaluation.clip import clip_from_config, select_top
+from diffusion_lab.pipeline import load_model
+from diffusion_lab.reports.images import save_samples
+from diffusion_lab.training.checkpointing import checkpoint_file
+from diffusion_lab.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +53,25 @@ def _selection(cfg: DictConfig) -> tuple[int, int] | None:
 def run(cfg: DictConfig) -> tuple[Path, Path]:
     """Load the checkpoint, generate ``num_samples`` per requested class (or select them with CLIP), write PNG + NPZ."""
     selection = _selection(cfg)
-    path = checkpoint_path(cfg.ckpt)
-    device = resolve_device(cfg.device)
-    model = load_model(path, device=device)
-    names = class_names(model)
+    pipe = load_model(checkpoint_file(cfg.ckpt), device=resolve_device(cfg.device))
+    names = pipe.class_names
     label = OmegaConf.to_object(cfg.label) if OmegaConf.is_config(cfg.label) else cfg.label
     per_class = selection[1] if selection else cfg.num_samples
-    labels = resolve_labels(label, per_class, names)
+    labels = pipe.labels(label, per_class)
     style = {name: cfg.get(name) for name in STYLE_NAMES if cfg.get(name) is not None} or None
     # The requested raw attributes [1, 2], checked here (one line for a bad value) before any sampling.
-    requested = model.require_style_stats().request(1, **style) if style else None
-    sampler = instantiate(cfg.sampler, schedule=model.schedule)
+    requested = pipe.style_request(style, 1)
+    sampler = instantiate(cfg.sampler)(schedule=pipe.model.schedule)
     scorer = None
     if selection:
-        dataset = trained_dataset(model)
-        scorer, status = clip_from_config(cfg.get("clip"), dataset, device) if dataset else (None, "unknown dataset")
+        scorer, status = None, "unknown dataset"
+        if pipe.dataset:
+            scorer, status = clip_from_config(cfg.get("clip"), pipe.dataset, pipe.device)
         if scorer is None:
             raise ValueError(f"select_top needs CLIP, which is {status}")
-    images = generate(
-        model, labels, seed=cfg.seed, sampler=sampler, steps=cfg.steps, guidance=cfg.guidance,
-        batch_size=cfg.batch_size, precision=str(cfg.precision),
-        style=None if requested is None else requested.expand(len(labels), -1),
+    images = pipe(
+        labels, seed=cfg.seed, sampler=sampler, steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size,
+        precision=str(cfg.precision), style=None if requested is None else requested.expand(len(labels), -1),
     )  # fmt: skip
     extra: dict[str, np.ndarray] = {}
     kept = per_class

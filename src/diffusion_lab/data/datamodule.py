@@ -11,12 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from diffusion_lab.datasets import dataset_info, load_arrays, prepare
-from diffusion_lab.styles import StyleStats, measure
+from diffusion_lab.data.labels import Label, label_index
+from diffusion_lab.data.sources import dataset_info, load_arrays, prepare
+from diffusion_lab.data.styles import StyleStats, measure
 
 #: A batch: images ``[B, 1, 28, 28]`` and labels ``[B]``, then raw style attributes ``[B, 2]`` when the data has them.
 Batch = tuple[Tensor, ...]
@@ -25,7 +27,7 @@ Batch = tuple[Tensor, ...]
 class InMemoryDataset(Dataset):
     """Images in [-1, 1] as ``[N, 1, 28, 28]`` float32 and labels ``[N]`` int64, on one device.
 
-    ``styles`` (optional) holds each image's raw style attributes ``[N, 2]`` (``diffusion_lab.styles``).
+    ``styles`` (optional) holds each image's raw style attributes ``[N, 2]`` (``diffusion_lab.data.styles``).
     """
 
     def __init__(self, images: Tensor, labels: Tensor, styles: Tensor | None = None) -> None:
@@ -127,6 +129,8 @@ class MNISTDataModule(L.LightningDataModule):
         val_fraction: share of the training images held out for validation.
         split_seed: seed of the train/val permutation, fixed so runs compare.
         eval_batch_size: images per validation/test batch (defaults to ``batch_size``).
+        shuffle: draw the training batches in a new order each epoch; off, every epoch walks the split in the
+            same order (``debug=overfit`` trains on its first batch only).
         shuffle_seed: seed of the per-epoch training order (None: the run's seed, ``torch.initial_seed()``).
         styles: also give every image's style attributes (slant, thickness), measured once in
             :meth:`setup`, with their training-set distribution in :attr:`style_stats`.
@@ -141,6 +145,7 @@ class MNISTDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         eval_batch_size: int | None = None,
+        shuffle: bool = True,
         shuffle_seed: int | None = None,
         styles: bool = False,
         download: bool = False,
@@ -155,6 +160,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_fraction = val_fraction
         self.split_seed = split_seed
+        self.shuffle = shuffle
         self.shuffle_seed = shuffle_seed
         self.styles = styles
         self.style_stats: StyleStats | None = None
@@ -170,6 +176,11 @@ class MNISTDataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return self.info.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        return self.info.image_shape
 
     def prepare_data(self) -> None:
         prepare(self.name, self.data_dir, download=self.download)
@@ -205,7 +216,7 @@ class MNISTDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         seed = torch.initial_seed() if self.shuffle_seed is None else self.shuffle_seed
-        order = EpochOrder(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world)
+        order = EpochOrder(len(dataset), shuffle=train and self.shuffle, seed=seed, rank=rank, world_size=world)
         return TensorBatches(dataset, batch_size, order, drop_last=train)
 
     def train_dataloader(self) -> TensorBatches:
@@ -216,3 +227,11 @@ class MNISTDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> TensorBatches:
         return self._batches(self.splits()[2], self.eval_batch_size, train=False)
+
+
+def first_test_image(dataset: str, label: Label, data_dir: str | Path) -> Tensor:
+    """``[C, H, W]`` in [-1, 1]: the first test image of class ``label`` (an index or a name) of ``dataset``."""
+    index = label_index(label, dataset_info(dataset).class_names)
+    arrays = load_arrays(dataset, data_dir)
+    (positions,) = np.nonzero(arrays["test_labels"] == index)
+    return to_unit_range(torch.from_numpy(arrays["test_images"][positions[:1]]))[0]

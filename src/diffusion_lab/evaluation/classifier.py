@@ -13,6 +13,7 @@ accuracy floor: 99.0 % on MNIST's test set, 90 % on Fashion-MNIST's.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import pickle
@@ -23,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from diffusion_lab.checkpointing import atomic_torch_save
-from diffusion_lab.datasets import dataset_info, load_arrays
+from diffusion_lab.data.sources import dataset_info, load_arrays
+from diffusion_lab.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def cache_path(dataset: str, data_dir: str | Path) -> Path:
 
 def split_images(arrays: dict, split: str) -> tuple[Tensor, Tensor]:
     """``[N, 1, 28, 28]`` images in [0, 1] (the range generated images come in) and ``[N]`` labels of one
-    split (``train`` or ``test``) of :func:`~diffusion_lab.datasets.load_arrays`' arrays."""
+    split (``train`` or ``test``) of :func:`~diffusion_lab.data.sources.load_arrays`' arrays."""
     images = torch.from_numpy(arrays[f"{split}_images"]).unsqueeze(1).float().div_(255)
     return images, torch.from_numpy(arrays[f"{split}_labels"])
 
@@ -163,7 +164,7 @@ def _train(
 
 def _save(model: ReferenceClassifier, test_accuracy: float, dataset: str, path: Path) -> None:
     payload = {"state_dict": model.state_dict(), "test_accuracy": test_accuracy, "dataset": dataset, "version": VERSION}
-    atomic_torch_save(payload, path)
+    atomic_write(path, functools.partial(torch.save, payload))
 
 
 def _load_cached(dataset: str, path: Path) -> tuple[ReferenceClassifier, float] | None:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffusion_lab.datasets import dataset_info
+from diffusion_lab.data.sources import dataset_info
 
 log = logging.getLogger(__name__)
 

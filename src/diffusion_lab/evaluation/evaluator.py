@@ -5,12 +5,12 @@ images and a same-sized sample of real training images, and scores any set of im
 requested classes with:
 
 * ``classifier_accuracy``: the fraction the held-out reference classifier
-  (:mod:`diffusion_lab.classifier`) reads as the requested class, overall and per class;
+  (:mod:`diffusion_lab.evaluation.classifier`) reads as the requested class, overall and per class;
 * ``fid`` and ``kid`` (torchmetrics) against the reference, in that classifier's 128-d
   penultimate feature space;
 * ``inception_fid``: the standard FID with InceptionV3 pool features (offline weights, see
-  :mod:`diffusion_lab.inception`);
-* the CLIP metrics of :mod:`diffusion_lab.clip_score`, when a CLIP model is given.
+  :mod:`diffusion_lab.evaluation.inception`);
+* the CLIP metrics of :mod:`diffusion_lab.evaluation.clip`, when a CLIP model is given.
 
 :meth:`Evaluator.real_metrics` scores real images the same way: accuracy and CLIP on the held-out
 reference images, and FID/KID of the training sample against the reference, the floor that two
@@ -20,6 +20,7 @@ numbers only at equal ``num_per_class``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import time
@@ -32,13 +33,13 @@ from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from diffusion_lab.checkpointing import atomic_torch_save
-from diffusion_lab.classifier import ClassifierFeatures, load_classifier, split_images
-from diffusion_lab.clip_score import ClipScorer
-from diffusion_lab.clip_score import summarize as summarize_clip
-from diffusion_lab.datasets import dataset_info, load_arrays
-from diffusion_lab.generation import slug
-from diffusion_lab.inception import inception_weights
+from diffusion_lab.data.labels import slug
+from diffusion_lab.data.sources import dataset_info, load_arrays
+from diffusion_lab.evaluation.classifier import ClassifierFeatures, load_classifier, split_images
+from diffusion_lab.evaluation.clip import ClipScorer
+from diffusion_lab.evaluation.clip import summarize as summarize_clip
+from diffusion_lab.evaluation.inception import inception_weights
+from diffusion_lab.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 # KID keeps every feature (128-d, a few thousand images here), and the Inception FID's cached
@@ -159,7 +160,8 @@ class Evaluator:
         self._inception_update(self.reference[0], real=True)
         self._inception_update(self.train_sample[0], real=False)
         stats = {"reference": _stats(self.inception_fid, "real"), "train": _stats(self.inception_fid, "fake")}
-        atomic_torch_save({side: {k: t.cpu() for k, t in v.items()} for side, v in stats.items()}, path)
+        cpu_stats = {side: {k: t.cpu() for k, t in v.items()} for side, v in stats.items()}
+        atomic_write(path, functools.partial(torch.save, cpu_stats))
         return stats["train"]
 
     @torch.no_grad()

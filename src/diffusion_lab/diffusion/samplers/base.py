@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from diffusion_lab.schedules import NoiseSchedule
+from diffusion_lab.diffusion.schedules import NoiseSchedule
 
 #: How inference timesteps are picked from the T training timesteps (diffusers' ``timestep_spacing``).
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -99,3 +100,7 @@ class Sampler(ABC):
         Returns:
             ``[B, C, H, W]`` the sample at ``prev_timestep[t]`` (x_0 after the last step).
         """
+
+
+#: What a ``sampler`` config group instantiates to (``_partial_: true``): ``factory(schedule=...)`` builds the sampler.
+SamplerFactory = Callable[..., Sampler]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffusion_lab.samplers.base import Sampler
-from diffusion_lab.schedules import NoiseSchedule
+from diffusion_lab.diffusion.samplers.base import Sampler
+from diffusion_lab.diffusion.schedules import NoiseSchedule
 
 VARIANCES = ("posterior", "beta")
 
@@ -22,7 +22,7 @@ class DDPMSampler(Sampler):
         schedule: the noise schedule the model was trained with.
         variance: ``posterior`` (beta tilde, the lower bound; diffusers' ``fixed_small``) or ``beta``
             (beta_t, the upper bound; ``fixed_large``).
-        timestep_spacing: see :func:`~diffusion_lab.samplers.base.spaced_timesteps`.
+        timestep_spacing: see :func:`~diffusion_lab.diffusion.samplers.base.spaced_timesteps`.
         clip_sample: clamp the predicted x_0 to [-1, 1] before forming the mean.
     """
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffusion_lab.samplers.base import Sampler
-from diffusion_lab.schedules import NoiseSchedule
+from diffusion_lab.diffusion.samplers.base import Sampler
+from diffusion_lab.diffusion.schedules import NoiseSchedule
 
 
 class DPMSolverSampler(Sampler):
@@ -23,7 +23,7 @@ class DPMSolverSampler(Sampler):
 
     Args:
         schedule: the noise schedule the model was trained with.
-        timestep_spacing: see :func:`~diffusion_lab.samplers.base.spaced_timesteps`.
+        timestep_spacing: see :func:`~diffusion_lab.diffusion.samplers.base.spaced_timesteps`.
         clip_sample: clamp each predicted x_0 to [-1, 1] (static thresholding).
     """
 

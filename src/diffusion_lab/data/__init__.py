@@ -1,0 +1,1 @@
+"""The data: registry sources and their verification, the LightningDataModule, labels and style attributes."""

@@ -1,0 +1,1 @@
+"""Sample quality: the reference classifier, the offline Inception, CLIP, style control and the evaluator."""

@@ -1,0 +1,1 @@
+"""The networks and their training: the conditioned U-Net, the LightningModule, learning-rate schedules."""

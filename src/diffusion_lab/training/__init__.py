@@ -1,0 +1,1 @@
+"""Everything a training run needs around the model: fit, callbacks, checkpoints, loggers, config checks, DDP jobs."""

@@ -1,0 +1,45 @@
+"""One way to write a file that a kill cannot leave half written: a temporary file, fsync, rename."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write`` on a binary file in ``path``'s folder, then rename that file to ``path``.
+
+    A process killed at any moment (SIGKILL, power loss after the fsync) leaves either the old file
+    or the new one at ``path``, never a truncated one. Folders are created; an exception inside
+    ``write`` removes the temporary file and leaves ``path`` as it was. Every kind of file goes
+    through here: ``torch.save``, ``Figure.savefig``, ``torchvision``'s ``save_image``,
+    ``numpy.savez_compressed`` and text all take an open binary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write`."""
+    return atomic_write(path, lambda file: file.write(text.encode()))
+
+
+#: Where a failed job of a ``-m`` sweep leaves its one-line reason (``diffusion-lab-report`` shows it).
+JOB_ERROR_FILE = "error.txt"
