@@ -10,7 +10,6 @@ import sys
 from collections.abc import Sequence
 
 from diffusion_lab.reports import sweep_report
-from diffusion_lab.reports.sweep_report import ReportError, failures, table_rows, write_report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -24,15 +23,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", help="folder for the report files (default: the sweep folder)")
     args = parser.parse_args(argv)
     try:
-        jobs, out = write_report(args.sweep_dir, args.output)
-    except ReportError as err:
+        jobs, out = sweep_report.write_report(args.sweep_dir, args.output)
+    except sweep_report.ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
-    header, rows = table_rows(jobs)
+    header, rows = sweep_report.table_rows(jobs)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    for line in failures(jobs):
+    for line in sweep_report.failures(jobs):
         print(f"failed: {line}")
     print(f"Wrote {out / 'report.md'}, report.csv and the figures")
 
