@@ -129,9 +129,9 @@ class DiffusionPipeline:
 
         Refuses steps out of 1..T before any work.
         """
-        proc = make_sampler(sampler, self.model.schedule, **sampler_kwargs)
-        proc.set_timesteps(steps)
-        return proc
+        built = make_sampler(sampler, self.model.schedule, **sampler_kwargs)
+        built.set_timesteps(steps)
+        return built
 
     def starting_noise(self, num: int, seed: int) -> tuple[Tensor, torch.Generator]:
         """x_T ``[num, C, H, W]`` drawn from ``seed`` on the model's device, and the generator to go on with."""
@@ -181,7 +181,7 @@ class DiffusionPipeline:
         autocast = self.check_settings(guidance, batch_size, precision)
         raw_styles = self.style_request(style, len(labels))
         styles = None if raw_styles is None else self.model.style_condition(raw_styles)
-        proc = self.sampler(sampler, steps, **sampler_kwargs)
+        built = self.sampler(sampler, steps, **sampler_kwargs)
         drawn, generator = self.starting_noise(len(labels), seed)
         if noise is None:
             noise = drawn
@@ -194,7 +194,7 @@ class DiffusionPipeline:
                     self.model.unet,
                     self.model.schedule,
                     labels[i : i + batch_size],
-                    sampler=proc,
+                    sampler=built,
                     steps=steps,
                     guidance=guidance,
                     noise=noise[i : i + batch_size],

@@ -119,8 +119,8 @@ def sample(
         ``[N, C, H, W]`` images in [-1, 1].
     """
     device = schedule.betas.device
-    proc = make_sampler(sampler, schedule, **sampler_kwargs)
-    proc.set_timesteps(steps)
+    built = make_sampler(sampler, schedule, **sampler_kwargs)
+    built.set_timesteps(steps)
     labels = labels.to(device)
     if noise is None:
         if image_shape is None:
@@ -128,7 +128,7 @@ def sample(
         noise = torch.randn((len(labels), *image_shape), generator=generator, device=device)
     styles = None if styles is None else styles.to(device)
     steps_taken = sample_progressive(
-        unet, proc, labels, noise.to(device), guidance=guidance, generator=generator, styles=styles
+        unet, built, labels, noise.to(device), guidance=guidance, generator=generator, styles=styles
     )
     _, x = deque(steps_taken, maxlen=1)[0]
     return x.clamp(-1, 1)

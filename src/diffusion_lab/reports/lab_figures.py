@@ -157,10 +157,10 @@ def plot_schedules(timesteps: int = 1000, schedules: Sequence[NoiseSchedule] | N
     return fig
 
 
-def _sampler_title(proc: Sampler) -> str:
+def _sampler_title(sampler: Sampler) -> str:
     """``DDIM, 50 steps``."""
-    name = next((n for n, cls in SAMPLERS.items() if type(proc) is cls), None)
-    return f"{SAMPLER_TITLES.get(name, type(proc).__name__)}, {proc.num_steps} steps"
+    name = next((n for n, cls in SAMPLERS.items() if type(sampler) is cls), None)
+    return f"{SAMPLER_TITLES.get(name, type(sampler).__name__)}, {sampler.num_steps} steps"
 
 
 @torch.no_grad()
@@ -198,21 +198,21 @@ def visualize_generation_steps(
         raise ValueError(f"num_snapshots must be an integer >= 2 (noise and sample), got {num_snapshots!r}")
     check_guidance(guidance)
     label_idx = pipe.label_tensor(torch.arange(pipe.num_classes) if labels is None else labels)
-    proc = pipe.sampler(sampler, steps, **sampler_kwargs)
+    built = pipe.sampler(sampler, steps, **sampler_kwargs)
     device = pipe.device
     noise, generator = pipe.starting_noise(len(label_idx), seed)
     # Yield k is x after k steps (k = 0: the noise); keep evenly spaced ones, first and last included.
-    keep = sorted({round(k) for k in np.linspace(0, proc.num_steps, min(num_snapshots, proc.num_steps + 1))})
+    keep = sorted({round(k) for k in np.linspace(0, built.num_steps, min(num_snapshots, built.num_steps + 1))})
     snapshots: list[tuple[int, int, Tensor]] = []
     progress = sample_progressive(
-        pipe.model.unet, proc, label_idx.to(device), noise, guidance=guidance, generator=generator
+        pipe.model.unet, built, label_idx.to(device), noise, guidance=guidance, generator=generator
     )
     with network_precision(device, precision):
         for k, (t, x) in enumerate(progress):
             if k in keep:
                 snapshots.append((k, t, ((x.float().cpu() + 1) / 2).clamp(0, 1)))
     titles = [
-        f"t = {t}\nstep {k}/{proc.num_steps}" if t >= 0 else f"x_0 (sample)\nstep {k}/{proc.num_steps}"
+        f"t = {t}\nstep {k}/{built.num_steps}" if t >= 0 else f"x_0 (sample)\nstep {k}/{built.num_steps}"
         for k, t, _ in snapshots
     ]
     names = pipe.class_names
@@ -221,7 +221,7 @@ def visualize_generation_steps(
         len(snapshots),
         [names[i] for i in label_idx.tolist()],
         titles,
-        f"Reverse process, noise to sample: {_sampler_title(proc)}, guidance w = {guidance:g}, seed {seed}",
+        f"Reverse process, noise to sample: {_sampler_title(built)}, guidance w = {guidance:g}, seed {seed}",
     )
     for c, (_, _, images) in enumerate(snapshots):
         for r in range(len(label_idx)):
@@ -266,7 +266,7 @@ def guidance_sweep(
     names = pipe.class_names
     num_classes = pipe.num_classes
     labels = torch.arange(num_classes).repeat_interleave(num_per_class)
-    proc = pipe.sampler(sampler, steps, **sampler_kwargs)
+    built = pipe.sampler(sampler, steps, **sampler_kwargs)
     panel_w = 0.35 * num_per_class + 0.2
     label_width = 0.25 + 0.07 * max(len(n) for n in names)
     fig = Figure(
@@ -276,7 +276,7 @@ def guidance_sweep(
     size = pipe.image_shape[1]
     cell = size + 2
     for i, (ax, w) in enumerate(zip(axes, weights, strict=True)):
-        images = pipe(labels, seed=seed, sampler=proc, steps=steps, guidance=w, precision=precision)
+        images = pipe(labels, seed=seed, sampler=built, steps=steps, guidance=w, precision=precision)
         grid = image_grid(images, num_per_class)
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(f"w = {w:g}", fontsize=10)
@@ -287,7 +287,7 @@ def guidance_sweep(
         for spine in ax.spines.values():
             spine.set_visible(False)
     fig.suptitle(
-        f"Classifier-free guidance: {_sampler_title(proc)}, the same noise for every w (seed {seed})",
+        f"Classifier-free guidance: {_sampler_title(built)}, the same noise for every w (seed {seed})",
         fontsize=11,
     )
     return fig
@@ -349,10 +349,10 @@ def style_grid(
         raise ValueError("style_grid needs at least one slant and one thickness")
     index = label_index(label, pipe.class_names)
     asked = torch.tensor([[stats.value("slant", s), stats.value("thickness", t)] for t in thicknesses for s in slants])
-    proc = pipe.sampler(sampler, steps, **sampler_kwargs)
+    built = pipe.sampler(sampler, steps, **sampler_kwargs)
     noise, _ = pipe.starting_noise(1, seed)
     images = pipe(
-        [index] * len(asked), seed=seed, sampler=proc, steps=steps, guidance=guidance, precision=precision,
+        [index] * len(asked), seed=seed, sampler=built, steps=steps, guidance=guidance, precision=precision,
         style=asked, noise=noise.expand(len(asked), -1, -1, -1),
     )  # fmt: skip
     measured = measure(images)
@@ -362,7 +362,7 @@ def style_grid(
         len(slants),
         [f"thickness\n{t}" + ("" if isinstance(t, str) else " px") for t in thicknesses],
         [f"slant {s}" + ("" if isinstance(s, str) else "°") for s in slants],
-        f"{name}: slant across, thickness down ({_sampler_title(proc)}, w = {guidance:g}, seed {seed})",
+        f"{name}: slant across, thickness down ({_sampler_title(built)}, w = {guidance:g}, seed {seed})",
     )
     for k, ax in enumerate(axes.flat):
         _show(ax, images[k], (0.0, 1.0))

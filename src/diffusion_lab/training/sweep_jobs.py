@@ -78,15 +78,15 @@ def train_in_child() -> dict[str, float]:
     group = sweep_group()
     env = {**os.environ, **({SWEEP_GROUP_ENV: group} if group else {})}
     log.info("DDP job: training in its own process: %s", " ".join(command[1:]))
-    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
+    child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    assert child.stderr is not None
     tail = b""
-    while chunk := proc.stderr.read1(65536):
+    while chunk := child.stderr.read1(65536):
         sys.stderr.buffer.write(chunk)
         sys.stderr.flush()
         tail = (tail + chunk)[-4096:]
-    if proc.wait() != 0:
+    if child.wait() != 0:
         lines = tail.decode(errors="replace").strip().splitlines()
         errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-        raise ChildFailed(errors[-1] if errors else f"the DDP job's process exited with status {proc.returncode}")
+        raise ChildFailed(errors[-1] if errors else f"the DDP job's process exited with status {child.returncode}")
     return json.loads((job_dir / "metrics.json").read_text())
