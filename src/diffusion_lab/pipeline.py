@@ -188,6 +188,7 @@ class DiffusionPipeline:
         elif noise.shape != drawn.shape:
             raise ValueError(f"noise must be {list(drawn.shape)}, got {list(noise.shape)}")
         noise = noise.to(drawn.device)
+        self.model.eval()  # also after a caller switched it to training
         with autocast:
             chunks = [
                 sample(

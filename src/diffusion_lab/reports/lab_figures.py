@@ -201,6 +201,7 @@ def visualize_generation_steps(
     built = pipe.sampler(sampler, steps, **sampler_kwargs)
     device = pipe.device
     noise, generator = pipe.starting_noise(len(label_idx), seed)
+    pipe.model.eval()
     # Yield k is x after k steps (k = 0: the noise); keep evenly spaced ones, first and last included.
     keep = sorted({round(k) for k in np.linspace(0, built.num_steps, min(num_snapshots, built.num_steps + 1))})
     snapshots: list[tuple[int, int, Tensor]] = []
