@@ -2,7 +2,7 @@
 
 The command is :func:`diffusion_lab.training.fit.train`, the function the tests call, plus one-line
 errors, a DDP job of a sweep in a process of its own, and the value a sweeper optimises
-(``optimized_metric``, ``val/loss`` by default; see ``conf/hparams_search/``).
+(``optimized_metric``: null in ``conf/train.yaml``, ``val/loss`` in ``conf/hparams_search/optuna.yaml``).
 """
 
 from __future__ import annotations

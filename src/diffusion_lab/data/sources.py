@@ -135,7 +135,7 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     scaled = np.rint(pixels.astype(np.float64) * 256.0)
     if scaled.min() < 0 or scaled.max() > 255 or not np.array_equal(scaled / 256.0, pixels):
         raise DataError("the MNIST pickle does not hold uint8/256 pixels")
-    return scaled.astype(np.uint8).reshape(-1, 28, 28)
+    return scaled.astype(np.uint8).reshape(-1, *IMAGE_SHAPE[1:])
 
 
 def read_mnist_pickle(source: Path) -> dict[str, np.ndarray]:

@@ -181,7 +181,8 @@ class Evaluator:
     def score(self, images: Tensor, labels: Tensor, prefix: str = "generated") -> dict[str, float]:
         """All metrics of ``[N, 1, 28, 28]`` images in [0, 1] made for ``labels`` ``[N]``, as ``PREFIX/NAME``."""
         if images.ndim != 4 or images.shape[1:] != self.reference[0].shape[1:]:
-            raise ValueError(f"expected images of shape [N, 1, 28, 28], got {list(images.shape)}")
+            expected = ", ".join(map(str, self.reference[0].shape[1:]))
+            raise ValueError(f"expected images of shape [N, {expected}], got {list(images.shape)}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if not bool(torch.isfinite(images).all()):
