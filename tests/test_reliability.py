@@ -18,7 +18,6 @@ import torch
 
 from diffusion_lab.cli.train import main as train_entry_main
 from diffusion_lab.training.checkpointing import read_checkpoint
-from diffusion_lab.training.config_checks import CHECKS, validate_train_config
 from diffusion_lab.utils.files import atomic_write
 from tests.helpers import main_in_process, one_error_line, run_cli, start_cli
 
@@ -159,20 +158,23 @@ BAD_TRAIN_INPUT = [
     ("model.optimizer.lr=0", "model.optimizer.lr must be a positive number"),
     ("model.optimizer.weight_decay=-1", "model.optimizer.weight_decay must be a number >= 0"),
     ("+model.optimizer.betas=[0.9,1.5]", "model.optimizer: Invalid beta parameter"),
-    ("model.lr_scheduler.pct_start=1.5", "model.lr_scheduler: pct_start must be in (0, 1)"),
-    ("model/lr_scheduler=plateau model.lr_scheduler.factor=2", "model.lr_scheduler: Factor should be < 1.0"),
+    ("model.lr_scheduler.pct_start=1.5", "model.lr_scheduler.pct_start must be a number in (0, 1), got 1.5"),
+    (
+        "model/lr_scheduler=plateau model.lr_scheduler.factor=2",
+        "model.lr_scheduler.factor must be a number in (0, 1), got 2",
+    ),
     ("model.min_snr_gamma=0", "model.min_snr_gamma must be a positive number or null"),
     ("model.unet.activation=relu", "model.unet.activation must be one of"),
     ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
-    ("data.val_fraction=1.5", "data.val_fraction must be a number strictly between 0 and 1"),
+    ("data.val_fraction=1.5", "data.val_fraction must be a number in (0, 1), got 1.5"),
     ("trainer.max_epochs=x", "trainer.max_epochs must be an integer >= -1"),
     ("trainer.max_steps=-7", "trainer.max_steps must be an integer >= -1"),
     ("trainer.precision=8", "trainer.precision must be one of"),
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be a number >= 0 or null"),
-    ("callbacks.ema.decay=1.5", "callbacks.ema.decay must be a number strictly between 0 and 1"),
+    ("callbacks.ema.decay=1.5", "callbacks.ema.decay must be a number in (0, 1), got 1.5"),
     ("sampler=euler", "sampler=euler is not an option: use one of ddim, ddpm, dpm_solver"),
     ("seed=abc", "seed must be an integer"),
-    ("schedule=linear schedule.beta_end=2.0", "every beta must lie in (0, 1)"),
+    ("schedule=linear schedule.beta_end=2.0", "schedule.beta_end must be a number in (0, 1), got 2.0"),
     ("+trainer.max_epoch=3", "unexpected keyword argument 'max_epoch'"),
     ("ckpt_path=missing.ckpt", "checkpoint not found: missing.ckpt"),
 ]
@@ -226,15 +228,6 @@ def test_resume_refuses_a_broken_or_foreign_checkpoint(
     expected = {"truncate": "truncated or corrupt", "junk": "not a PyTorch checkpoint", "other_model": "another model"}
     assert expected[damage] in line
     assert last.read_bytes() == before
-
-
-def test_every_check_names_a_real_config_key(compose_train) -> None:
-    cfg = compose_train()
-    validate_train_config(cfg)  # the default config passes
-    from omegaconf import OmegaConf
-
-    for key, _, _ in CHECKS:
-        assert OmegaConf.select(cfg, key, default="missing") != "missing", key
 
 
 def test_full_error_gives_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

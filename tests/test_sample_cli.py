@@ -58,10 +58,12 @@ def test_label_list_and_default_output(make_checkpoint: Callable[..., Path], tmp
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("label=truck", "unknown label 'truck'"), ("label=10", "label 10 is out of range: use 0..9"),
+    [("label=truck", "label must be a class index 0..9, a class name such as trouser, a list of them or all, got"),
+     ("label=10", "label must be a class index 0..9"),
      ("num_samples=0", "num_samples must be a positive integer"), ("guidance=nan", "guidance must be a finite number"),
      ("guidance=-2", "guidance must be a finite number >= 0"), ("steps=101", "steps must be in 1..100"),
-     ("sampler.eta=-1", "DDIM eta must be >= 0"), ("sampler.timestep_spacing=even", "unknown timestep_spacing"),
+     ("sampler.eta=-1", "sampler.eta must be a number in [0, 1], got -1"),
+     ("sampler.timestep_spacing=even", "sampler.timestep_spacing must be one of leading, trailing, linspace"),
      ("device=tpu", "unknown device 'tpu'"), ("precision=16", "precision must be one of 32, bf16"),
      ("sampler=euler", "sampler=euler is not an option: use one of ddim, ddpm, dpm_solver"),
      ("lable=3", "Could not override 'lable'")],
@@ -82,7 +84,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
 @pytest.mark.parametrize(
     ("ckpt", "message"),
     [
-        (None, "ckpt=PATH is required"),
+        (None, "ckpt must be a checkpoint written by diffusion-lab-train, got None"),
         ("missing.ckpt", "checkpoint not found"),
         ("junk.ckpt", "not a readable checkpoint"),
     ],

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffusion_lab.config_schema import check_config
 from diffusion_lab.data.datamodule import MNISTDataModule
 from diffusion_lab.data.sources import load_arrays
 from diffusion_lab.data.styles import (
@@ -32,7 +33,6 @@ from diffusion_lab.diffusion.schedules import cosine
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.unet import ConditionalUNet
 from diffusion_lab.pipeline import DiffusionPipeline, generate, load_model
-from diffusion_lab.training.config_checks import validate_train_config
 from diffusion_lab.training.fit import train
 from tests.helpers import main_in_process, one_error_line
 
@@ -281,7 +281,7 @@ def test_config_switch_builds_a_styled_model_and_data(compose_train) -> None:
 )  # fmt: skip
 def test_bad_style_settings_are_refused_naming_the_key(compose_train, override: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        validate_train_config(compose_train("model.style_conditioning=true", override))
+        check_config(compose_train("model.style_conditioning=true", override), "train")
 
 
 def test_module_refuses_a_unet_without_style_inputs() -> None:

@@ -15,12 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from diffusion_lab.cli.errors import RAISING_ENV, JobFailed, exit_with, full_error_requested
+from diffusion_lab.cli.errors import RAISING_ENV, JobFailed, exit_with, fail, full_error_requested
 from diffusion_lab.config import CONF_DIR
+from diffusion_lab.config_schema import SCHEMAS, ConfigError, check_config
 
 #: A hint at what to pass for ``ckpt=``, in the line that names another command's experiment.
 CKPT_HINT = "ckpt=outputs/train/<run>/checkpoints/last.ckpt"
@@ -52,11 +54,33 @@ def wrong_experiment(command: str, argv: Sequence[str]) -> str | None:
     return None
 
 
+def precheck(config_name: str, argv: Sequence[str]) -> None:
+    """Compose the command line's config and check it (:func:`check_config`) before Hydra makes a run folder.
+
+    So a bad value writes nothing, not even the run folder's ``.hydra/``. A ``-m`` sweep or any other
+    Hydra flag is left to the check inside each job. Raises what composing raises, or :class:`ConfigError`.
+    """
+    if config_name not in SCHEMAS or any(arg.startswith("-") for arg in argv):
+        return
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(argv), return_hydra_config=True)
+    check_config(cfg, config_name, resolve_runtime=False)
+
+
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """``hydra.main`` on the project's config tree ``conf/CONFIG_NAME.yaml``, with one-line errors."""
 
     def decorator(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
-        hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(task)
+        @functools.wraps(task)
+        def checked_task(cfg: DictConfig) -> Any:
+            if config_name in SCHEMAS:
+                try:
+                    check_config(cfg, config_name)
+                except ConfigError as err:
+                    fail(err)
+            return task(cfg)
+
+        hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(checked_task)
 
         @functools.wraps(task)
         def main() -> Any:
@@ -67,8 +91,9 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
             saved = {key: os.environ.get(key) for key in ("HYDRA_FULL_ERROR", RAISING_ENV)}
             os.environ.update({"HYDRA_FULL_ERROR": "1", RAISING_ENV: "1"})  # Hydra raises; we print one line
             try:
+                precheck(config_name, sys.argv[1:])
                 return hydra_main()
-            except (HydraException, OmegaConfBaseException, JobFailed) as err:
+            except (HydraException, OmegaConfBaseException, JobFailed, ConfigError) as err:
                 exit_with(err)
             finally:
                 for key, value in saved.items():

@@ -19,6 +19,7 @@ from hydra.errors import HydraException, InstantiationException, MissingConfigEx
 from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
+from diffusion_lab.config_schema import ConfigError
 from diffusion_lab.utils.files import JOB_ERROR_FILE, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ def one_line(err: BaseException) -> str:
     """The message of ``err`` on one line; a Hydra command-line error says what to type instead."""
     if isinstance(err, InstantiationException) and isinstance(err.__cause__, ValueError):
         err = err.__cause__  # our own checks name the config key and the fix
+    if isinstance(err, ConfigError):
+        return "; ".join(err.lines)
     if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
         return f"{group}={name} is not an option: use one of {', '.join(sorted(err.options))}"
@@ -47,10 +50,15 @@ def one_line(err: BaseException) -> str:
 
 
 def exit_with(err: BaseException | str) -> NoReturn:
-    """Print ``err`` as one ``error: ...`` line and exit 1 (``HYDRA_FULL_ERROR=1`` re-raises an exception)."""
+    """Print ``err`` as one ``error: ...`` line (a :class:`ConfigError`: one per bad value) and exit 1.
+
+    ``HYDRA_FULL_ERROR=1`` re-raises an exception instead.
+    """
     if isinstance(err, BaseException) and full_error_requested():
         raise err
-    print(f"error: {err if isinstance(err, str) else one_line(err)}", file=sys.stderr)
+    lines = err.lines if isinstance(err, ConfigError) else [err if isinstance(err, str) else one_line(err)]
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
     sys.exit(1)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,7 +44,7 @@ from diffusion_lab.reports.evaluation_report import GRID_COLUMNS, per_class_char
 from diffusion_lab.reports.images import class_grid, save_png, save_samples
 from diffusion_lab.reports.render import save_figure
 from diffusion_lab.training.checkpointing import checkpoint_file
-from diffusion_lab.utils.files import atomic_write_text
+from diffusion_lab.utils.files import atomic_write_text, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +52,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Generate, score and write the report; returns the metrics as written to ``metrics.json``."""
     started = time.perf_counter()
-    if cfg.num_per_class < 2:
-        raise ValueError(f"num_per_class must be at least 2 (FID needs two images a class), got {cfg.num_per_class}")
-    if not isinstance(cfg.style_control, bool):
-        raise ValueError(f"style_control must be true or false, got {cfg.style_control!r}")
+    output = check_writable(cfg.output)
     device = resolve_device(cfg.device)
     path = checkpoint_file(cfg.ckpt)
     pipe = load_model(path, device=device)
@@ -104,8 +100,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     metrics["time/total_s"] = time.perf_counter() - started
 
-    output = Path(cfg.output)
-    output.mkdir(parents=True, exist_ok=True)
     save_figure(per_class_chart(metrics, dataset), output / "per_class.png")
     save_png(class_grid(images, cfg.num_per_class, GRID_COLUMNS), output / "generated.png")
     save_png(class_grid(evaluator.reference[0], cfg.num_per_class, GRID_COLUMNS), output / "real.png")

@@ -30,12 +30,14 @@ from diffusion_lab.reports.lab_figures import (
 )
 from diffusion_lab.reports.render import save_figure
 from diffusion_lab.training.checkpointing import checkpoint_file
+from diffusion_lab.utils.files import check_writable
 
 log = logging.getLogger(__name__)
 
 
 def make_figures(cfg: DictConfig) -> list[Path]:
     """Draw the figures ``cfg`` asks for and write them into ``cfg.output``; returns the written paths."""
+    output = check_writable(cfg.output)
     device = resolve_device(cfg.device)
     pipe = load_model(checkpoint_file(cfg.ckpt), device) if cfg.ckpt else None
     # The checkpoint's own dataset when it records one, else data=NAME.
@@ -72,7 +74,7 @@ def make_figures(cfg: DictConfig) -> list[Path]:
             log.info("style_grid.png needs a style-conditioned model (model.style_conditioning=true)")
     written = []
     for name, fig in figures.items():
-        written.append(save_figure(fig, Path(cfg.output) / name))
+        written.append(save_figure(fig, output / name))
         log.info("Wrote %s", written[-1])
     return written
 

@@ -30,7 +30,7 @@ from diffusion_lab.evaluation.clip import clip_from_config, select_top
 from diffusion_lab.pipeline import load_model
 from diffusion_lab.reports.images import save_samples
 from diffusion_lab.training.checkpointing import checkpoint_file
-from diffusion_lab.utils.files import atomic_write_text
+from diffusion_lab.utils.files import atomic_write_text, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,10 @@ def _selection(cfg: DictConfig) -> tuple[int, int] | None:
 def run(cfg: DictConfig) -> tuple[Path, Path]:
     """Load the checkpoint, generate ``num_samples`` per requested class (or select them with CLIP), write PNG + NPZ."""
     selection = _selection(cfg)
+    output = Path(cfg.output)
+    if output.name in ("", ".", ".."):
+        raise ValueError(f"output={cfg.output} names a folder: pass output=FOLDER/NAME (writes NAME.png and NAME.npz)")
+    check_writable(output.parent)
     pipe = load_model(checkpoint_file(cfg.ckpt), device=resolve_device(cfg.device))
     names = pipe.class_names
     label = OmegaConf.to_object(cfg.label) if OmegaConf.is_config(cfg.label) else cfg.label

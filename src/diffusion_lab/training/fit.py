@@ -17,9 +17,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion_lab.config_schema import check_config
 from diffusion_lab.training.callbacks import MetricsJson
 from diffusion_lab.training.checkpointing import check_resumable, checkpoint_file
-from diffusion_lab.training.config_checks import validate_train_config
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Check ``cfg``, then instantiate data, model, callbacks, logger and trainer; no checkpoint is written yet."""
-    validate_train_config(cfg)
+    check_config(cfg, "train")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     schedule = instantiate(cfg.schedule)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -39,6 +41,30 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write`."""
     return atomic_write(path, lambda file: file.write(text.encode()))
+
+
+def check_writable(folder: str | Path, key: str = "output") -> Path:
+    """``folder`` when files can be written in it (its missing parents can be created), else a one-line
+    ``ValueError`` naming ``key``.
+
+    Commands call it before any work, so a typo in ``output=`` costs nothing. It tries for real (a
+    temporary file, in folders it creates and removes again), and leaves nothing behind: the folders
+    are made when the first file is written.
+    """
+    folder = Path(folder)
+    created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ValueError(f"{key}={folder} cannot be written ({reason}): pass {key}= a path you can write to") from None
+    finally:
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+    return folder
 
 
 #: Where a failed job of a ``-m`` sweep leaves its one-line reason (``diffusion-lab-report`` shows it).

@@ -1,0 +1,523 @@
+"""What every key of every command's config takes: one line per bad value, naming the key, before any work.
+
+Each command (``train``, ``sample``, ``evaluate``, ``figures``) has a schema: a rule for each leaf
+key of its composed config (``conf/<command>.yaml`` with any group option and experiment), matched by
+a dotted pattern (``callbacks.*.every_n_epochs``). :func:`check_config` walks every leaf, resolves it
+and tests it, and raises :class:`ConfigError` with one line per bad value::
+
+    data.batch_size must be a positive integer, got 'abc' (e.g. data.batch_size=128)
+
+Keys a user adds with ``+key=value`` (more ``Trainer`` arguments, say) have no rule: the component
+they configure checks them when it is built. The suite checks that every key the shipped configs
+have is covered, so a new config key comes with its rule.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from diffusion_lab.data.labels import label_index
+from diffusion_lab.data.sources import DATASETS
+
+
+class ConfigError(ValueError):
+    """Bad config values: ``lines`` holds one line per value, each naming the key, what it takes and an example."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a key takes: ``test`` accepts a resolved value, ``what`` says it in words, ``example`` is a good value.
+
+    ``low`` and ``high`` are a number's bounds (``open_low``/``open_high``: the bound itself is refused);
+    ``integer`` says it must be whole. They also tell the suite which values lie just outside the range.
+    """
+
+    test: Callable[[Any], bool]
+    what: str
+    example: Any
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    integer: bool = False
+    nullable: bool = False
+
+    def message(self, key: str, value: Any) -> str:
+        return f"{key} must be {self.what}, got {value!r} (e.g. {key}={_override_text(self.example)})"
+
+
+def _override_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_text(v) for v in value) + "]"
+    return str(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _component(value: Any) -> bool:
+    """A component's config: a mapping that names the class to build."""
+    return isinstance(value, dict) and isinstance(value.get("_target_"), str)
+
+
+def _range_words(low: float | None, high: float | None, open_low: bool, open_high: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    if low is not None:
+        return f"{'>' if open_low else '>='} {low:g}"
+    assert high is not None
+    return f"{'<' if open_high else '<='} {high:g}"
+
+
+def integer(low: int | None = None, high: int | None = None, *, example: int, what: str | None = None) -> Rule:
+    """A whole number (not a bool) in ``[low, high]``; every numeric rule has at least one bound."""
+    words = what or (
+        "a positive integer" if (low, high) == (1, None) else f"an integer {_range_words(low, high, False, False)}"
+    )
+
+    def test(value: Any) -> bool:
+        return _is_int(value) and (low is None or value >= low) and (high is None or value <= high)
+
+    return Rule(test, words, example, low=low, high=high, integer=True)
+
+
+def number(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+    example: float,
+    what: str | None = None,
+) -> Rule:
+    """A finite int or float in the range, its ends included unless ``open_low``/``open_high``."""
+    positive = (low, high, open_low) == (0, None, True)
+    words = what or ("a positive number" if positive else f"a number {_range_words(low, high, open_low, open_high)}")
+
+    def test(value: Any) -> bool:
+        if not _is_number(value):
+            return False
+        above = low is None or (value > low if open_low else value >= low)
+        below = high is None or (value < high if open_high else value <= high)
+        return above and below
+
+    return Rule(test, words, example, low=low, high=high, open_low=open_low, open_high=open_high)
+
+
+def optional(rule: Rule) -> Rule:
+    """``rule``, or null."""
+    return Rule(
+        lambda value: value is None or rule.test(value), f"{rule.what} or null", rule.example,
+        rule.low, rule.high, rule.open_low, rule.open_high, rule.integer, nullable=True,
+    )  # fmt: skip
+
+
+def either(first: Rule, second: Rule, what: str) -> Rule:
+    """A value that passes ``first`` or ``second`` (e.g. a step count or a fraction of an epoch)."""
+    bounds = first if first.low is not None or first.high is not None else second
+    return Rule(
+        lambda value: first.test(value) or second.test(value), what, first.example,
+        bounds.low, bounds.high, bounds.open_low, bounds.open_high, bounds.integer,
+    )  # fmt: skip
+
+
+BOOLEAN = Rule(lambda value: isinstance(value, bool), "true or false", True)
+TEXT = Rule(lambda value: isinstance(value, str) and value.strip() != "", "a non-empty string", "name")
+PATH = Rule(lambda value: isinstance(value, str) and value.strip() != "", "a path", "outputs/run")
+TARGET = Rule(
+    lambda value: isinstance(value, str) and all(part.isidentifier() for part in value.split(".")),
+    "a dotted import path", "torch.optim.AdamW",
+)  # fmt: skip
+
+
+def choice(*options: Any, example: Any = None) -> Rule:
+    """One of ``options`` (compared as given: ``32`` and ``"32"`` are both listed where both work)."""
+    names = ", ".join(dict.fromkeys(str(option) for option in options))
+
+    def test(value: Any) -> bool:
+        return any(value == option and type(value) is type(option) for option in options)
+
+    return Rule(test, f"one of {names}", options[0] if example is None else example)
+
+
+def list_of(item: Rule, *, example: list[Any], non_empty: bool = False, what: str | None = None) -> Rule:
+    """A list whose every item passes ``item``."""
+    words = what or f"a {'non-empty ' if non_empty else ''}list of {item.what.removeprefix('a ').removeprefix('an ')}s"
+
+    def test(value: Any) -> bool:
+        return isinstance(value, list) and (len(value) > 0 or not non_empty) and all(item.test(v) for v in value)
+
+    return Rule(test, words, example)
+
+
+# --------------------------------------------------------------------------- values several commands share
+
+SEED = integer(0, 2**32 - 1, example=0, what="an integer in [0, 4294967295]")
+POSITIVE = integer(1, example=1)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+TRAINER_PRECISIONS = ("32-true", "32", 32, "bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16", 16,
+                      "64-true", "64", 64)  # fmt: skip
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto", "mps", "tpu")
+
+
+def _known_label(value: Any) -> bool:
+    """A class index or name of one of the datasets (the checkpoint's own dataset checks it again when loaded)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return False
+    for info in DATASETS.values():
+        try:
+            label_index(value, info.class_names)
+        except ValueError:
+            continue
+        return True
+    return False
+
+
+#: A class: its index or its name in the dataset (``7``, ``trouser``, ``ankle_boot``).
+LABEL = Rule(_known_label, "a class index 0..9 or a class name such as trouser", 7)
+#: One class, a list of classes, or ``all``.
+LABELS = Rule(
+    lambda value: value == "all"
+    or _known_label(value)
+    or (isinstance(value, list) and value != [] and all(map(_known_label, value))),
+    "a class index 0..9, a class name such as trouser, a list of them or all", 7,
+)  # fmt: skip
+#: A style value: a number (degrees, pixels) or a named level (``left``, ``bold``, ``high``).
+STYLE_VALUE = Rule(
+    lambda value: _is_number(value) or (isinstance(value, str) and value.strip() != ""),
+    "a number or a named level such as left, upright, thin or bold", "bold",
+)  # fmt: skip
+GUIDANCE = number(0, example=2.0, what="a finite number >= 0 (0: the plain conditional model)")
+SAMPLING_PRECISIONS = choice(32, "32", "bf16", example="bf16")
+DEVICE = Rule(TEXT.test, "auto, cpu, cuda or a torch device such as cuda:1", "cpu")
+
+SAMPLER = {
+    "sampler._target_": TARGET,
+    "sampler._partial_": choice(True, example=True),
+    "sampler.eta": number(0, 1, example=0.0),
+    "sampler.timestep_spacing": choice("leading", "trailing", "linspace"),
+    "sampler.clip_sample": BOOLEAN,
+    "sampler.variance": choice("posterior", "beta"),
+}
+CLIP = {
+    "clip._target_": TARGET,
+    "clip._partial_": choice(True, example=True),
+    "clip.model_name": TEXT,
+    "clip.pretrained": optional(TEXT),
+    "clip.download": BOOLEAN,
+    "clip.cache_dir": optional(PATH),
+    "clip.random_init": BOOLEAN,
+    "clip.prompts.*.classes": list_of(TEXT, example=["a handwritten digit zero"], non_empty=True),
+    "clip.prompts.*.clear": list_of(TEXT, example=["a clear, well-written digit 0"], non_empty=True),
+    "clip.prompts.*.unclear": TEXT,
+}
+PATHS = {"paths.*": PATH}
+DATA = {
+    "data._target_": TARGET,
+    "data.name": choice("mnist", "fashion_mnist"),
+    "data.data_dir": PATH,
+    "data.batch_size": integer(1, example=128),
+    "data.eval_batch_size": integer(1, example=500),
+    "data.val_fraction": number(0, 1, open_low=True, open_high=True, example=0.1),
+    "data.split_seed": SEED,
+    "data.shuffle": BOOLEAN,
+    "data.shuffle_seed": optional(SEED),
+    "data.styles": BOOLEAN,
+    "data.download": BOOLEAN,
+}
+#: The checkpoint a command reads.
+CKPT = Rule(TEXT.test, "a checkpoint written by diffusion-lab-train", "outputs/train/<run>/checkpoints/last.ckpt")
+SAMPLING = {
+    "ckpt": CKPT,
+    "seed": SEED,
+    "steps": optional(integer(1, example=50)),
+    "guidance": GUIDANCE,
+    "batch_size": integer(1, example=128),
+    "precision": SAMPLING_PRECISIONS,
+    "device": DEVICE,
+    "output": PATH,
+}
+TASK = {"task_name": choice("train", "sample", "evaluate", "figures", example="train")}
+
+# --------------------------------------------------------------------------- the commands
+
+TRAIN: dict[str, Rule] = {
+    **TASK, **PATHS, **DATA, **SAMPLER, **CLIP,
+    "multirun_folder": PATH,
+    "seed": SEED,
+    "diffusion.timesteps": integer(1, example=1000),
+    "resume": BOOLEAN,
+    "ckpt_path": optional(PATH),
+    "optimized_metric": optional(TEXT),
+    "model._target_": TARGET,
+    "model.cond_drop_prob": number(0, 1, open_high=True, example=0.1),
+    "model.style_drop_prob": number(0, 1, open_high=True, example=0.1),
+    "model.val_seed": SEED,
+    "model.min_snr_gamma": optional(number(0, open_low=True, example=5.0)),
+    "model.style_conditioning": BOOLEAN,
+    "model.channels_last": BOOLEAN,
+    "model.compile": BOOLEAN,
+    "model.compile_mode": choice(*COMPILE_MODES),
+    "model.unet._target_": TARGET,
+    "model.unet.down_chs": list_of(POSITIVE, example=[16, 32, 64], non_empty=True,
+                                   what="a non-empty list of positive channel counts"),
+    "model.unet.num_classes": integer(1, example=10),
+    "model.unet.in_channels": integer(1, example=1),
+    "model.unet.num_res_blocks": integer(1, example=1),
+    "model.unet.attention_levels": list_of(integer(0, example=2), example=[2], what="a list of level indices >= 0"),
+    "model.unet.activation": choice("silu", "gelu", "mish"),
+    "model.unet.dropout": number(0, 1, open_high=True, example=0.1),
+    "model.unet.num_styles": integer(0, example=2),
+    "model.optimizer._target_": TARGET,
+    "model.optimizer._partial_": choice(True, example=True),
+    "model.optimizer.lr": number(0, open_low=True, example=2e-3),
+    "model.optimizer.weight_decay": number(0, example=0.0),
+    "model.lr_scheduler._target_": TARGET,
+    "model.lr_scheduler._partial_": choice(True, example=True),
+    "model.lr_scheduler.pct_start": number(0, 1, open_low=True, open_high=True, example=0.1),
+    "model.lr_scheduler.div_factor": number(0, open_low=True, example=25),
+    "model.lr_scheduler.final_div_factor": number(0, open_low=True, example=100),
+    "model.lr_scheduler.factor": number(0, 1, open_low=True, open_high=True, example=0.5),
+    "model.lr_scheduler.mode": choice("min", "max"),
+    "model.lr_scheduler.patience": integer(0, example=2),
+    "schedule._target_": TARGET,
+    "schedule.timesteps": integer(1, example=1000),
+    "schedule.s": number(0, open_low=True, example=0.008),
+    "schedule.max_beta": number(0, 1, open_low=True, open_high=True, example=0.999),
+    "schedule.beta_start": number(0, 1, open_low=True, open_high=True, example=1e-4),
+    "schedule.beta_end": number(0, 1, open_low=True, open_high=True, example=0.02),
+    "schedule.scale_to_timesteps": BOOLEAN,
+    "trainer._target_": TARGET,
+    "trainer.default_root_dir": PATH,
+    "trainer.accelerator": choice(*ACCELERATORS),
+    "trainer.strategy": TEXT,
+    "trainer.devices": either(integer(1, example=1), choice("auto"), "a positive integer or auto"),
+    "trainer.num_nodes": integer(1, example=1),
+    "trainer.precision": choice(*TRAINER_PRECISIONS, example="bf16-mixed"),
+    "trainer.sync_batchnorm": BOOLEAN,
+    "trainer.max_epochs": integer(-1, example=3, what="an integer >= -1 (-1: no limit)"),
+    "trainer.max_steps": integer(-1, example=1000, what="an integer >= -1 (-1: no limit)"),
+    "trainer.gradient_clip_val": optional(number(0, example=1.0)),
+    "trainer.val_check_interval": either(
+        integer(1, example=100), number(0, 1, open_low=True, example=1.0),
+        "a fraction of an epoch in (0, 1] or a step count",
+    ),
+    "trainer.check_val_every_n_epoch": integer(1, example=1),
+    "trainer.limit_train_batches": either(integer(1, example=20), number(0, 1, open_low=True, example=1.0),
+                                          "a fraction in (0, 1] or a batch count"),
+    "trainer.limit_val_batches": either(integer(0, example=2), number(0, 1, example=1.0),
+                                        "a fraction in [0, 1] or a batch count"),
+    "trainer.log_every_n_steps": integer(1, example=50),
+    "trainer.num_sanity_val_steps": integer(-1, example=0),
+    "trainer.deterministic": BOOLEAN,
+    "trainer.fast_dev_run": either(BOOLEAN, integer(1, example=1), "true, false or a batch count"),
+    "trainer.plugins": list_of(Rule(lambda v: isinstance(v, dict) and "_target_" in v, "config with _target_", {}),
+                               example=[], what="a list of plugin configs with _target_"),
+    "trainer.profiler._target_": TARGET,
+    "trainer.profiler.dirpath": PATH,
+    "trainer.profiler.filename": TEXT,
+    "logger._target_": TARGET,
+    "logger.save_dir": PATH,
+    "logger.name": optional(Rule(lambda v: isinstance(v, str), "a string", "csv")),
+    "logger.version": Rule(lambda v: isinstance(v, str) or _is_int(v), "a string or an integer", ""),
+    "logger.default_hp_metric": BOOLEAN,
+    "logger.project": TEXT,
+    "logger.group": optional(Rule(lambda v: isinstance(v, str), "a string", "sweep")),
+    "logger.tags": list_of(Rule(lambda v: isinstance(v, str), "a string", "tag"), example=["mnist"],
+                           what="a list of strings"),
+    "logger.offline": BOOLEAN,
+    "logger.log_model": either(BOOLEAN, choice("all"), "true, false or all"),
+    "logger.id": TEXT,
+    "logger.resume": choice("allow", "must", "never", "auto"),
+    "callbacks.*._target_": TARGET,
+    "callbacks.*.every_n_epochs": integer(1, example=1),
+    "callbacks.sample_grid.num_per_class": integer(1, example=8),
+    "callbacks.sample_quality.num_per_class": integer(2, example=10),
+    "callbacks.*.steps": optional(integer(1, example=50)),
+    "callbacks.*.guidance": GUIDANCE,
+    "callbacks.*.seed": SEED,
+    "callbacks.*.sampler": Rule(_component, "a sampler config with _target_", "${sampler}"),
+    "callbacks.sample_grid.output_dir": PATH,
+    "callbacks.sample_quality.data_dir": PATH,
+    "callbacks.sample_quality.clip": Rule(lambda v: v in (None, {}) or _component(v), "a clip config", "${clip}"),
+    "callbacks.sample_quality.inception": BOOLEAN,
+    "callbacks.ema.decay": number(0, 1, open_low=True, open_high=True, example=0.995),
+    "callbacks.ema.update_starting_at_step": integer(0, example=100),
+    "callbacks.model_checkpoint.dirpath": PATH,
+    "callbacks.model_checkpoint.filename": TEXT,
+    "callbacks.model_checkpoint.auto_insert_metric_name": BOOLEAN,
+    "callbacks.*.monitor": TEXT,
+    "callbacks.*.mode": choice("min", "max"),
+    "callbacks.model_checkpoint.save_top_k": integer(-1, example=1),
+    "callbacks.model_checkpoint.save_last": BOOLEAN,
+    "callbacks.early_stopping.patience": integer(0, example=5),
+    "callbacks.early_stopping.check_finite": BOOLEAN,
+    "callbacks.early_stopping.strict": BOOLEAN,
+    "callbacks.lr_monitor.logging_interval": optional(choice("step", "epoch")),
+    "callbacks.metrics_json.path": PATH,
+    "callbacks.stop_on_non_finite.check_every_n_steps": integer(1, example=10),
+    "callbacks.progress_bar.refresh_rate": integer(0, example=1),
+}  # fmt: skip
+
+SAMPLE: dict[str, Rule] = {
+    **TASK, **PATHS, **SAMPLER, **CLIP, **SAMPLING,
+    "label": LABELS,
+    "num_samples": integer(1, example=16),
+    "slant": optional(STYLE_VALUE),
+    "thickness": optional(STYLE_VALUE),
+    "select_top": optional(integer(1, example=8)),
+    "candidates": optional(integer(1, example=32)),
+}  # fmt: skip
+
+EVALUATE: dict[str, Rule] = {
+    **TASK, **PATHS, **SAMPLER, **CLIP, **SAMPLING,
+    "num_per_class": integer(2, example=100),
+    "inception": BOOLEAN,
+    "style_control": BOOLEAN,
+    "reference_seed": SEED,
+    "model.style_conditioning": BOOLEAN,
+}  # fmt: skip
+
+FIGURES: dict[str, Rule] = {
+    **TASK, **PATHS, **DATA, **SAMPLER, **SAMPLING,
+    "ckpt": optional(CKPT),
+    "image_label": LABEL,
+    "timesteps": integer(1, example=1000),
+    "guidance_weights": list_of(GUIDANCE, example=[0, 0.5, 1, 2, 4], non_empty=True,
+                                what="a non-empty list of guidance weights >= 0"),
+    "num_snapshots": integer(2, example=8),
+    "num_per_class": integer(1, example=4),
+    "style_label": LABEL,
+    "style_slants": list_of(STYLE_VALUE, example=[-15, 0, 15], non_empty=True,
+                            what="a non-empty list of slants (degrees or left / upright / right)"),
+    "style_thicknesses": list_of(STYLE_VALUE, example=["thin", "bold"], non_empty=True,
+                                 what="a non-empty list of thicknesses (pixels or thin / regular / bold)"),
+}  # fmt: skip
+
+#: A component set to null or to nothing (``logger: null``, ``callbacks.ema: null``, ``clip: none``): switched off.
+SWITCHED_OFF = Rule(lambda value: value in (None, {}), "a config with _target_, or null to switch it off", None)
+
+#: The schema of each command, by its config name.
+SCHEMAS: dict[str, dict[str, Rule]] = {"train": TRAIN, "sample": SAMPLE, "evaluate": EVALUATE, "figures": FIGURES}
+
+
+def rule_for(command: str, key: str) -> Rule | None:
+    """The rule of ``key`` in ``command``'s schema: an exact entry first, then the first matching pattern."""
+    schema = SCHEMAS[command]
+    if key in schema:
+        return schema[key]
+    patterns = [(pattern, rule) for pattern, rule in schema.items() if "*" in pattern]
+    if (rule := next((rule for pattern, rule in patterns if fnmatch.fnmatchcase(key, pattern)), None)) is not None:
+        return rule
+    # A component (``logger``, ``callbacks.ema``) is a leaf only when it is switched off with null.
+    if any(pattern.endswith("._target_") and fnmatch.fnmatchcase(f"{key}._target_", pattern) for pattern in schema):
+        return SWITCHED_OFF
+    return None
+
+
+def leaf_keys(cfg: DictConfig, command: str | None = None, prefix: str = "") -> Iterator[str]:
+    """Every leaf key of ``cfg`` as a dotted path; lists are leaves, and so is a component set to null.
+
+    With ``command``, a mapping given where that command's schema expects a value is a leaf too
+    (``seed={a:1}``), so that it is checked rather than walked into.
+    """
+    for key in cfg:
+        node = cfg._get_node(key)
+        path = f"{prefix}{key}"
+        walk = isinstance(node, DictConfig) and not node._is_none() and not node._is_interpolation()
+        if walk and command is not None and (rule := rule_for(command, path)) is not None:
+            walk = rule is SWITCHED_OFF and "_target_" in node  # a component's config, walked key by key
+        if walk:
+            yield from leaf_keys(node, command, f"{path}.")
+        else:
+            yield path
+
+
+def is_interpolation(cfg: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` of ``cfg`` holds an interpolation (``${...}``), or a list with one, not a value."""
+    parent, _, name = key.rpartition(".")
+    node = (OmegaConf.select(cfg, parent) if parent else cfg)._get_node(name)
+    if isinstance(node, ListConfig) and not node._is_none() and not node._is_interpolation():
+        return "${" in str(OmegaConf.to_container(node, resolve=False))
+    return node._is_interpolation()
+
+
+def check_config(cfg: DictConfig, command: str, *, resolve_runtime: bool = True) -> None:
+    """Raise :class:`ConfigError` with one line for each bad value of ``cfg`` (the ``hydra`` node is Hydra's).
+
+    Values are checked before the values that interpolate them: a bad ``data.name`` is reported once,
+    not again through ``model.unet.num_classes``. With ``resolve_runtime=False`` (before Hydra has
+    started the run) interpolated values, such as ``${hydra:runtime.output_dir}``, are left for the
+    check inside the run: they may read what only the run knows.
+    """
+    errors: list[str] = []
+    interpolated: list[str] = []
+    for key in leaf_keys(cfg, command):
+        if key == "hydra" or key.startswith("hydra."):
+            continue
+        if is_interpolation(cfg, key):
+            interpolated.append(key)
+        else:
+            errors += _check_leaf(cfg, command, key, resolve_runtime)
+    if not errors and resolve_runtime:
+        for key in interpolated:
+            errors += _check_leaf(cfg, command, key, resolve_runtime)
+    errors += _checks_across_keys(cfg, command) if not errors else []
+    if errors:
+        raise ConfigError(errors)
+
+
+def _check_leaf(cfg: DictConfig, command: str, key: str, resolve_runtime: bool = True) -> list[str]:
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
+    except OmegaConfBaseException as err:
+        if not resolve_runtime:
+            return []
+        return [f"{key} cannot be resolved ({' '.join(str(err).splitlines()[0].split())})"]
+    except Exception as err:  # a resolver of ours refusing its argument, e.g. num_classes of an unknown dataset
+        if not resolve_runtime:
+            return []
+        return [f"{key} cannot be resolved ({' '.join(str(err).split())})"]
+    rule = rule_for(command, key)
+    if rule is None:
+        return []
+    return [] if rule.test(value) else [rule.message(key, value)]
+
+
+def _checks_across_keys(cfg: DictConfig, command: str) -> list[str]:
+    """Values that are each fine but wrong together, or wrong on this machine."""
+    errors = []
+    if command == "train" and cfg.get("resume") and cfg.get("ckpt_path"):
+        errors.append("resume=true and ckpt_path are exclusive: resume continues the run dir's last.ckpt")
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
+    if command == "train" and accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            errors.append(
+                f"trainer.accelerator={accelerator} but no GPU is visible here: use trainer=cpu "
+                "(or trainer.accelerator=cpu), or run on a machine with a GPU"
+            )
+    return errors
