@@ -4,6 +4,7 @@ folders are refused in one line."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -122,3 +123,24 @@ def test_export_refuses_a_folder_that_is_not_a_model(tmp_path: Path, monkeypatch
     assert exit_info.value.code == 1
     assert "exists and is not a model folder" in one_error_line(capsys.readouterr().err)
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("[1, 2]", "is not a diffusion-lab model config (missing format_version"),
+        ("{not json", "is not valid JSON"),
+        ('{"format_version": 2, "unet": {}, "schedule": {}, "model": {}, "dataset": {}}', "upgrade diffusion-lab"),
+        (
+            '{"format_version": 1, "unet": {}, "schedule": {"name": "sigmoid"}, "model": {}, "dataset": {}}',
+            "unknown schedule in config.json: use one of linear, quadratic, cosine",
+        ),
+    ],
+    ids=["not-an-object", "not-json", "newer-format", "unknown-schedule"],
+)
+def test_bad_configs_refused_in_one_line(exported: Path, tmp_path: Path, config: str, message: str) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+    (folder / CONFIG_FILE).write_text(config)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_model(folder)

@@ -105,9 +105,12 @@ def read_folder_config(folder: Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}): {again}") from None
-    missing = [key for key in ("format_version", "unet", "schedule", "model", "dataset") if key not in config]
-    if not isinstance(config, dict) or missing:
+    keys = ("format_version", "unet", "schedule", "model", "dataset")
+    missing = [key for key in keys if key not in config] if isinstance(config, dict) else list(keys)
+    if missing:
         raise ValueError(f"{path} is not a diffusion-lab model config (missing {', '.join(missing)}): {again}")
+    if not isinstance(config["format_version"], int):
+        raise ValueError(f"{path} has no integer format_version: {again}")
     if config["format_version"] > FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {config['format_version']}: upgrade diffusion-lab to load it")
     return config
@@ -146,8 +149,9 @@ def load_model_folder(
     config = read_folder_config(folder)
     try:
         module = build_module(config)
+        dataset_info(config["dataset"]["name"])
     except (TypeError, KeyError) as err:
-        raise ValueError(f"{folder / CONFIG_FILE} does not describe a model ({err})") from None
+        raise ValueError(f"{folder / CONFIG_FILE} does not describe a model ({type(err).__name__}: {err})") from None
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise ValueError(f"{folder} has no {WEIGHTS_FILE}: export it again with diffusion-lab-export")
