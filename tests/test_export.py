@@ -67,14 +67,20 @@ def test_ckpt_dir_in_sample_gives_the_same_files(exported: Path, tmp_path: Path,
             np.testing.assert_array_equal(a[key], b[key])  # styles: NaN where not asked for, on both
 
 
-def test_card_shows_a_given_evaluation(exported: Path, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("how", ["given", "found"])
+def test_card_shows_the_evaluation(exported: Path, tmp_path: Path, monkeypatch, how: str) -> None:
     metrics = {"num_per_class": 10, "settings": "DDIM 50 steps, w=2, seed 0", "ckpt": str(CKPT),
                "generated/classifier_accuracy": 0.91, "real/classifier_accuracy": 0.99,
                "generated/fid": 12.5, "real/fid": 1.5}  # fmt: skip
-    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    # found: the newest evaluation of this checkpoint under paths.log_dir/evaluate/ (diffusion-lab-evaluate's folders)
+    path = tmp_path / "logs" / "evaluate" / "2026-01-01_00-00-00" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(metrics))
     shutil.copytree(exported, tmp_path / "model")
+    given = [f"metrics={path}"] if how == "given" else []
     main_in_process(monkeypatch, "export", f"ckpt={CKPT}", f"output={tmp_path / 'model'}", "grid_per_class=1",
-                    "steps=2", f"metrics={tmp_path / 'metrics.json'}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+                    "steps=2", *given, f"paths.log_dir={tmp_path / 'logs'}",
+                    f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     card = (tmp_path / "model" / "README.md").read_text()  # the earlier export was replaced
     assert "| classifier_accuracy | 91.00% | 99.00% |" in card and "| fid | 12.5 | 1.5 |" in card
 
