@@ -126,7 +126,7 @@ def test_experiment_options(compose_train, name: str) -> None:
     instantiate(cfg.sampler)(schedule=cosine(100)).set_timesteps(cfg.steps)
 
 
-@pytest.mark.parametrize("config_name", ["train", "sample", "evaluate", "figures"])
+@pytest.mark.parametrize("config_name", ["train", "sample", "evaluate", "figures", "export"])
 def test_every_command_runs_in_its_own_folder_from_one_hydra_setup(config_name: str) -> None:
     cfg = compose_hydra(config_name=config_name)
     assert cfg.task_name == config_name
@@ -183,7 +183,7 @@ def test_local_machine_settings_reach_every_command(tmp_path: Path) -> None:
         "# @package _global_\npaths:\n  data_dir: /scratch/data\ndefaults:\n  - override /hydra/launcher: slurm\n"
         "hydra:\n  launcher:\n    partition: gpu\n    account: my-project\n"
     )
-    for config_name in ("train", "sample", "evaluate", "figures"):
+    for config_name in ("train", "sample", "evaluate", "figures", "export"):
         cfg = compose_hydra(config_name=config_name, conf_dir=conf)
         assert cfg.paths.data_dir == "/scratch/data", config_name
         assert (cfg.hydra.launcher.partition, cfg.hydra.launcher.account) == ("gpu", "my-project"), config_name

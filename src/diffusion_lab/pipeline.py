@@ -6,7 +6,7 @@ names and image shape, and (for a style-conditioned model) the training set's st
 request (labels, styles, guidance, sampler, seed) goes one way, to images. In a notebook::
 
     from diffusion_lab import load_model, generate, generate_number, generate_with_seed
-    model = load_model("outputs/train/.../checkpoints/last.ckpt")  # a DiffusionPipeline
+    model = load_model("outputs/train/.../checkpoints/last.ckpt")  # a DiffusionPipeline (or an exported folder)
     images = generate_number(model, 7, n=16)          # [16, 1, 28, 28] in [0, 1]
     image = generate_with_seed(model, "trouser", 42)   # the same image for the same seed
     slanted = generate_number(model, 7, n=8, style={"slant": 20, "thickness": "bold"})  # style-conditioned models
@@ -26,6 +26,7 @@ from diffusion_lab.data.styles import StyleStats
 from diffusion_lab.diffusion.reverse_process import check_guidance, make_sampler, sample
 from diffusion_lab.diffusion.samplers import Sampler
 from diffusion_lab.models.diffusion_module import DiffusionModule
+from diffusion_lab.models.hub_format import load_model_folder
 
 #: Precisions of the network pass while sampling.
 PRECISIONS = ("32", "bf16")
@@ -70,7 +71,11 @@ class DiffusionPipeline:
 
     @classmethod
     def from_checkpoint(cls, ckpt: str | Path, device: str | torch.device = "cpu") -> DiffusionPipeline:
-        """The pipeline of a ``diffusion-lab-train`` checkpoint, with its EMA weights when trained with EMA."""
+        """The pipeline of a ``diffusion-lab-train`` checkpoint, with its EMA weights when trained with EMA,
+        or of a model folder written by ``diffusion-lab-export`` (:mod:`diffusion_lab.models.hub_format`)."""
+        if Path(ckpt).is_dir():
+            module, config = load_model_folder(ckpt, map_location=device)
+            return cls(module, dataset=config["dataset"]["name"])
         return cls(DiffusionModule.load_checkpoint(ckpt, map_location=device).to(device))
 
     @property
@@ -210,7 +215,9 @@ class DiffusionPipeline:
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> DiffusionPipeline:
     """The :class:`DiffusionPipeline` of a ``diffusion-lab-train`` checkpoint, on ``device``, in eval mode.
 
-    Its weights are the EMA weights when the run trained with EMA.
+    Its weights are the EMA weights when the run trained with EMA. ``ckpt`` may also be a model folder
+    of ``diffusion-lab-export`` (``model.safetensors`` + ``config.json``), loaded without unpickling
+    anything, which samples the same images bit for bit.
     """
     return DiffusionPipeline.from_checkpoint(ckpt, device)
 

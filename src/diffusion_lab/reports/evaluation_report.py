@@ -56,6 +56,18 @@ def _fmt(value: float | None, name: str) -> str:
     return f"{value:.2%}" if name.endswith(("accuracy", "fraction")) else f"{value:.3g}"
 
 
+def summary_table(metrics: dict[str, Any]) -> str:
+    """The overall metrics of ``metrics.json`` as a Markdown table, each beside its floor on real images."""
+    return markdown_table(
+        ["metric", "generated", "real", ""],
+        [
+            [name, _fmt(metrics[f"generated/{name}"], name), _fmt(metrics.get(f"real/{name}"), name), direction]
+            for name, direction in SUMMARY
+            if f"generated/{name}" in metrics
+        ],
+    )
+
+
 def report_markdown(metrics: dict[str, Any], dataset: str) -> str:
     """``report.md``: settings, the overall table, the per-class table and the figures."""
     lines = [
@@ -67,14 +79,7 @@ def report_markdown(metrics: dict[str, Any], dataset: str) -> str:
         "`real` scores real images the same way: accuracy and CLIP on held-out test images, distances of "
         "as many training images against the same test reference (the floor a perfect model would reach).",
         "",
-        markdown_table(
-            ["metric", "generated", "real", ""],
-            [
-                [name, _fmt(metrics[f"generated/{name}"], name), _fmt(metrics.get(f"real/{name}"), name), direction]
-                for name, direction in SUMMARY
-                if f"generated/{name}" in metrics
-            ],
-        ),
+        summary_table(metrics),
     ]
     keys, names = class_keys(dataset), dataset_info(dataset).class_names
     shown = ("classifier_accuracy", "clip_score", "clip_zero_shot_accuracy")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import functools
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,22 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from diffusion_lab.utils.files import atomic_write
 
 
-def checkpoint_file(ckpt: str | Path | None) -> Path:
-    """The checkpoint file named by ``ckpt=`` (or ``ckpt_path=``), or a one-line reason it cannot be used."""
+def checkpoint_file(ckpt: str | Path | None, folders: bool = True) -> Path:
+    """The checkpoint named by ``ckpt=`` (or ``ckpt_path=``), or a one-line reason it cannot be used.
+
+    With ``folders`` a model folder of ``diffusion-lab-export`` is a checkpoint too (its contents are
+    checked when it is loaded).
+    """
+    either = " or a model folder of diffusion-lab-export" if folders else ""
     if not ckpt:
-        raise ValueError("ckpt=PATH is required: a checkpoint of diffusion-lab-train (its checkpoints/last.ckpt)")
+        raise ValueError(
+            f"ckpt=PATH is required: a checkpoint of diffusion-lab-train (its checkpoints/last.ckpt){either}"
+        )
     path = Path(ckpt)
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path} (pass ckpt=PATH to a .ckpt file written by training)")
+    if path.is_dir() and not folders:
+        raise ValueError(f"{path} is a folder: pass ckpt=PATH to a .ckpt file written by training")
+    if not (path.is_file() or (folders and path.is_dir())):
+        raise ValueError(f"checkpoint not found: {path} (pass ckpt=PATH to a .ckpt file written by training{either})")
     return path
 
 
@@ -98,14 +108,20 @@ def check_resumable(path: str | Path, module: L.LightningModule) -> None:
     state = read_checkpoint(path).get("state_dict")
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no model weights: pass a .ckpt written by training")
-    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
-    found = {key: tuple(value.shape) for key, value in state.items()}
-    if expected != found:
-        differ = sorted(set(expected.items()) ^ set(found.items()))[0][0]
+    differ = state_difference(module.state_dict(), state)
+    if differ is not None:
         raise ValueError(
             f"{path} holds another model (first difference: {differ}): resume with the model settings it was "
             "trained with, or start a new run in another hydra.run.dir"
         )
+
+
+def state_difference(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str | None:
+    """The first key whose presence or shape differs between two state dicts; None when they match."""
+    shapes = [{key: tuple(value.shape) for key, value in state.items()} for state in (expected, found)]
+    if shapes[0] == shapes[1]:
+        return None
+    return sorted(set(shapes[0].items()) ^ set(shapes[1].items()))[0][0]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -31,7 +31,7 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     """
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     if cfg.get("ckpt_path"):
-        return str(checkpoint_file(cfg.ckpt_path))
+        return str(checkpoint_file(cfg.ckpt_path, folders=False))
     if cfg.get("resume"):
         if last.is_file():
             log.info("Resuming from %s", last)

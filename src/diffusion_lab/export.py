@@ -1,0 +1,111 @@
+"""Export a training checkpoint as a model folder people can share (:mod:`diffusion_lab.models.hub_format`).
+
+The folder holds ``model.safetensors``, ``config.json``, the model card ``README.md`` and its sample
+grid ``samples.png``. It is built in a temporary folder beside ``output`` and renamed into place, so
+an interrupted export leaves no half-written folder; an earlier export in ``output`` is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from diffusion_lab.models.diffusion_module import DiffusionModule
+from diffusion_lab.models.hub_format import CONFIG_FILE, folder_config, save_model_folder
+from diffusion_lab.pipeline import DiffusionPipeline
+from diffusion_lab.reports.images import class_grid, save_png
+from diffusion_lab.reports.model_card import SAMPLES_FILE, model_card
+from diffusion_lab.training.checkpointing import read_checkpoint
+
+
+def training_record(run_config: dict[str, Any], ckpt: Path) -> dict[str, Any]:
+    """What the card says of the training: batch size, precision, EMA decay, and the fit time of the run's
+    ``metrics.json`` (``time/fit_s``, beside ``checkpoints/``) when it is there."""
+    record: dict[str, Any] = {
+        "batch_size": run_config.get("data", {}).get("batch_size"),
+        "precision": run_config.get("trainer", {}).get("precision"),
+        "ema_decay": (run_config.get("callbacks", {}).get("ema") or {}).get("decay"),
+    }
+    run_metrics = ckpt.resolve().parent.parent / "metrics.json"
+    if run_metrics.is_file():
+        record["time_s"] = json.loads(run_metrics.read_text()).get("time/fit_s")
+    return record
+
+
+def evaluation_metrics(path: str | Path | None, ckpt: Path, log_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """The ``metrics.json`` of ``diffusion-lab-evaluate`` for the card, and its path.
+
+    ``path`` given: that file (a one-line ``ValueError`` if it is not an evaluation's). Else the newest
+    evaluation of this very checkpoint under ``log_dir/evaluate*/``, if any.
+    """
+    if path is not None:
+        path = Path(path)
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"metrics={path} is not readable JSON ({type(err).__name__}): pass the metrics.json "
+                             "that diffusion-lab-evaluate wrote") from None  # fmt: skip
+        if not isinstance(metrics, dict) or "generated/fid" not in metrics:
+            raise ValueError(f"metrics={path} is not a metrics.json of diffusion-lab-evaluate (no generated/fid)")
+        return metrics, path
+    candidates = sorted(
+        [*log_dir.glob("evaluate/*/metrics.json"), *log_dir.glob("evaluate-multirun/*/*/metrics.json")],
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for candidate in candidates:
+        try:
+            metrics = json.loads(candidate.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(metrics, dict) and Path(str(metrics.get("ckpt"))).resolve() == ckpt.resolve():
+            return metrics, candidate
+    return None, None
+
+
+def check_output(output: Path) -> None:
+    """Refuse an ``output`` that holds anything but an earlier export (which would be replaced)."""
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / CONFIG_FILE).is_file())):
+        raise ValueError(f"output={output} exists and is not a model folder: pass a new folder")
+
+
+def export_model(
+    ckpt: Path,
+    output: Path,
+    metrics: dict[str, Any] | None = None,
+    grid_per_class: int = 8,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: float = 2.0,
+    repo_id: str = "USER/REPO",
+) -> dict[str, Any]:
+    """Write the model folder of checkpoint ``ckpt`` to ``output``; returns its ``config.json``.
+
+    ``metrics`` (an evaluation's ``metrics.json``) go into the card; the card's grid shows
+    ``grid_per_class`` samples of each class drawn with DDIM at ``steps``, ``guidance`` and ``seed``;
+    ``repo_id`` is the Hub repository the card's usage lines download.
+    """
+    check_output(output)
+    checkpoint = read_checkpoint(ckpt)
+    module = DiffusionModule.load_checkpoint(ckpt)
+    config = folder_config(module, checkpoint, training_record(module.run_config or {}, ckpt))
+    pipe = DiffusionPipeline(module)
+    images = pipe(pipe.labels("all", grid_per_class), seed=seed, steps=steps, guidance=guidance)
+    params = sum(p.numel() for p in module.parameters())
+    card = model_card(config, params, metrics, repo_id)
+    staging = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        save_model_folder(module.state_dict(), config, staging, card)
+        save_png(class_grid(images, grid_per_class, grid_per_class), staging / SAMPLES_FILE)
+        replaced = output.with_name(f".{output.name}.old-{os.getpid()}")
+        if output.exists():
+            output.rename(replaced)
+        staging.rename(output)
+        shutil.rmtree(replaced, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return config
