@@ -27,7 +27,7 @@ from tests.helpers import compose_hydra, main_in_process, one_error_line
 FIXTURE_CKPT = Path(__file__).parent / "fixtures" / "tiny_styled_v0.1.ckpt"
 #: The command line each command's fuzz cases start from.
 BASE = {"train": ("experiment=smoke",), "sample": (f"ckpt={FIXTURE_CKPT}",), "evaluate": (f"ckpt={FIXTURE_CKPT}",),
-        "figures": ()}  # fmt: skip
+        "figures": (), "export": (f"ckpt={FIXTURE_CKPT}",)}  # fmt: skip
 #: The config groups each command composes, whose every option's keys the schema must cover.
 GROUPS = {
     "train": ("data", "model", "model/lr_scheduler", "schedule", "sampler", "trainer", "logger", "clip", "debug",
@@ -35,6 +35,7 @@ GROUPS = {
     "sample": ("sampler", "clip"),
     "evaluate": ("sampler", "clip"),
     "figures": ("data", "sampler"),
+    "export": (),
 }  # fmt: skip
 
 

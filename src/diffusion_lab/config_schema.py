@@ -1,6 +1,6 @@
 """What every key of every command's config takes: one line per bad value, naming the key, before any work.
 
-Each command (``train``, ``sample``, ``evaluate``, ``figures``) has a schema: a rule for each leaf
+Each command (``train``, ``sample``, ``evaluate``, ``figures``, ``export``) has a schema: a rule for each leaf
 key of its composed config (``conf/<command>.yaml`` with any group option and experiment), matched by
 a dotted pattern (``callbacks.*.every_n_epochs``). :func:`check_config` walks every leaf, resolves it
 and tests it, and raises :class:`ConfigError` with one line per bad value::
@@ -257,7 +257,7 @@ SAMPLING = {
     "device": DEVICE,
     "output": PATH,
 }
-TASK = {"task_name": choice("train", "sample", "evaluate", "figures", example="train")}
+TASK = {"task_name": choice("train", "sample", "evaluate", "figures", "export", example="train")}
 
 # --------------------------------------------------------------------------- the commands
 
@@ -414,11 +414,26 @@ FIGURES: dict[str, Rule] = {
                                  what="a non-empty list of thicknesses (pixels or thin / regular / bold)"),
 }  # fmt: skip
 
+EXPORT: dict[str, Rule] = {
+    **TASK, **PATHS,
+    "ckpt": CKPT,
+    "output": PATH,
+    "metrics": optional(PATH),
+    "grid_per_class": integer(1, example=8),
+    "seed": SEED,
+    "steps": optional(integer(1, example=50)),
+    "guidance": GUIDANCE,
+    "repo_id": Rule(lambda v: isinstance(v, str) and v.count("/") == 1 and all(v.split("/")), "OWNER/NAME",
+                    "me/mnist-diffusion"),
+}  # fmt: skip
+
 #: A component set to null or to nothing (``logger: null``, ``callbacks.ema: null``, ``clip: none``): switched off.
 SWITCHED_OFF = Rule(lambda value: value in (None, {}), "a config with _target_, or null to switch it off", None)
 
 #: The schema of each command, by its config name.
-SCHEMAS: dict[str, dict[str, Rule]] = {"train": TRAIN, "sample": SAMPLE, "evaluate": EVALUATE, "figures": FIGURES}
+SCHEMAS: dict[str, dict[str, Rule]] = {
+    "train": TRAIN, "sample": SAMPLE, "evaluate": EVALUATE, "figures": FIGURES, "export": EXPORT,
+}  # fmt: skip
 
 
 def rule_for(command: str, key: str) -> Rule | None:
