@@ -268,6 +268,7 @@ TRAIN: dict[str, Rule] = {
     "diffusion.timesteps": integer(1, example=1000),
     "resume": BOOLEAN,
     "ckpt_path": optional(PATH),
+    "init_from": optional(CKPT),
     "optimized_metric": optional(TEXT),
     "model._target_": TARGET,
     "model.cond_drop_prob": number(0, 1, open_high=True, example=0.1),
@@ -349,6 +350,7 @@ TRAIN: dict[str, Rule] = {
     "logger.log_model": either(BOOLEAN, choice("all"), "true, false or all"),
     "logger.id": TEXT,
     "logger.resume": choice("allow", "must", "never", "auto"),
+    "logger.init_timeout": number(0, open_low=True, example=30),
     "callbacks.*._target_": TARGET,
     "callbacks.*.every_n_epochs": integer(1, example=1),
     "callbacks.sample_grid.num_per_class": integer(1, example=8),
@@ -526,6 +528,8 @@ def _checks_across_keys(cfg: DictConfig, command: str) -> list[str]:
     errors = []
     if command == "train" and cfg.get("resume") and cfg.get("ckpt_path"):
         errors.append("resume=true and ckpt_path are exclusive: resume continues the run dir's last.ckpt")
+    if command == "train" and cfg.get("ckpt_path") and cfg.get("init_from"):
+        errors.append("ckpt_path and init_from are exclusive: ckpt_path continues a run, init_from starts one")
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
     if command == "train" and accelerator in ("gpu", "cuda"):
         import torch

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from diffusion_lab.cli.app import hydra_app
 from diffusion_lab.cli.errors import fail
 from diffusion_lab.data.sources import DataError
-from diffusion_lab.training.checkpointing import NonFiniteLossError
+from diffusion_lab.training.checkpointing import CheckpointWriteError, NonFiniteLossError
 from diffusion_lab.training.fit import train
 from diffusion_lab.training.sweep_jobs import ChildFailed, needs_own_process, share_cores, train_in_child
 
@@ -48,7 +48,8 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train_in_child() if needs_own_process(cfg) else train(cfg)
         return optimized_value(cfg, metrics)
     except (
-        ChildFailed, DataError, InstantiationException, MisconfigurationException, NonFiniteLossError, ValueError,
+        CheckpointWriteError, ChildFailed, DataError, InstantiationException, MisconfigurationException,
+        NonFiniteLossError, ValueError,
     ) as err:  # fmt: skip
         fail(err)  # also Lightning's own late checks of trainer.* values
 

@@ -217,6 +217,12 @@ class MNISTDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         seed = torch.initial_seed() if self.shuffle_seed is None else self.shuffle_seed
         order = EpochOrder(len(dataset), shuffle=train and self.shuffle, seed=seed, rank=rank, world_size=world)
+        if train and len(order) < batch_size:  # drop_last would leave no batch at all
+            per_rank = f" per process ({world} processes)" if world > 1 else ""
+            raise ValueError(
+                f"data.batch_size={batch_size} is larger than the {len(order)} training images of {self.name}"
+                f"{per_rank}: use at most {len(order)}, e.g. data.batch_size=128"
+            )
         return TensorBatches(dataset, batch_size, order, drop_last=train)
 
     def train_dataloader(self) -> TensorBatches:

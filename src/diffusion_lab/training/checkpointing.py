@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import functools
 import pickle
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,25 +102,109 @@ def _current_target(target: Any) -> Any:
     return f"{MOVED_MODULES[module]}.{name}" if module in MOVED_MODULES else target
 
 
+#: What a run's config and its checkpoint must agree on to continue one another: the data the model
+#: learns, the shape of what it draws and the forward process it reverses. (``model.objective`` once
+#: models have more than one objective.)
+RESUME_KEYS = (
+    "data.name", "model.unet.in_channels", "model.unet.num_classes", "model.style_conditioning", "model.objective",
+    "diffusion.timesteps", "schedule",
+)  # fmt: skip
+
+
+def _select(config: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return None
+        config = config[part]
+    return config
+
+
+def _override(key: str, value: Any) -> str:
+    if isinstance(value, dict) and "_target_" in value:  # a schedule: name it by its config group option
+        return f"{key}={value['_target_'].rpartition('.')[2]}"
+    return f"{key}={value}"
+
+
+def config_difference(stored: dict[str, Any] | None, current: dict[str, Any] | None) -> tuple[str, str] | None:
+    """The first of :data:`RESUME_KEYS` on which a checkpoint's run config and this run's differ, as
+    ``(stored, current)`` override texts; None when they agree (or either config is unknown)."""
+    if not stored or not current:
+        return None
+    stored = upgrade_config(stored)
+    for key in RESUME_KEYS:
+        old, new = _select(stored, key), _select(current, key)
+        if old != new and not (key == "model.objective" and old in (None, "eps") and new in (None, "eps")):
+            return _override(key, old), _override(key, new)
+    return None
+
+
+def state_difference(expected: dict[str, Any], found: dict[str, Any]) -> str | None:
+    """The first weight whose name or shape differs between two state dicts; None when they match."""
+    shapes = {key: tuple(value.shape) for key, value in expected.items()}
+    other = {key: tuple(value.shape) for key, value in found.items()}
+    return None if shapes == other else sorted(set(shapes.items()) ^ set(other.items()))[0][0]
+
+
 def check_resumable(path: str | Path, module: L.LightningModule) -> None:
-    """Refuse, before training starts, a checkpoint that is unreadable or holds another model's weights."""
-    state = read_checkpoint(path).get("state_dict")
+    """Refuse, before training starts, a checkpoint that is unreadable, was trained on other data or with
+    another forward process, or holds another model's weights; the line names the difference and the fix."""
+    from diffusion_lab.models.diffusion_module import CONFIG_KEY  # the module reads checkpoints with this module
+
+    checkpoint = read_checkpoint(path)
+    state = checkpoint.get("state_dict")
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no model weights: pass a .ckpt written by training")
-    differ = state_difference(module.state_dict(), state)
-    if differ is not None:
+    if (differ := config_difference(checkpoint.get(CONFIG_KEY), getattr(module, "run_config", None))) is not None:
+        raise ValueError(
+            f"{path} was trained with {differ[0]}, this run has {differ[1]}: resume with {differ[0]}, or fine-tune "
+            f"it on this run's settings with init_from={path} (weights only; fresh counters) in another hydra.run.dir"
+        )
+    if (differ := state_difference(module.state_dict(), state)) is not None:
         raise ValueError(
             f"{path} holds another model (first difference: {differ}): resume with the model settings it was "
             "trained with, or start a new run in another hydra.run.dir"
         )
 
 
-def state_difference(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str | None:
-    """The first key whose presence or shape differs between two state dicts; None when they match."""
-    shapes = [{key: tuple(value.shape) for key, value in state.items()} for state in (expected, found)]
-    if shapes[0] == shapes[1]:
-        return None
-    return sorted(set(shapes[0].items()) ^ set(shapes[1].items()))[0][0]
+def load_initial_weights(path: str | Path, module: L.LightningModule) -> None:
+    """``init_from=PATH``: the checkpoint's weights (its EMA weights when it has them) into ``module``.
+
+    Only the weights: the optimizer, the LR schedule, the step counters and the best-checkpoint record
+    start fresh, so a model trained on one dataset can be fine-tuned on another.
+    """
+    state = read_checkpoint(path).get("state_dict")
+    if not isinstance(state, dict):
+        raise ValueError(f"init_from={path} holds no model weights: pass a .ckpt written by training")
+    if (differ := state_difference(module.state_dict(), state)) is not None:
+        raise ValueError(
+            f"init_from={path} holds another model (first difference: {differ}): use the model settings it was "
+            "trained with (model=..., model.unet.down_chs=...)"
+        )
+    module.load_state_dict(state)
+
+
+class RandomState(L.Callback):
+    """Keeps torch's random state in every checkpoint and restores it on resume.
+
+    Training draws timesteps, noise and condition drops from torch's global generator; with its
+    state restored, a run resumed at an epoch boundary takes exactly the steps an uninterrupted run
+    takes, so both end with the same weights on the CPU.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available() and len(state_dict["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (e.g. the disk is full); the message is the one line that says so."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -136,7 +219,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        atomic_write(path, functools.partial(torch.save, checkpoint))
+        try:
+            atomic_write(path, functools.partial(torch.save, checkpoint))
+        except OSError as err:  # a full disk, a quota, a folder that went away: the previous file is intact
+            kept = f"the previous {Path(path).name} is intact" if Path(path).is_file() else "no earlier file was there"
+            raise CheckpointWriteError(
+                f"could not write the checkpoint {path} ({err.strerror or err}; {kept}): free space or pass "
+                "another hydra.run.dir, then continue with resume=true"
+            ) from err
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -152,6 +242,37 @@ class RunCheckpoint(ModelCheckpoint):
 
     Continue with ``resume=true`` and the same ``hydra.run.dir``. Arguments are ``ModelCheckpoint``'s.
     """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the best-checkpoint record, also in a run folder that was moved, copied or renamed.
+
+        Lightning keeps only ``best_model_path`` when the folder changed, still pointing into the old
+        one, and then writes ``last-v1.ckpt`` beside this folder's ``last.ckpt``. Here every recorded path
+        is taken to this folder (a file that is not here is forgotten), so the run goes on refreshing
+        this folder's ``last.ckpt`` and never reads, deletes or writes anything in the old location.
+        """
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old is None or new is None or Path(old) == Path(new):
+            super().load_state_dict(state_dict)
+            return
+
+        def here(path: str) -> str:
+            moved = Path(new) / Path(path).name if path and Path(path).parent == Path(old) else None
+            return str(moved) if moved is not None and moved.is_file() else ""
+
+        best_k = {here(path): score for path, score in (state_dict.get("best_k_models") or {}).items() if here(path)}
+        super().load_state_dict(
+            {
+                **state_dict,
+                "dirpath": new,
+                "best_model_path": here(state_dict.get("best_model_path", "")),
+                "best_model_score": state_dict.get("best_model_score") if here(state_dict.get("best_model_path", ""))
+                else None,
+                "kth_best_model_path": here(state_dict.get("kth_best_model_path", "")),
+                "best_k_models": best_k,
+                "last_model_path": here(state_dict.get("last_model_path", "")),
+            }
+        )  # fmt: skip
 
     def _refresh_last(self, trainer: L.Trainer) -> bool:
         if not self.save_last or self._should_skip_saving_checkpoint(trainer):

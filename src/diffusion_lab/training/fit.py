@@ -7,21 +7,29 @@ to resume from against the model, and fit.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.config_schema import check_config
 from diffusion_lab.training.callbacks import MetricsJson
-from diffusion_lab.training.checkpointing import check_resumable, checkpoint_file
+from diffusion_lab.training.checkpointing import check_resumable, checkpoint_file, load_initial_weights
 
 log = logging.getLogger(__name__)
+
+#: The file in a run folder that a training process holds while it runs (:func:`run_folder_lock`).
+LOCK_FILE = ".train.lock"
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
@@ -94,14 +102,54 @@ def fit(
     return metrics
 
 
+@contextlib.contextmanager
+def run_folder_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold ``RUN_DIR/.train.lock`` while training, so that a second process on the same folder is refused.
+
+    An advisory ``flock``, which the system drops when the process ends, however it ends: a killed run
+    never leaves the folder locked. Only the first process of a run takes it (DDP's other ranks join it).
+    """
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ValueError(
+                f"{Path(run_dir)} is in use by another training run ({holder}): wait for it to end, or pass "
+                "another hydra.run.dir"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """The whole training run of ``cfg``; returns the final metrics.
 
-    Refuses (``ValueError``, before anything is built) a run folder that already holds a run, and
-    (before training starts) a checkpoint to resume from that holds another model.
+    Refuses (``ValueError``, before anything is built) a run folder that already holds a run or that
+    another training process is using, and (before training starts) a checkpoint to resume from that
+    was trained on other data or holds another model. ``init_from=PATH`` starts from that checkpoint's
+    weights, with fresh counters, optimizer and best-checkpoint record.
     """
-    ckpt_path = resume_checkpoint(cfg)
-    parts = build(cfg)
-    if ckpt_path is not None:
-        check_resumable(ckpt_path, parts[1])
-    return fit(*parts, ckpt_path=ckpt_path)
+    with run_folder_lock(cfg.paths.output_dir):
+        ckpt_path = resume_checkpoint(cfg)
+        init_from = cfg.get("init_from") if ckpt_path is None else None
+        init_from = checkpoint_file(init_from, folders=False) if init_from else None
+        parts = build(cfg)
+        if ckpt_path is not None:
+            check_resumable(ckpt_path, parts[1])
+        elif init_from is not None:
+            load_initial_weights(init_from, parts[1])
+            log.info("Starting from the weights of %s (fresh optimizer and counters)", init_from)
+        return fit(*parts, ckpt_path=ckpt_path)

@@ -1,12 +1,15 @@
-"""Loggers that survive a resumed run: the CSV log keeps the rows written before the restart."""
+"""Loggers that survive a resumed run (the CSV log keeps the rows written before the restart), and a wandb
+logger that says in one line what an online run lacks."""
 
 from __future__ import annotations
 
 import csv
+from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -32,3 +35,52 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class CheckedWandbLogger(WandbLogger):
+    """Lightning's ``WandbLogger``, whose online run (``logger.offline=false``) fails fast and clearly.
+
+    - No API key: one line naming ``wandb login``, ``WANDB_API_KEY`` and the offline default, raised
+      when the run starts, before any training step.
+    - A key but no server within ``init_timeout`` seconds (no network, a firewall): a warning, and the run
+      logs offline instead (``wandb sync`` uploads it later) rather than hanging or failing.
+
+    Args:
+        init_timeout: seconds wandb may take to start an online run before the run goes offline.
+        **kwargs: ``WandbLogger``'s.
+    """
+
+    def __init__(self, *args: Any, init_timeout: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self._offline and "settings" not in self._wandb_init:
+            import wandb
+
+            self._wandb_init["settings"] = wandb.Settings(init_timeout=init_timeout)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._experiment is not None or self._offline:
+            return WandbLogger.experiment.fget(self)
+        import wandb
+
+        try:
+            return WandbLogger.experiment.fget(self)
+        except wandb.errors.UsageError as err:
+            if "api key" not in str(err).lower():
+                raise
+            raise ValueError(
+                "logger.offline=false needs a wandb API key: run `wandb login` or set WANDB_API_KEY, or keep the "
+                "offline default (logger.offline=true) and upload later with `wandb sync`"
+            ) from None
+        except wandb.errors.CommError as err:
+            reason = " ".join(str(err).split())[:200]
+            rank_zero_warn(
+                f"wandb could not start an online run ({reason}): logging offline instead; `wandb sync "
+                f"{self.save_dir}/wandb/offline-run-*` uploads it later"
+            )
+            wandb.teardown()  # ends the session that still holds the failed run's id
+            self._offline = True
+            self._wandb_init.pop("settings", None)
+            self._wandb_init["mode"] = "offline"
+            return WandbLogger.experiment.fget(self)
