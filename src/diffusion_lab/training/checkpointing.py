@@ -119,10 +119,21 @@ def _select(config: dict[str, Any], key: str) -> Any:
     return config
 
 
-def _override(key: str, value: Any) -> str:
-    if isinstance(value, dict) and "_target_" in value:  # a schedule: name it by its config group option
-        return f"{key}={value['_target_'].rpartition('.')[2]}"
-    return f"{key}={value}"
+#: Keys a user sets through their config group: ``data=mnist`` rather than ``data.name=mnist``.
+GROUP_OF_KEY = {"data.name": "data"}
+
+
+def _first_difference(key: str, old: Any, new: Any) -> tuple[str, str]:
+    """``(old, new)`` as overrides: a component by its config group option (``schedule=cosine``) when its
+    ``_target_`` differs, else its first differing argument (``schedule.beta_end=0.02``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        if old.get("_target_") != new.get("_target_"):
+            name = lambda config: str(config.get("_target_")).rpartition(".")[2]  # noqa: E731
+            return f"{key}={name(old)}", f"{key}={name(new)}"
+        sub = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+        return _first_difference(f"{key}.{sub}", old.get(sub), new.get(sub))
+    key = GROUP_OF_KEY.get(key, key)
+    return f"{key}={old}", f"{key}={new}"
 
 
 def config_difference(stored: dict[str, Any] | None, current: dict[str, Any] | None) -> tuple[str, str] | None:
@@ -134,7 +145,7 @@ def config_difference(stored: dict[str, Any] | None, current: dict[str, Any] | N
     for key in RESUME_KEYS:
         old, new = _select(stored, key), _select(current, key)
         if old != new and not (key == "model.objective" and old in (None, "eps") and new in (None, "eps")):
-            return _override(key, old), _override(key, new)
+            return _first_difference(key, old, new)
     return None
 
 

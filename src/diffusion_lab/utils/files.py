@@ -53,6 +53,11 @@ def check_writable(folder: str | Path, key: str = "output") -> Path:
     """
     folder = Path(folder)
     created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not existing.is_dir():
+        raise ValueError(
+            f"{key}={folder} cannot be written ({existing} is a file): pass {key}= a path you can write to"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
