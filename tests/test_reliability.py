@@ -214,7 +214,7 @@ def test_resume_refuses_a_broken_or_foreign_checkpoint(
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
-    source = make_checkpoint("model.unet.down_chs=[8,32]")
+    source = make_checkpoint("model.unet.down_chs=[8,32]", "diffusion.timesteps=1000")
     if damage == "truncate":
         last.write_bytes(source.read_bytes()[:5000])
     elif damage == "junk":

@@ -90,7 +90,8 @@ def test_unfinished_and_unevaluated_jobs_get_empty_cells(tmp_path: Path) -> None
 def test_a_failed_job_shows_its_reason(tmp_path: Path, capsys) -> None:
     _job(tmp_path, "0", ["model.optimizer.lr=2e-3"], {"params": 10, "time/fit_s": 2.0, "best/val/loss": 0.05})
     _job(tmp_path, "1", ["model.optimizer.lr=-1"], None)
-    (tmp_path / "1" / "error.txt").write_text("model.optimizer.lr must be a positive number, e.g. 2e-3, got -1\n")
+    reason = "model.optimizer.lr must be a positive number, got -1 (e.g. model.optimizer.lr=0.002)"
+    (tmp_path / "1" / "error.txt").write_text(reason + "\n")
     main([str(tmp_path)])
     printed = capsys.readouterr().out
     assert "failed: job 1 (model.optimizer.lr=-1): model.optimizer.lr must be a positive number" in printed

@@ -160,7 +160,7 @@ def test_a_failing_job_fails_alone_and_the_sweep_exits_1(tmp_path: Path) -> None
         "train", "-m", "experiment=smoke", "logger=none", "model.optimizer.lr=2e-3,-1", f"hydra.sweep.dir={sweep_dir}"
     )
     assert proc.returncode == 1
-    reason = "model.optimizer.lr must be a positive number, e.g. 2e-3, got -1"
+    reason = "model.optimizer.lr must be a positive number, got -1 (e.g. model.optimizer.lr=0.002)"
     job = "experiment=smoke,logger=none,model.optimizer.lr=-1"
     assert proc.stderr.strip().splitlines()[-1] == f"error: job 1 ({job}) failed: {reason}"
     assert (sweep_dir / "0" / "checkpoints" / "last.ckpt").is_file() and (sweep_dir / "0" / "metrics.json").is_file()
