@@ -51,7 +51,6 @@ class Rule:
     open_low: bool = False
     open_high: bool = False
     integer: bool = False
-    nullable: bool = False
 
     def message(self, key: str, value: Any) -> str:
         return f"{key} must be {self.what}, got {value!r} (e.g. {key}={_override_text(self.example)})"
@@ -128,7 +127,7 @@ def optional(rule: Rule) -> Rule:
     """``rule``, or null."""
     return Rule(
         lambda value: value is None or rule.test(value), f"{rule.what} or null", rule.example,
-        rule.low, rule.high, rule.open_low, rule.open_high, rule.integer, nullable=True,
+        rule.low, rule.high, rule.open_low, rule.open_high, rule.integer,
     )  # fmt: skip
 
 
