@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from diffusion_lab import load_model
 from diffusion_lab.models.hub_format import CONFIG_FILE, WEIGHTS_FILE
-from tests.helpers import main_in_process, one_error_line, run_cli
+from tests.helpers import main_in_process, one_error_line
 
 CKPT = Path(__file__).parent / "fixtures" / "tiny_styled_v0.1.ckpt"
 
@@ -98,7 +98,6 @@ def _other_shape(folder: Path) -> None:
     save_file(weights, folder / WEIGHTS_FILE)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("spoil", "message"),
     [
@@ -108,15 +107,18 @@ def _other_shape(folder: Path) -> None:
     ],
     ids=["tampered-header", "no-config", "other-shape"],
 )
-def test_spoilt_folders_refused_in_one_line(exported: Path, tmp_path: Path, spoil, message: str) -> None:
+def test_spoilt_folders_refused_in_one_line(
+    exported: Path, tmp_path: Path, monkeypatch, capsys, spoil, message: str
+) -> None:  # fmt: skip
     folder = tmp_path / "model"
     shutil.copytree(exported, folder)
     spoil(folder)
     out = tmp_path / "samples"
-    proc = run_cli("sample", f"ckpt={folder}", "num_samples=1", "steps=2", f"output={out}",
-                   f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
-    assert proc.returncode == 1
-    assert message in one_error_line(proc.stderr)
+    with pytest.raises(SystemExit) as exit_info:
+        main_in_process(monkeypatch, "sample", f"ckpt={folder}", "num_samples=1", "steps=2", f"output={out}",
+                        f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert exit_info.value.code == 1
+    assert message in one_error_line(capsys.readouterr().err)
     assert not out.with_suffix(".png").exists()
 
 
