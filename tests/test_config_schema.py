@@ -182,3 +182,28 @@ def test_a_value_through_an_interpolation_is_checked_after_it_resolves(compose_t
 
 def test_a_key_a_user_adds_is_left_to_the_component_it_configures(compose_train) -> None:
     check_config(compose_train("+trainer.benchmark=true"), "train")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(("",), "SWEEP_DIR is empty"),
+     (("MISSING",), "sweep folder not found"),
+     (("FILE",), "sweep folder not found"),
+     (("SWEEP", "--output", ""), "--output is empty"),
+     (("SWEEP", "--output", "/proc/nope/x"), "--output=/proc/nope/x cannot be written"),
+     (("SWEEP", "--output", "FILE/x"), "--output=FILE/x cannot be written (FILE is a file)")],
+)  # fmt: skip
+def test_a_bad_report_argument_is_one_line_and_writes_nothing(
+    args: tuple[str, ...], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # fmt: skip
+    """diffusion-lab-report takes plain arguments, all paths: each bad one is one line, and nothing is written."""
+    from diffusion_lab.cli import report
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("a file")
+    (tmp_path / "SWEEP").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(list(args))
+    assert exit_info.value.code == 1
+    assert message in one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["FILE", "SWEEP"]

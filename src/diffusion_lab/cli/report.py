@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from diffusion_lab.reports import sweep_report
+from diffusion_lab.utils.files import check_writable
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -23,8 +24,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", help="folder for the report files (default: the sweep folder)")
     args = parser.parse_args(argv)
     try:
+        if not args.sweep_dir.strip():
+            raise ValueError("SWEEP_DIR is empty: pass the folder of a -m sweep, e.g. outputs/multirun/<date_time>")
+        if args.output is not None:
+            if not args.output.strip():
+                raise ValueError("--output is empty: pass a folder for the report files, or leave it out")
+            check_writable(args.output, "--output")
         jobs, out = sweep_report.write_report(args.sweep_dir, args.output)
-    except sweep_report.ReportError as err:
+    except (sweep_report.ReportError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     header, rows = sweep_report.table_rows(jobs)
