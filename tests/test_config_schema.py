@@ -137,6 +137,7 @@ def test_the_fuzz_walks_every_key() -> None:
     assert len(FUZZ_CASES) > 400
 
 
+@pytest.mark.slow  # 513 cases, a minute in all
 @pytest.mark.parametrize(
     ("command", "overrides", "key", "value"),
     FUZZ_CASES,
