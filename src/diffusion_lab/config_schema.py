@@ -508,14 +508,11 @@ def _check_leaf(cfg: DictConfig, command: str, key: str, resolve_runtime: bool =
         value = OmegaConf.select(cfg, key, throw_on_missing=True)
         if isinstance(value, (DictConfig, ListConfig)):
             value = OmegaConf.to_container(value, resolve=True)
-    except OmegaConfBaseException as err:
+    except Exception as err:  # also a resolver of ours refusing its argument, e.g. num_classes of an unknown dataset
         if not resolve_runtime:
             return []
-        return [f"{key} cannot be resolved ({' '.join(str(err).splitlines()[0].split())})"]
-    except Exception as err:  # a resolver of ours refusing its argument, e.g. num_classes of an unknown dataset
-        if not resolve_runtime:
-            return []
-        return [f"{key} cannot be resolved ({' '.join(str(err).split())})"]
+        text = str(err).splitlines()[0] if isinstance(err, OmegaConfBaseException) else str(err)  # not its full_key
+        return [f"{key} cannot be resolved ({' '.join(text.split())})"]
     rule = rule_for(command, key)
     if rule is None:
         return []

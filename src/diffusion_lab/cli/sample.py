@@ -36,16 +36,17 @@ log = logging.getLogger(__name__)
 
 
 def _selection(cfg: DictConfig) -> tuple[int, int] | None:
-    """``(select_top, candidates)`` when CLIP-guided selection is on, checked; else None."""
+    """``(select_top, candidates)`` when CLIP-guided selection is on, checked together; else None.
+
+    Each value on its own (a positive integer or null) is checked by the command's schema.
+    """
     top, candidates = cfg.get("select_top"), cfg.get("candidates")
     if top is None:
         if candidates is not None:
             raise ValueError("candidates=K needs select_top=N (keep the N best of K per class)")
         return None
-    if isinstance(top, bool) or not isinstance(top, int) or top <= 0:
-        raise ValueError(f"select_top must be a positive integer, got {top!r}")
     candidates = 4 * top if candidates is None else candidates
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < top:
+    if candidates < top:
         raise ValueError(f"candidates must be an integer >= select_top={top}, got {candidates!r}")
     return top, candidates
 

@@ -271,19 +271,20 @@ class RunCheckpoint(ModelCheckpoint):
             moved = Path(new) / Path(path).name if path and Path(path).parent == Path(old) else None
             return str(moved) if moved is not None and moved.is_file() else ""
 
-        best_k = {here(path): score for path, score in (state_dict.get("best_k_models") or {}).items() if here(path)}
+        best = here(state_dict.get("best_model_path", ""))
+        recorded = state_dict.get("best_k_models") or {}
+        best_k = {moved: score for path, score in recorded.items() if (moved := here(path))}
         super().load_state_dict(
             {
                 **state_dict,
                 "dirpath": new,
-                "best_model_path": here(state_dict.get("best_model_path", "")),
-                "best_model_score": state_dict.get("best_model_score") if here(state_dict.get("best_model_path", ""))
-                else None,
+                "best_model_path": best,
+                "best_model_score": state_dict.get("best_model_score") if best else None,
                 "kth_best_model_path": here(state_dict.get("kth_best_model_path", "")),
                 "best_k_models": best_k,
                 "last_model_path": here(state_dict.get("last_model_path", "")),
             }
-        )  # fmt: skip
+        )
 
     def _refresh_last(self, trainer: L.Trainer) -> bool:
         if not self.save_last or self._should_skip_saving_checkpoint(trainer):
