@@ -85,7 +85,7 @@ def make_checkpoint(
     def _make(*overrides: str, name: str = "model.ckpt") -> Path:
         cfg = compose_train("model.unet.down_chs=[8,16]", "diffusion.timesteps=100", *overrides)
         torch.manual_seed(0)
-        model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+        model = instantiate(cfg.model, objective=instantiate(cfg.objective))
         checkpoint = {"state_dict": model.state_dict(), CONFIG_KEY: OmegaConf.to_container(cfg, resolve=True)}
         if cfg.model.style_conditioning:
             checkpoint[STYLE_STATS_KEY] = style_stats(cfg.data.name).to_dict()

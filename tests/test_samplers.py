@@ -1,156 +1,134 @@
-"""Samplers: update equations against diffusers' schedulers, and the distribution they sample."""
+"""Samplers: diffusers' schedulers fitted to each objective draw the data distribution, and bad ones are refused."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from torch import Tensor, nn
+import yaml
 
-from diffusion_lab.diffusion.reverse_process import make_sampler, sample
-from diffusion_lab.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, spaced_timesteps
-from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine, linear
+from diffusion_lab.config import CONF_DIR
+from diffusion_lab.diffusion.reverse_process import sample
+from diffusion_lab.diffusion.samplers import (
+    AUTO_SAMPLERS,
+    DEFAULT_STEPS,
+    NAMED_SAMPLERS,
+    fitting_samplers,
+    make_sampler,
+    scheduler_classes,
+)
+from tests.toy_models import MU0, MU_STEP, S, GaussianDenoiser, toy_objectives
 
-
-def fake_eps(x: Tensor, t: int) -> Tensor:
-    """A deterministic stand-in for a network's noise prediction."""
-    return torch.tanh(x) * 0.7 + 0.1 * torch.cos(torch.full_like(x, t / 50.0))
-
-
-def betas(schedule: NoiseSchedule) -> list[float]:
-    return schedule.betas.double().tolist()
-
-
-@pytest.mark.parametrize(
-    ("spacing", "num_steps", "scheduler_cls"),
-    [("leading", 50, DDIMScheduler), ("leading", 7, DDPMScheduler), ("trailing", 50, DDIMScheduler),
-     ("trailing", 30, DDIMScheduler), ("linspace", 20, DPMSolverMultistepScheduler)],
-)  # fmt: skip
-def test_timesteps_match_diffusers(spacing: str, num_steps: int, scheduler_cls: type) -> None:
-    ref = scheduler_cls(num_train_timesteps=1000, timestep_spacing=spacing)
-    ref.set_timesteps(num_steps)
-    assert spaced_timesteps(1000, num_steps, spacing).tolist() == ref.timesteps.tolist()
+OBJECTIVES = toy_objectives()
+#: Steps at which each named sampler's discretisation error is below the tolerance of the toy test.
+TOY_STEPS = {
+    "ddim": 200, "ddpm": 1000, "dpm_solver": 50, "unipc": 50, "euler": 200, "euler_ancestral": 400, "heun": 50,
+    "edm_euler": 200, "flow_euler": 200,
+}  # fmt: skip
+#: (objective, named sampler) for every pair that fits.
+FITTING = [(o, n) for o, objective in OBJECTIVES.items() for n in fitting_samplers(objective)[0]]
 
 
-@pytest.mark.parametrize("variance", ["posterior", "beta"])
-@pytest.mark.parametrize("num_steps", [None, 50])
-@pytest.mark.parametrize("clip", [True, False])
-def test_ddpm_step_matches_diffusers(variance: str, num_steps: int | None, clip: bool) -> None:
-    schedule = linear(1000)
-    ours = DDPMSampler(schedule, variance=variance, clip_sample=clip)
-    ours.set_timesteps(num_steps)
-    ref = DDPMScheduler(
-        num_train_timesteps=1000,
-        trained_betas=betas(schedule),
-        variance_type={"posterior": "fixed_small", "beta": "fixed_large"}[variance],
-        clip_sample=clip,
-    )
-    ref.set_timesteps(num_steps or 1000)
-    assert ours.timesteps.tolist() == ref.timesteps.tolist()
-    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2
-    for t in [*ours.timesteps.tolist()[::97], 0]:
-        eps = fake_eps(x, t)
-        got = ours.step(eps, t, x, generator=torch.Generator().manual_seed(t))
-        want = ref.step(eps, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-@pytest.mark.parametrize("spacing", ["leading", "trailing"])
-@pytest.mark.parametrize("clip", [True, False])
-def test_ddim_step_matches_diffusers(eta: float, spacing: str, clip: bool) -> None:
-    schedule = linear(1000)
-    ours = DDIMSampler(schedule, eta=eta, timestep_spacing=spacing, clip_sample=clip)
-    ours.set_timesteps(50)
-    ref = DDIMScheduler(
-        num_train_timesteps=1000, trained_betas=betas(schedule), clip_sample=clip, timestep_spacing=spacing
-    )  # with clipping, both re-derive eps from the clipped x_0 (diffusers' use_clipped_model_output)
-    ref.set_timesteps(50)
-    assert ours.timesteps.tolist() == ref.timesteps.tolist()
-    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2
-    for t in ours.timesteps.tolist():
-        eps = fake_eps(x, t)
-        got = ours.step(eps, t, x, generator=torch.Generator().manual_seed(t))
-        want = ref.step(
-            eps, t, x, eta=eta, use_clipped_model_output=clip, generator=torch.Generator().manual_seed(t)
-        ).prev_sample
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("num_steps", [20, 8])
-def test_dpm_solver_trajectory_matches_diffusers(num_steps: int) -> None:
-    schedule = linear(1000)
-    ours = DPMSolverSampler(schedule, clip_sample=False)
-    ours.set_timesteps(num_steps)
-    ref = DPMSolverMultistepScheduler(num_train_timesteps=1000, trained_betas=betas(schedule))
-    ref.set_timesteps(num_steps)
-    assert ours.timesteps.tolist() == ref.timesteps.tolist()
-    x_ours = x_ref = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
-    for t in ours.timesteps.tolist():
-        x_ours = ours.step(fake_eps(x_ours, t), t, x_ours)
-        x_ref = ref.step(fake_eps(x_ref, t), t, x_ref).prev_sample
-        torch.testing.assert_close(x_ours, x_ref, rtol=1e-4, atol=1e-4)
-
-
-class GaussianEps(nn.Module):
-    """The exact noise predictor for data x_0 ~ N(mu_y, s^2) per pixel, mu_y = -0.5 + 0.1 y.
-
-    ``E[eps | x_t] = sqrt(1 - ab) (x_t - sqrt(ab) mu) / (ab s^2 + 1 - ab)``, so a correct sampler
-    driven by it draws from N(mu_y, s^2).
-    """
-
-    null_class = 10
-
-    def __init__(self, schedule: NoiseSchedule, s: float = 0.2) -> None:
-        super().__init__()
-        self.schedule, self.s = schedule, s
-
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-        ab = self.schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
-        mu = (-0.5 + 0.1 * labels.float()).view(-1, 1, 1, 1)
-        return (1 - ab).sqrt() * (x - ab.sqrt() * mu) / (ab * self.s**2 + 1 - ab)
-
-
-@pytest.mark.parametrize(
-    ("name", "steps", "kwargs"),
-    [("ddpm", None, {}), ("ddpm", None, {"variance": "beta"}), ("ddim", 1000, {"eta": 1.0}),
-     ("ddim", 100, {}), ("ddpm", 250, {}), ("dpm_solver", 50, {})],
-)  # fmt: skip
-def test_samplers_draw_the_data_distribution(name: str, steps: int | None, kwargs: dict) -> None:
-    schedule = cosine(1000)
-    model = GaussianEps(schedule)
+def draw_toy(objective_name: str, sampler: str, steps: int, **options: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """400 toy samples of classes 0 and 9 from the exact denoiser, and their labels."""
+    objective = OBJECTIVES[objective_name]
     labels = torch.tensor([0, 9]).repeat_interleave(200)
     x = sample(
-        model, schedule, labels, sampler=name, steps=steps, image_shape=(1, 8, 8),
-        generator=torch.Generator().manual_seed(0), clip_sample=False, **kwargs,
+        GaussianDenoiser(objective), objective, labels, sampler=sampler, steps=steps, image_shape=(1, 8, 8),
+        generator=torch.Generator().manual_seed(0), **options,
     )  # fmt: skip
-    for label, mu in ((0, -0.5), (9, 0.4)):
+    return x, labels
+
+
+def test_every_objective_has_its_named_samplers() -> None:
+    fits = {o: set(fitting_samplers(objective)[0]) for o, objective in OBJECTIVES.items()}
+    vp = {"ddim", "ddpm", "dpm_solver", "unipc", "euler", "euler_ancestral", "heun"}
+    assert fits["eps"] == fits["v"] == vp
+    assert fits["flow"] == {"flow_euler", "dpm_solver", "unipc"}
+    assert fits["edm"] == {"edm_euler"}
+    assert all(AUTO_SAMPLERS[o] in fits[o] for o in OBJECTIVES)
+
+
+@pytest.mark.parametrize(("objective", "sampler"), FITTING)
+def test_named_samplers_draw_the_data_distribution(objective: str, sampler: str) -> None:
+    """Driven by the exact denoiser of N(mu_y, s^2), each named sampler draws N(mu_y, s^2)."""
+    x, labels = draw_toy(objective, sampler, TOY_STEPS[sampler])
+    for label in (0, 9):
         values = x[labels == label]
-        assert abs(values.mean().item() - mu) < 0.01, (name, label)
-        assert abs(values.std().item() - 0.2) < 0.01, (name, label)
+        assert abs(values.mean().item() - (MU0 + MU_STEP * label)) < 0.01, (objective, sampler, label)
+        assert abs(values.std().item() - S) < 0.01, (objective, sampler, label)
 
 
-def test_ddim_eta_one_on_all_steps_is_ddpm() -> None:
-    """DDIM with eta=1 over all T steps draws the same noise at the same steps as DDPM: same samples."""
-    schedule = cosine(200)
-    model = GaussianEps(schedule)
-    labels = torch.arange(10)
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
+def test_every_fitting_diffusers_scheduler_samples(objective: str) -> None:
+    """Not only the named ones: every diffusers class that fits the objective runs and lands near the data."""
+    classes = fitting_samplers(OBJECTIVES[objective])[1]
+    assert len(classes) >= (2 if objective == "edm" else 7)
+    for name in classes:
+        x, labels = draw_toy(objective, name, 1000 if name.startswith("DDPM") else 50)
+        for label in (0, 9):
+            values = x[labels == label]
+            assert abs(values.mean().item() - (MU0 + MU_STEP * label)) < 0.05, (name, label)
+            assert abs(values.std().item() - S) < 0.03, (name, label)
 
-    def draw(name: str, **kwargs: object) -> Tensor:
-        return sample(
-            model, schedule, labels, sampler=name, steps=200, image_shape=(1, 4, 4),
-            generator=torch.Generator().manual_seed(3), **kwargs,
-        )  # fmt: skip
 
-    torch.testing.assert_close(draw("ddim", eta=1.0), draw("ddpm"), rtol=1e-4, atol=1e-4)
+@pytest.mark.parametrize("path", sorted((CONF_DIR / "sampler").glob("*.yaml")), ids=lambda p: p.stem)
+def test_sampler_configs_name_their_schedulers(path: Path) -> None:
+    config = yaml.safe_load(path.read_text())
+    if path.stem == "auto":
+        assert config["_target_"].endswith("auto_sampler")
+        return
+    assert config["name"] in scheduler_classes()
+    if path.stem in NAMED_SAMPLERS:
+        assert config["name"] == NAMED_SAMPLERS[path.stem]
+        assert config["default_steps"] == DEFAULT_STEPS[path.stem]
+    assert {p.stem for p in (CONF_DIR / "sampler").glob("*.yaml")} == {*NAMED_SAMPLERS, "auto", "diffusers"}
 
 
-def test_unknown_names_refused() -> None:
-    with pytest.raises(ValueError, match="unknown sampler 'euler': use one of ddpm, ddim, dpm_solver"):
-        make_sampler("euler", cosine(10))
-    with pytest.raises(ValueError, match="unknown timestep_spacing 'even'"):
-        DDIMSampler(cosine(10), timestep_spacing="even")
-    with pytest.raises(ValueError, match="DDPM variance must be one of posterior, beta"):
-        DDPMSampler(cosine(10), variance="learned")
-    with pytest.raises(ValueError, match=r"steps must be in 1\.\.10 \(the schedule's T\), got 11"):
-        DDIMSampler(cosine(10)).set_timesteps(11)
+def test_deterministic_samplers_do_not_depend_on_batch_size() -> None:
+    objective = OBJECTIVES["eps"]
+    net = GaussianDenoiser(objective)
+    labels = torch.arange(10).repeat(3)
+    noise = torch.randn(30, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    sampler = make_sampler("dpm_solver", objective)
+    whole = sample(net, objective, labels, sampler=sampler, steps=10, noise=noise, guidance=1.0)
+    parts = torch.cat(
+        [sample(net, objective, labels[i : i + 7], sampler=sampler, steps=10, noise=noise[i : i + 7], guidance=1.0)
+         for i in range(0, 30, 7)]
+    )  # fmt: skip
+    assert torch.equal(whole, parts)
+
+
+def test_a_sampler_that_does_not_fit_is_refused_naming_those_that_do() -> None:
+    with pytest.raises(ValueError) as err:
+        make_sampler("flow_euler", OBJECTIVES["eps"])
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("sampler FlowMatchEulerDiscreteScheduler does not fit objective=eps: use sampler=ddim,")
+    assert "DEISMultistepScheduler" in message and "FlowMatch" not in message.partition(": ")[2]
+    with pytest.raises(ValueError, match="does not fit objective=edm: use sampler=edm_euler, or"):
+        make_sampler("ddim", OBJECTIVES["edm"])
+    with pytest.raises(ValueError, match="does not fit objective=flow: use sampler=dpm_solver, unipc, flow_euler"):
+        make_sampler("EulerDiscreteScheduler", OBJECTIVES["flow"])
+
+
+def test_bad_names_and_options_are_refused_in_one_line() -> None:
+    eps = OBJECTIVES["eps"]
+    with pytest.raises(ValueError, match="unknown sampler 'eulr': use auto, one of ddim, ddpm"):
+        make_sampler("eulr", eps)
+    with pytest.raises(ValueError, match="sampler.etaa is not an option of DDIMScheduler: use one of .*eta"):
+        make_sampler("ddim", eps, etaa=1.0)
+    with pytest.raises(ValueError, match="sampler.prediction_type is set by the model's objective"):
+        make_sampler("ddim", eps, prediction_type="sample")
+    with pytest.raises(ValueError, match=r"steps must be an integer in 1\.\.1000, got 1001"):
+        make_sampler("ddim", eps).set_timesteps(1001)
+
+
+def test_ddim_eta_goes_to_its_step() -> None:
+    deterministic, _ = draw_toy("eps", "ddim", 20)
+    noisy, _ = draw_toy("eps", "ddim", 20, eta=1.0)
+    again, _ = draw_toy("eps", "ddim", 20, eta=1.0)
+    assert not torch.equal(deterministic, noisy)
+    assert torch.equal(noisy, again)

@@ -210,13 +210,31 @@ GUIDANCE = number(0, example=2.0, what="a finite number >= 0 (0: the plain condi
 SAMPLING_PRECISIONS = choice(32, "32", "bf16", example="bf16")
 DEVICE = Rule(TEXT.test, "auto, cpu, cuda or a torch device such as cuda:1", "cpu")
 
+
+def _interval(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, list) and len(value) == 2 and all(map(_is_number, value)) and 0 <= value[0] <= value[1]
+    )
+
+
+#: ``guidance_interval``: null, or ``[SIGMA_LO, SIGMA_HI]`` with 0 <= SIGMA_LO <= SIGMA_HI.
+GUIDANCE_INTERVAL = Rule(_interval, "[SIGMA_LO, SIGMA_HI] with 0 <= SIGMA_LO <= SIGMA_HI, or null", "[0.3,5.0]")
+GUIDANCE_RESCALE = number(0, 1, example=0.0)
 SAMPLER = {
     "sampler._target_": TARGET,
     "sampler._partial_": choice(True, example=True),
+    # The scheduler class and its options are checked against diffusers when the sampler is built.
+    "sampler.name": TEXT,
+    "sampler.default_steps": integer(1, example=20),
     "sampler.eta": number(0, 1, example=0.0),
     "sampler.timestep_spacing": choice("leading", "trailing", "linspace"),
     "sampler.clip_sample": BOOLEAN,
-    "sampler.variance": choice("posterior", "beta"),
+    "sampler.variance_type": choice("fixed_small", "fixed_large", "fixed_small_log", "fixed_large_log", "learned"),
+    "sampler.algorithm_type": choice("dpmsolver++", "dpmsolver", "sde-dpmsolver++", "sde-dpmsolver"),
+    "sampler.solver_order": integer(1, 3, example=2),
+    "sampler.final_sigmas_type": choice("zero", "sigma_min"),
+    "sampler.sigma_schedule": choice("karras", "exponential"),
+    "sampler.rho": number(0, open_low=True, example=7.0),
 }
 CLIP = {
     "clip._target_": TARGET,
@@ -251,6 +269,8 @@ SAMPLING = {
     "seed": SEED,
     "steps": optional(integer(1, example=50)),
     "guidance": GUIDANCE,
+    "guidance_interval": GUIDANCE_INTERVAL,
+    "guidance_rescale": GUIDANCE_RESCALE,
     "batch_size": integer(1, example=128),
     "precision": SAMPLING_PRECISIONS,
     "device": DEVICE,
@@ -273,7 +293,18 @@ TRAIN: dict[str, Rule] = {
     "model.cond_drop_prob": number(0, 1, open_high=True, example=0.1),
     "model.style_drop_prob": number(0, 1, open_high=True, example=0.1),
     "model.val_seed": SEED,
-    "model.min_snr_gamma": optional(number(0, open_low=True, example=5.0)),
+    "objective._target_": TARGET,
+    "objective.schedule": Rule(_component, "the schedule config", "${schedule}"),
+    "objective.min_snr_gamma": optional(number(0, open_low=True, example=5.0)),
+    "objective.time_distribution": choice("logit_normal", "uniform"),
+    "objective.logit_mean": number(-10, 10, example=0.0),
+    "objective.logit_std": number(0, open_low=True, example=1.0),
+    "objective.shift": number(0, open_low=True, example=1.0),
+    "objective.sigma_data": number(0, open_low=True, example=0.5),
+    "objective.p_mean": number(-10, 10, example=-1.2),
+    "objective.p_std": number(0, open_low=True, example=1.2),
+    "objective.sigma_min": number(0, open_low=True, example=0.002),
+    "objective.sigma_max": number(0, open_low=True, example=80.0),
     "model.style_conditioning": BOOLEAN,
     "model.channels_last": BOOLEAN,
     "model.compile": BOOLEAN,
@@ -356,6 +387,8 @@ TRAIN: dict[str, Rule] = {
     "callbacks.sample_quality.num_per_class": integer(2, example=10),
     "callbacks.*.steps": optional(integer(1, example=50)),
     "callbacks.*.guidance": GUIDANCE,
+    "callbacks.*.guidance_interval": GUIDANCE_INTERVAL,
+    "callbacks.*.guidance_rescale": GUIDANCE_RESCALE,
     "callbacks.*.seed": SEED,
     "callbacks.*.sampler": Rule(_component, "a sampler config with _target_", "${sampler}"),
     "callbacks.sample_grid.output_dir": PATH,

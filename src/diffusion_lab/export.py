@@ -85,7 +85,8 @@ def export_model(
     """Write the model folder of checkpoint ``ckpt`` to ``output``; returns its ``config.json``.
 
     ``metrics`` (an evaluation's ``metrics.json``) go into the card; the card's grid shows
-    ``grid_per_class`` samples of each class drawn with DDIM at ``steps``, ``guidance`` and ``seed``;
+    ``grid_per_class`` samples of each class drawn with the objective's default sampler at
+    ``steps``, ``guidance`` and ``seed``;
     ``repo_id`` is the Hub repository the card's usage lines download.
     """
     check_output(output)

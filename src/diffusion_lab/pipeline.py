@@ -23,8 +23,8 @@ from torch import Tensor
 from diffusion_lab.data.labels import Label, label_index, resolve_labels
 from diffusion_lab.data.sources import IMAGE_SHAPE, dataset_info
 from diffusion_lab.data.styles import StyleStats
-from diffusion_lab.diffusion.reverse_process import check_guidance, make_sampler, sample
-from diffusion_lab.diffusion.samplers import Sampler
+from diffusion_lab.diffusion.reverse_process import Interval, check_guidance, sample
+from diffusion_lab.diffusion.samplers import Sampler, make_sampler
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.hub_format import load_model_folder
 
@@ -122,20 +122,29 @@ class DiffusionPipeline:
             return style
         return stats.request(num, **style)
 
-    def check_settings(self, guidance: float, batch_size: int, precision: str) -> torch.autocast:
-        """Refuse a bad guidance weight, batch size or precision (one-line ``ValueError``); the autocast to use."""
-        check_guidance(guidance)
+    def check_settings(
+        self,
+        guidance: float,
+        batch_size: int,
+        precision: str,
+        guidance_interval: Interval = None,
+        guidance_rescale: float = 0.0,
+    ) -> torch.autocast:
+        """Refuse a bad guidance setting, batch size or precision (one-line ``ValueError``); the autocast to use."""
+        check_guidance(guidance, guidance_interval, guidance_rescale)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
         return network_precision(self.device, precision)
 
-    def sampler(self, sampler: str | Sampler = "ddim", steps: int | None = None, **sampler_kwargs: object) -> Sampler:
-        """A sampler on the model's schedule (by name, built with ``sampler_kwargs``, or as given) walking ``steps``.
+    def sampler(self, sampler: str | Sampler = "auto", steps: int | None = None, **sampler_kwargs: object) -> Sampler:
+        """A sampler fitted to the model's objective (by name, built with ``sampler_kwargs``, or as given)
+        walking ``steps`` (None: its default, or the steps a given sampler was set to).
 
-        Refuses steps out of 1..T before any work.
+        Refuses a sampler that does not fit the objective, and bad steps, before any work.
         """
-        built = make_sampler(sampler, self.model.schedule, **sampler_kwargs)
-        built.set_timesteps(steps)
+        built = make_sampler(sampler, self.model.objective, **sampler_kwargs)
+        keep = steps is None and isinstance(sampler, Sampler) and built.num_steps
+        built.set_timesteps(built.num_steps if keep else steps, device=self.device)
         return built
 
     def starting_noise(self, num: int, seed: int) -> tuple[Tensor, torch.Generator]:
@@ -148,26 +157,29 @@ class DiffusionPipeline:
         self,
         labels: Tensor | Sequence[Label] | Label,
         seed: int = 0,
-        sampler: str | Sampler = "ddim",
+        sampler: str | Sampler = "auto",
         steps: int | None = None,
         guidance: float = 2.0,
         batch_size: int = 128,
         precision: str = "bf16",
         style: Style | None = None,
         noise: Tensor | None = None,
+        guidance_interval: Interval = None,
+        guidance_rescale: float = 0.0,
         **sampler_kwargs: object,
     ) -> Tensor:
         """Generate one image per label, reproducibly.
 
         The starting noise of every image is drawn up front from ``seed``, so the same seed and settings
         give the same images (bit-identical on CPU), and image i does not depend on ``batch_size`` for
-        deterministic samplers (DDIM with eta=0, DPM-Solver).
+        deterministic samplers (DDIM with eta=0, DPM-Solver, UniPC, Euler, Heun).
 
         Args:
             labels: ``[N]`` class indices, or a list of indices / class names, or one of them.
             seed: seed of the starting noise and of stochastic steps.
-            sampler: ``ddim``, ``ddpm``, ``dpm_solver`` (built with ``sampler_kwargs``), or a :class:`Sampler`.
-            steps: sampler steps (None: the sampler's default, DDPM T, DDIM 50, DPM-Solver 20).
+            sampler: a named sampler (``ddim``, ``dpm_solver``, ``euler``... built with ``sampler_kwargs``), a
+                diffusers scheduler class name, or a :class:`Sampler`.
+            steps: sampler steps (None: the sampler's default).
             guidance: classifier-free guidance weight w; 0 is the plain conditional model.
             batch_size: images per network pass (twice that with guidance); 128 is the fastest on CPU.
                 Not a result setting for deterministic samplers.
@@ -178,12 +190,15 @@ class DiffusionPipeline:
                 attributes ``[N, 2]`` per image. None samples without style conditions.
             noise: ``[N, C, H, W]`` starting noise x_T (None: drawn from ``seed``), e.g. one noise repeated
                 to see only a condition change.
+            guidance_interval: ``(sigma_lo, sigma_hi)``: guide only while the noise level is in it (w = 0
+                outside; Kynkaanniemi et al. 2024); None guides every step.
+            guidance_rescale: Lin et al.'s guidance rescale phi in [0, 1] (0: none).
 
         Returns:
             ``[N, C, H, W]`` float images in [0, 1] on the CPU.
         """
         labels = self.label_tensor(labels)
-        autocast = self.check_settings(guidance, batch_size, precision)
+        autocast = self.check_settings(guidance, batch_size, precision, guidance_interval, guidance_rescale)
         raw_styles = self.style_request(style, len(labels))
         styles = None if raw_styles is None else self.model.style_condition(raw_styles)
         built = self.sampler(sampler, steps, **sampler_kwargs)
@@ -198,11 +213,12 @@ class DiffusionPipeline:
             chunks = [
                 sample(
                     self.model.unet,
-                    self.model.schedule,
+                    self.model.objective,
                     labels[i : i + batch_size],
                     sampler=built,
-                    steps=steps,
                     guidance=guidance,
+                    guidance_interval=guidance_interval,
+                    guidance_rescale=guidance_rescale,
                     noise=noise[i : i + batch_size],
                     generator=generator,
                     styles=None if styles is None else styles[i : i + batch_size],

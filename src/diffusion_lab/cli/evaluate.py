@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from diffusion_lab.cli.app import hydra_app
-from diffusion_lab.cli.arguments import resolve_device
+from diffusion_lab.cli.arguments import guidance_settings, resolve_device, settings_text
 from diffusion_lab.cli.errors import fail
 from diffusion_lab.data.sources import DataError
 from diffusion_lab.evaluation.classifier import ClassifierError
@@ -60,8 +60,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if dataset is None:
         raise ValueError(f"{path} does not record its dataset (data.name): it was not written by diffusion-lab-train")
     # Every setting is checked before the minutes of work below.
-    sampler = pipe.sampler(instantiate(cfg.sampler)(schedule=pipe.model.schedule), cfg.steps)
-    pipe.check_settings(cfg.guidance, cfg.batch_size, str(cfg.precision))
+    sampler = pipe.sampler(instantiate(cfg.sampler)(objective=pipe.model.objective), cfg.steps)
+    guidance = guidance_settings(cfg)
+    pipe.check_settings(cfg.guidance, cfg.batch_size, str(cfg.precision), **guidance)
     clip, clip_status = clip_from_config(cfg.clip, dataset, device)
     evaluator = Evaluator(
         dataset, cfg.paths.data_dir, cfg.num_per_class, clip=clip, inception=cfg.inception, device=device,
@@ -71,7 +72,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     labels = torch.arange(pipe.num_classes).repeat_interleave(cfg.num_per_class)
     sampling = {
         "sampler": sampler, "steps": cfg.steps, "guidance": cfg.guidance, "batch_size": cfg.batch_size,
-        "precision": str(cfg.precision),
+        "precision": str(cfg.precision), **guidance,
     }  # fmt: skip
     sampling_started = time.perf_counter()
     images = pipe(labels, seed=cfg.seed, **sampling)
@@ -86,12 +87,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "ckpt": str(path),
         "dataset": dataset,
         "num_per_class": cfg.num_per_class,
-        "sampler": type(sampler).__name__,
+        "objective": pipe.model.objective.name,
+        "sampler": sampler.name,
         "steps": sampler.num_steps,
+        "network_evaluations": sampler.num_evaluations,
         "guidance": float(cfg.guidance),
+        "guidance_interval": guidance["guidance_interval"],
+        "guidance_rescale": guidance["guidance_rescale"],
         "seed": cfg.seed,
         "precision": str(cfg.precision),
-        "settings": f"{type(sampler).__name__} {sampler.num_steps} steps, w={cfg.guidance:g}, seed {cfg.seed}",
+        "settings": settings_text(sampler, cfg.guidance, guidance["guidance_interval"], cfg.seed),
         "classifier/test_accuracy": evaluator.classifier_test_accuracy,
         "clip/status": clip_status,
         **scores,

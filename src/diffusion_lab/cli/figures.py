@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from diffusion_lab.cli.app import hydra_app
-from diffusion_lab.cli.arguments import resolve_device
+from diffusion_lab.cli.arguments import guidance_settings, resolve_device
 from diffusion_lab.cli.errors import fail
 from diffusion_lab.data.datamodule import MNISTDataModule, first_test_image
 from diffusion_lab.data.sources import DataError
@@ -44,10 +44,13 @@ def make_figures(cfg: DictConfig) -> list[Path]:
     dataset = (pipe.dataset if pipe is not None else None) or cfg.data.name
     image = first_test_image(dataset, cfg.image_label, cfg.paths.data_dir)
     schedules = default_schedules(cfg.timesteps)
+    # A flow or EDM checkpoint's forward process is not one of the schedules: it gets a row of its own.
+    objective = pipe.model.objective if pipe is not None else None
+    extra_rows = [objective] if objective is not None and objective.name in ("flow", "edm") else []
     data = MNISTDataModule(dataset, cfg.paths.data_dir, styles=True)
     data.setup()
     figures = {
-        "noise_progression.png": show_noise_progression(image, schedules, seed=cfg.seed),
+        "noise_progression.png": show_noise_progression(image, schedules, seed=cfg.seed, objectives=extra_rows),
         "schedules.png": plot_schedules(schedules=schedules),
         "style_distributions.png": style_distributions(data.splits()[0].styles, data.style_stats, dataset),
     }
@@ -55,10 +58,11 @@ def make_figures(cfg: DictConfig) -> list[Path]:
         log.info("generation_steps.png and guidance_sweep.png need a trained model: pass ckpt=PATH")
     else:
         sampling = {
-            "sampler": instantiate(cfg.sampler)(schedule=pipe.model.schedule),
+            "sampler": instantiate(cfg.sampler)(objective=pipe.model.objective),
             "steps": cfg.steps,
             "seed": cfg.seed,
             "precision": str(cfg.precision),
+            **guidance_settings(cfg),
         }
         figures["generation_steps.png"] = visualize_generation_steps(
             pipe, num_snapshots=cfg.num_snapshots, guidance=cfg.guidance, **sampling

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.cli.app import hydra_app
-from diffusion_lab.cli.arguments import resolve_device
+from diffusion_lab.cli.arguments import guidance_settings, resolve_device
 from diffusion_lab.cli.errors import fail
 from diffusion_lab.data.sources import DataError
 from diffusion_lab.data.styles import STYLE_NAMES
@@ -66,7 +66,7 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
     style = {name: cfg.get(name) for name in STYLE_NAMES if cfg.get(name) is not None} or None
     # The requested raw attributes [1, 2], checked here (one line for a bad value) before any sampling.
     requested = pipe.style_request(style, 1)
-    sampler = instantiate(cfg.sampler)(schedule=pipe.model.schedule)
+    sampler = pipe.sampler(instantiate(cfg.sampler)(objective=pipe.model.objective), cfg.steps)
     scorer = None
     if selection:
         scorer, status = None, "unknown dataset"
@@ -77,6 +77,7 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
     images = pipe(
         labels, seed=cfg.seed, sampler=sampler, steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size,
         precision=str(cfg.precision), style=None if requested is None else requested.expand(len(labels), -1),
+        **guidance_settings(cfg),
     )  # fmt: skip
     extra: dict[str, np.ndarray] = {}
     kept = per_class
@@ -91,8 +92,8 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
     png, npz = save_samples(images, labels, cfg.output, nrow=nrow, extra=extra or None)
     drawn = ", ".join(names[i] for i in labels.unique_consecutive().tolist())
     styled = "".join(f", {name}={value}" for name, value in (style or {}).items())
-    log.info("%d images of %s (%s, %d steps, w=%g, seed %d%s)", len(labels), drawn, type(sampler).__name__,
-             sampler.num_steps, cfg.guidance, cfg.seed, styled)  # fmt: skip
+    log.info("%d images of %s (%s, w=%g, seed %d%s)", len(labels), drawn, sampler.title, cfg.guidance, cfg.seed,
+             styled)  # fmt: skip
     if selection:
         report = {
             "clip": scorer.name,

@@ -1,1 +1,1 @@
-"""The diffusion process: noise schedules (forward, ``q_*``), the guided reverse loop (``p_*``) and its samplers."""
+"""The diffusion process: noise schedules, objectives, samplers (diffusers' schedulers), the guided reverse loop."""

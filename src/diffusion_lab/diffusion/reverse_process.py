@@ -1,126 +1,165 @@
-"""The reverse-process loop p(x_{0:T}) with classifier-free guidance, shared by every sampler."""
+"""The reverse-process loop p(x_{0:T}) with classifier-free guidance, shared by every sampler and objective."""
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
+from diffusers.guiders.guider_utils import rescale_noise_cfg
 from torch import Tensor
 
-from diffusion_lab.diffusion.samplers import SAMPLERS, Sampler
-from diffusion_lab.diffusion.schedules import NoiseSchedule
+from diffusion_lab.diffusion.objectives import Objective
+from diffusion_lab.diffusion.samplers import Sampler, make_sampler
 from diffusion_lab.models.unet import ConditionalUNet
 
+#: A guidance interval ``(sigma_lo, sigma_hi)``: guide while sigma is in it; None guides every step.
+Interval = Sequence[float] | None
 
-def guided_eps(
-    unet: ConditionalUNet, x: Tensor, t: Tensor, labels: Tensor, guidance: float, styles: Tensor | None = None
+
+def guided_output(
+    unet: ConditionalUNet,
+    x: Tensor,
+    time: Tensor,
+    labels: Tensor,
+    guidance: float,
+    styles: Tensor | None = None,
+    rescale: float = 0.0,
 ) -> Tensor:
-    """Classifier-free guided noise ``(1 + w) eps(x, y, s) - w eps(x, null, no style)`` in float32, in one batched pass.
+    """Classifier-free guided output ``(1 + w) F(x, y, s) - w F(x, null, no style)`` in float32, in one pass.
 
-    With ``guidance == 0`` this is the plain conditional prediction (one forward pass of ``[B]``);
-    otherwise one pass of ``[2B]`` over the conditional and the unconditional halves. ``styles``
-    (``[B, S]`` normalised, NaN = not given) is dropped in the unconditional half with the label,
-    so guidance pushes towards the asked style as it does towards the class.
+    ``F`` is the network's raw output (noise, v, velocity or EDM's F: the guided mix is the same mix of
+    the two x_0 predictions for each). With ``guidance == 0`` this is the plain conditional output (one
+    pass of ``[B]``); otherwise one pass of ``[2B]`` over the conditional and unconditional halves.
+    ``styles`` (``[B, S]`` normalised, NaN = not given) is dropped in the unconditional half with the
+    label. ``rescale`` (Lin et al. 2023, diffusers' ``guidance_rescale``) pulls the guided output's
+    standard deviation back towards the conditional one's, undoing guidance's over-exposure.
     """
     if guidance == 0:
-        return (unet(x, t, labels) if styles is None else unet(x, t, labels, styles)).float()
+        return (unet(x, time, labels) if styles is None else unet(x, time, labels, styles)).float()
     null = torch.full_like(labels, unet.null_class)
-    x2, t2, labels2 = torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])
+    x2, t2, labels2 = torch.cat([x, x]), torch.cat([time, time]), torch.cat([labels, null])
     if styles is None:
-        eps = unet(x2, t2, labels2)
+        out = unet(x2, t2, labels2)
     else:
-        eps = unet(x2, t2, labels2, torch.cat([styles, torch.full_like(styles, float("nan"))]))
-    eps_cond, eps_uncond = eps.float().chunk(2)
-    return (1 + guidance) * eps_cond - guidance * eps_uncond
+        out = unet(x2, t2, labels2, torch.cat([styles, torch.full_like(styles, float("nan"))]))
+    cond, uncond = out.float().chunk(2)
+    guided = (1 + guidance) * cond - guidance * uncond
+    return rescale_noise_cfg(guided, cond, rescale) if rescale > 0 else guided
 
 
-def make_sampler(sampler: str | Sampler, schedule: NoiseSchedule, **kwargs: object) -> Sampler:
-    """A sampler by name (``ddpm``, ``ddim`` or ``dpm_solver``, built with ``kwargs``); a :class:`Sampler` as is."""
-    if isinstance(sampler, Sampler):
-        return sampler
-    try:
-        cls = SAMPLERS[sampler]
-    except KeyError:
-        raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}") from None
-    return cls(schedule, **kwargs)
-
-
-def check_guidance(guidance: float) -> None:
-    """Refuse a guidance weight that is not a finite number >= 0."""
-    if not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 0:
+def check_guidance(guidance: float, interval: Interval = None, rescale: float = 0.0) -> None:
+    """Refuse a guidance weight that is not a finite number >= 0, a bad interval or rescale (one line)."""
+    if (
+        isinstance(guidance, bool)
+        or not isinstance(guidance, (int, float))
+        or not math.isfinite(guidance)
+        or guidance < 0
+    ):
         raise ValueError(f"guidance must be a finite number >= 0 (0 = no guidance), got {guidance!r}")
+    if interval is not None:
+        values = list(interval)
+        if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"guidance_interval must be [SIGMA_LO, SIGMA_HI] or null, got {interval!r}")
+        if not 0 <= values[0] <= values[1]:
+            raise ValueError(f"guidance_interval must have 0 <= SIGMA_LO <= SIGMA_HI, got {values}")
+    if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 <= rescale <= 1:
+        raise ValueError(f"guidance_rescale must be a number in [0, 1], got {rescale!r}")
+
+
+def step_guidance(guidance: float, interval: Interval, sigma: float) -> float:
+    """The guidance weight at noise level ``sigma``: ``guidance`` inside ``interval`` (or with none), else 0."""
+    if interval is None:
+        return guidance
+    low, high = interval
+    return guidance if low <= sigma <= high else 0.0
 
 
 @torch.no_grad()
 def sample_progressive(
     unet: ConditionalUNet,
+    objective: Objective,
     sampler: Sampler,
     labels: Tensor,
     noise: Tensor,
     guidance: float = 0.0,
     generator: torch.Generator | None = None,
     styles: Tensor | None = None,
-) -> Iterator[tuple[int, Tensor]]:
-    """Run the reverse process from ``noise``, yielding ``(t, x)`` before the first step and after each.
+    guidance_interval: Interval = None,
+    guidance_rescale: float = 0.0,
+) -> Iterator[tuple[float, Tensor]]:
+    """Run the reverse process from ``noise``, yielding ``(sigma, x)`` before the first step and after each.
 
-    ``t`` is the timestep of ``x`` (-1 for the final x_0). The sampler's ``timesteps`` must be set.
+    ``sigma`` is the noise level of ``x`` (0 for the final x_0); ``x`` is in the objective's own space
+    (unit-variance noise scaled by the scheduler's ``init_noise_sigma`` at the start). The sampler's
+    timesteps must be set.
 
     Args:
-        unet: the noise predictor (in eval mode).
-        sampler: a sampler on the model's schedule, after ``set_timesteps``.
+        unet: the network (in eval mode).
+        objective: the model's objective.
+        sampler: a sampler fitted to ``objective``, after ``set_timesteps``.
         labels: ``[N]`` class indices.
-        noise: ``[N, C, H, W]`` the starting x_T.
+        noise: ``[N, C, H, W]`` standard normal starting noise.
         guidance: classifier-free guidance weight w (0 = conditional only).
         generator: RNG of stochastic samplers (on the model's device).
         styles: ``[N, S]`` normalised style conditions (NaN = not given) of a style-conditioned U-Net.
+        guidance_interval: ``(sigma_lo, sigma_hi)``: guide only there (Kynkaanniemi et al. 2024); None: always.
+        guidance_rescale: Lin et al.'s rescale phi in [0, 1] (0: none).
     """
-    check_guidance(guidance)
-    x = noise
-    timesteps = sampler.timesteps.tolist()
-    yield timesteps[0], x
-    for t in timesteps:
-        t_batch = torch.full((len(labels),), t, device=x.device, dtype=torch.long)
-        eps = guided_eps(unet, x, t_batch, labels, guidance, styles)
-        x = sampler.step(eps, t, x, generator=generator)
-        yield sampler.prev_timestep[t], x
+    check_guidance(guidance, guidance_interval, guidance_rescale)
+    x = noise * sampler.init_noise_sigma
+    timesteps = sampler.timesteps
+    sigmas = objective.sigma(timesteps.float().cpu()).tolist()
+    yield sigmas[0], x
+    for i, t in enumerate(timesteps):
+        x_in = sampler.scale_model_input(x, t)
+        time = objective.network_time(t.reshape(1).to(x.device)).expand(len(labels))
+        w = step_guidance(guidance, guidance_interval, sigmas[i])
+        output = guided_output(unet, x_in, time, labels, w, styles, guidance_rescale)
+        x = sampler.step(output, t, x, generator=generator)
+        yield (sigmas[i + 1] if i + 1 < len(sigmas) else 0.0), x
 
 
 @torch.no_grad()
 def sample(
     unet: ConditionalUNet,
-    schedule: NoiseSchedule,
+    objective: Objective,
     labels: Tensor,
-    sampler: str | Sampler = "ddim",
+    sampler: str | Sampler = "auto",
     steps: int | None = None,
     guidance: float = 0.0,
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     image_shape: tuple[int, int, int] | None = None,
     styles: Tensor | None = None,
-    **sampler_kwargs: object,
+    guidance_interval: Interval = None,
+    guidance_rescale: float = 0.0,
+    **sampler_options: object,
 ) -> Tensor:
     """Generate one image per label.
 
     Args:
-        unet: the noise predictor (in eval mode).
-        schedule: the schedule it was trained with.
+        unet: the network (in eval mode).
+        objective: the objective it was trained with.
         labels: ``[N]`` class indices.
-        sampler: a sampler name (built with ``sampler_kwargs``) or a :class:`Sampler` on ``schedule``.
-        steps: number of steps (the sampler's default when None: DDPM T, DDIM 50, DPM-Solver 20).
+        sampler: a sampler name (built with ``sampler_options``) or a :class:`Sampler` fitted to ``objective``.
+        steps: number of steps (None: the sampler's default).
         guidance: classifier-free guidance weight w (0 = conditional only).
-        noise: ``[N, C, H, W]`` starting noise x_T; drawn from ``generator`` if None.
+        noise: ``[N, C, H, W]`` standard normal starting noise; drawn from ``generator`` if None.
         image_shape: ``(C, H, W)`` of the noise drawn when ``noise`` is None.
-        generator: RNG for x_T and stochastic steps, for reproducible samples.
+        generator: RNG for the noise and stochastic steps, for reproducible samples.
         styles: ``[N, S]`` normalised style conditions (NaN = not given) of a style-conditioned U-Net.
+        guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step).
+        guidance_rescale: Lin et al.'s guidance rescale phi (0: none).
 
     Returns:
         ``[N, C, H, W]`` images in [-1, 1].
     """
-    device = schedule.betas.device
-    built = make_sampler(sampler, schedule, **sampler_kwargs)
-    built.set_timesteps(steps)
+    device = next(unet.parameters()).device
+    built = make_sampler(sampler, objective, **sampler_options)
+    # Also resets a multistep solver's history; a built sampler keeps its steps when none are given.
+    built.set_timesteps(steps if steps is not None or not built.num_steps else built.num_steps, device=device)
     labels = labels.to(device)
     if noise is None:
         if image_shape is None:
@@ -128,7 +167,8 @@ def sample(
         noise = torch.randn((len(labels), *image_shape), generator=generator, device=device)
     styles = None if styles is None else styles.to(device)
     steps_taken = sample_progressive(
-        unet, built, labels, noise.to(device), guidance=guidance, generator=generator, styles=styles
-    )
+        unet, objective, built, labels, noise.to(device), guidance=guidance, generator=generator, styles=styles,
+        guidance_interval=guidance_interval, guidance_rescale=guidance_rescale,
+    )  # fmt: skip
     _, x = deque(steps_taken, maxlen=1)[0]
     return x.clamp(-1, 1)

@@ -1,4 +1,4 @@
-"""LightningModule that trains a ConditionalUNet with the DDPM noise-prediction loss."""
+"""LightningModule that trains a ConditionalUNet under one of the objectives (eps, v, flow, edm)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from diffusion_lab.data.styles import STYLE_NAMES, StyleStats
-from diffusion_lab.diffusion.schedules import NoiseSchedule
+from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.models.unet import ConditionalUNet
-from diffusion_lab.training.checkpointing import read_checkpoint, upgrade_config
+from diffusion_lab.training.checkpointing import read_checkpoint, upgrade_run_config
 
 #: Checkpoint key that holds the resolved run configuration, so a checkpoint rebuilds its model.
 CONFIG_KEY = "diffusion_lab_config"
@@ -25,7 +25,7 @@ STYLE_STATS_KEY = "diffusion_lab_style_stats"
 
 
 class DiffusionModule(L.LightningModule):
-    """DDPM training: ``loss = || eps - unet(q_sample(x0, t, eps), t, y) ||^2``.
+    """Diffusion training: ``loss = || target - unet(x_in, time, y) ||^2`` with the objective's noised input and target.
 
     Labels are replaced by the null class with probability ``cond_drop_prob`` so the same
     network also learns the unconditional model that classifier-free guidance needs.
@@ -33,15 +33,16 @@ class DiffusionModule(L.LightningModule):
     thickness; ``diffusion_lab.data.styles``), normalised by the training set's distribution and given
     to the U-Net; they are dropped together with the label, and each one on its own with
     probability ``style_drop_prob``, so the model samples with any subset of them, or none.
-    The validation loss uses fixed timesteps and noise (seeded per batch), so it is
-    comparable across epochs and runs.
+    The validation loss uses fixed noise levels and noise (seeded per batch) and no loss weighting, so
+    it is comparable across epochs and across runs of one objective (each objective has its own target).
 
     ``run_config`` (set by the training entry point) is stored in every checkpoint, which
     :meth:`load_checkpoint` uses to rebuild the module without the original config files.
 
     Args:
-        unet: the noise predictor.
-        schedule: the noise schedule.
+        unet: the network.
+        objective: what it predicts and how its inputs are noised (``objective`` config group), with its
+            Min-SNR weighting where that is defined.
         optimizer: factory ``params -> Optimizer`` (a Hydra ``_partial_``).
         lr_scheduler: factory ``optimizer -> scheduler`` (a Hydra ``_partial_``), optional. One that takes
             ``total_steps`` (``OneCycleLR``) is given the run's length and stepped every batch; any
@@ -52,8 +53,6 @@ class DiffusionModule(L.LightningModule):
         compile: compile the U-Net with ``torch.compile`` (``nn.Module.compile``: the state dict and
             checkpoints keep their plain keys); pays on GPUs, where it fuses the many small kernels.
         compile_mode: ``torch.compile`` mode: ``default``, ``reduce-overhead`` (CUDA graphs) or ``max-autotune``.
-        min_snr_gamma: Min-SNR-gamma loss weighting in training (None: the plain DDPM loss); the
-            validation loss is always unweighted, so it compares across settings.
         style_conditioning: condition on the images' style attributes; needs a U-Net with
             ``num_styles=2`` and a datamodule that gives styles (``data.styles``, on by default then).
         style_drop_prob: probability of dropping each style attribute of a sample on its own, in [0, 1):
@@ -63,7 +62,7 @@ class DiffusionModule(L.LightningModule):
     def __init__(
         self,
         unet: ConditionalUNet,
-        schedule: NoiseSchedule,
+        objective: Objective,
         optimizer: Callable[..., Optimizer],
         lr_scheduler: Callable[[Optimizer], Any] | None = None,
         cond_drop_prob: float = 0.1,
@@ -71,7 +70,6 @@ class DiffusionModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         compile_mode: str = "default",
-        min_snr_gamma: float | None = None,
         style_conditioning: bool = False,
         style_drop_prob: float = 0.1,
     ) -> None:
@@ -80,23 +78,20 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"model.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
         if not 0.0 <= style_drop_prob < 1.0:
             raise ValueError(f"model.style_drop_prob must be in [0, 1), got {style_drop_prob}")
-        if min_snr_gamma is not None and min_snr_gamma <= 0:
-            raise ValueError(f"model.min_snr_gamma must be positive or null, got {min_snr_gamma}")
         wanted = len(STYLE_NAMES) if style_conditioning else 0
         if unet.num_styles != wanted:
             raise ValueError(
                 f"model.unet.num_styles is {unet.num_styles} but model.style_conditioning={style_conditioning} needs "
                 f"{wanted}: leave model.unet.num_styles to its default"
             )
-        self.save_hyperparameters(ignore=["unet", "schedule", "optimizer", "lr_scheduler"], logger=False)
+        self.save_hyperparameters(ignore=["unet", "objective", "optimizer", "lr_scheduler"], logger=False)
         self.unet = unet
-        self.schedule = schedule
+        self.objective = objective
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.cond_drop_prob = cond_drop_prob
         self.val_seed = val_seed
         self.channels_last = channels_last
-        self.min_snr_gamma = min_snr_gamma
         self.style_conditioning = style_conditioning
         self.style_drop_prob = style_drop_prob
         #: The training set's style distribution (from the datamodule, or the checkpoint).
@@ -108,7 +103,7 @@ class DiffusionModule(L.LightningModule):
         self.run_config: dict[str, Any] | None = None
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor, styles: Tensor | None = None) -> Tensor:
-        """Predicted noise ``[B, C, H, W]`` for noisy images ``x`` at timesteps ``t`` (``styles`` normalised)."""
+        """The network's output ``[B, C, H, W]`` for inputs ``x`` at network times ``t`` (``styles`` normalised)."""
         return self.unet(x, t, labels, styles)
 
     def require_style_stats(self) -> StyleStats:
@@ -146,46 +141,35 @@ class DiffusionModule(L.LightningModule):
         self,
         x0: Tensor,
         labels: Tensor,
-        t: Tensor,
+        levels: Tensor,
         noise: Tensor,
         styles: Tensor | None = None,
         weighted: bool = False,
     ) -> Tensor:
-        """Mean squared error between the true and the predicted noise.
-
-        With ``weighted`` and ``min_snr_gamma`` set, image i's error is weighted by
-        ``min(SNR(t_i), gamma) / SNR(t_i)`` (Min-SNR, Hang et al. 2023): the nearly noiseless
-        timesteps, easy to fit and of little use to sampling, stop dominating the gradient.
-        """
-        x_t = self.schedule.q_sample(x0, t, noise)
-        if self.channels_last:
-            x_t = x_t.contiguous(memory_format=torch.channels_last)
-        error = (self.unet(x_t, t, labels, styles).float() - noise).square().mean(dim=tuple(range(1, x0.ndim)))
-        if weighted and self.min_snr_gamma is not None:
-            alpha_bar = self.schedule.alphas_cumprod[t]
-            snr = alpha_bar / (1.0 - alpha_bar)
-            error = error * snr.clamp(max=self.min_snr_gamma) / snr
-        return error.mean()
+        """The objective's mean squared error at noise ``levels`` (Min-SNR weighted when ``weighted`` and set)."""
+        batch = self.objective.training_batch(x0, levels, noise)
+        x_in = batch.x_in.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.x_in
+        return self.objective.loss(self.unet(x_in, batch.time, labels, styles), batch, weighted=weighted)
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         x0, labels, styles = self._split_batch(batch)
-        t = torch.randint(0, self.schedule.timesteps, (len(x0),), device=x0.device)
+        levels = self.objective.sample_levels(len(x0), x0.device)
         noise = torch.randn_like(x0)
         drop = torch.rand(len(labels), device=labels.device) < self.cond_drop_prob
         labels = torch.where(drop, torch.full_like(labels, self.unet.null_class), labels)
         if styles is not None:
             drop_style = drop[:, None] | (torch.rand(styles.shape, device=styles.device) < self.style_drop_prob)
             styles = styles.masked_fill(drop_style, float("nan"))
-        loss = self.diffusion_loss(x0, labels, t, noise, styles, weighted=True)
+        loss = self.diffusion_loss(x0, labels, levels, noise, styles, weighted=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(x0))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         x0, labels, styles = self._split_batch(batch)
         gen = torch.Generator(device=x0.device).manual_seed(self.val_seed + batch_idx)
-        t = torch.randint(0, self.schedule.timesteps, (len(x0),), device=x0.device, generator=gen)
+        levels = self.objective.sample_levels(len(x0), x0.device, generator=gen)
         noise = torch.randn(x0.shape, device=x0.device, generator=gen)
-        loss = self.diffusion_loss(x0, labels, t, noise, styles)
+        loss = self.diffusion_loss(x0, labels, levels, noise, styles)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(x0))
 
     def configure_optimizers(self) -> Any:
@@ -232,9 +216,8 @@ class DiffusionModule(L.LightningModule):
         checkpoint = read_checkpoint(path, map_location)
         if checkpoint.get(CONFIG_KEY) is None:
             raise ValueError(f"{path} holds no {CONFIG_KEY}: it was not written by diffusion-lab-train")
-        config = upgrade_config(checkpoint[CONFIG_KEY])  # older checkpoints name the classes by older paths
-        schedule = instantiate(config["schedule"])
-        module = instantiate(config["model"], schedule=schedule)
+        config = upgrade_run_config(checkpoint[CONFIG_KEY])  # older checkpoints: older paths, no objective
+        module = instantiate(config["model"], objective=instantiate(config["objective"]))
         try:
             module.load_state_dict(checkpoint["state_dict"])
         except (KeyError, RuntimeError) as err:

@@ -27,9 +27,11 @@ from diffusion_lab import __version__
 from diffusion_lab.data.sources import dataset_info
 from diffusion_lab.data.styles import StyleStats
 from diffusion_lab.diffusion import schedules
+from diffusion_lab.diffusion.objectives import OBJECTIVES
+from diffusion_lab.diffusion.objectives.base import DiscreteObjective
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.unet import ConditionalUNet
-from diffusion_lab.training.checkpointing import state_difference
+from diffusion_lab.training.checkpointing import state_difference, upgrade_run_config
 from diffusion_lab.utils.files import atomic_write, atomic_write_text
 
 WEIGHTS_FILE = "model.safetensors"
@@ -55,10 +57,9 @@ def _target_name(node: dict[str, Any]) -> str:
 def folder_config(module: DiffusionModule, checkpoint: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
     """``config.json`` of a module loaded from ``checkpoint``, with ``training`` (recipe, time) recorded as given.
 
-    The keys rebuild the model (``unet``, ``schedule``, ``model``, ``dataset``, ``style_stats``); an
-    ``objective`` key will join them when models learn other targets than the noise.
+    The keys rebuild the model (``unet``, ``objective``, ``schedule``, ``model``, ``dataset``, ``style_stats``).
     """
-    run = module.run_config or {}
+    run = upgrade_run_config(module.run_config or {})
     schedule = run.get("schedule", {})
     if _target_name(schedule) not in SCHEDULES:
         raise ValueError(f"the checkpoint's schedule {schedule.get('_target_')!r} cannot be exported")
@@ -73,6 +74,7 @@ def folder_config(module: DiffusionModule, checkpoint: dict[str, Any], training:
         "library_version": __version__,
         "format_version": FORMAT_VERSION,
         "unet": _plain(run["model"]["unet"]),
+        "objective": {"name": module.objective.name, **_plain(run["objective"])},
         "schedule": {"name": _target_name(schedule), **_plain(schedule)},
         "model": model,
         "dataset": {"name": name, "class_names": list(info.class_names), "image_shape": list(info.image_shape)},
@@ -122,13 +124,19 @@ def build_module(config: dict[str, Any]) -> DiffusionModule:
     build_schedule = SCHEDULES.get(schedule.pop("name", None))
     if build_schedule is None:
         raise ValueError(f"unknown schedule in config.json: use one of {', '.join(SCHEDULES)}")
+    objective = dict(config.get("objective") or {"name": "eps"})  # folders from before objectives: eps
+    objective_class = OBJECTIVES.get(objective.pop("name", None))
+    if objective_class is None:
+        raise ValueError(f"unknown objective in config.json: use one of {', '.join(OBJECTIVES)}")
+    if issubclass(objective_class, DiscreteObjective):
+        objective["schedule"] = build_schedule(**schedule)
     optimizer = dict(config.get("training", {}).get("optimizer") or {"name": "AdamW"})
     optimizer_class = getattr(torch.optim, optimizer.pop("name"), None)
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
         raise ValueError("unknown optimizer in config.json: name one of torch.optim's")
     module = DiffusionModule(
         unet=ConditionalUNet(**config["unet"]),
-        schedule=build_schedule(**schedule),
+        objective=objective_class(**objective),
         optimizer=functools.partial(optimizer_class, **optimizer),
         **config["model"],
     )

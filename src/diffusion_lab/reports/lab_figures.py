@@ -24,8 +24,9 @@ from torch import Tensor
 
 from diffusion_lab.data.labels import Label, label_index
 from diffusion_lab.data.styles import LEVEL_PERCENTILES, STYLE_NAMES, STYLE_UNITS, StyleStats, measure
-from diffusion_lab.diffusion.reverse_process import check_guidance, sample_progressive
-from diffusion_lab.diffusion.samplers import SAMPLERS, Sampler
+from diffusion_lab.diffusion.objectives import Objective
+from diffusion_lab.diffusion.reverse_process import Interval, check_guidance, sample_progressive
+from diffusion_lab.diffusion.samplers import Sampler
 from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine, linear, quadratic
 from diffusion_lab.pipeline import DiffusionPipeline, network_precision
 from diffusion_lab.reports.images import image_grid
@@ -36,8 +37,6 @@ CELL_INCHES = 1.15
 FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 #: Guidance weights of the default guidance sweep.
 GUIDANCE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
-#: How figure titles name each sampler.
-SAMPLER_TITLES = {"ddim": "DDIM", "ddpm": "DDPM", "dpm_solver": "DPM-Solver"}
 
 
 def default_schedules(timesteps: int = 1000) -> list[NoiseSchedule]:
@@ -92,8 +91,9 @@ def show_noise_progression(
     schedules: Sequence[NoiseSchedule] | None = None,
     fractions: Sequence[float] = FRACTIONS,
     seed: int = 0,
+    objectives: Sequence[Objective] = (),
 ) -> Figure:
-    """How the forward process q(x_t | x_0) destroys one image under each schedule.
+    """How the forward process q(x_t | x_0) destroys one image under each schedule (and objective).
 
     One row per schedule, one column per fraction f of T: f = 0 is the clean x_0, f > 0 is x_t at
     ``t = round(f T) - 1``. Every row and column uses the same noise (from ``seed``), so the rows
@@ -105,6 +105,8 @@ def show_noise_progression(
         schedules: schedules sharing one T (default: linear, quadratic, cosine with T = 1000).
         fractions: fractions of T, each in [0, 1].
         seed: seed of the noise.
+        objectives: more rows, each the forward process of an objective at the same fractions of its
+            noise range (flow: (1 - f) x_0 + f eps; EDM: log-linear sigma, scaled to unit variance).
     """
     x0 = _as_chw(image)
     schedules = list(schedules) if schedules is not None else default_schedules(1000)
@@ -119,9 +121,9 @@ def show_noise_progression(
     titles = [f"t = {0 if t is None else t} ({f:.0%})" for t, f in zip(steps, fractions, strict=True)]
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     fig, axes = _image_grid(
-        len(schedules),
+        len(schedules) + len(objectives),
         len(fractions),
-        [s.name for s in schedules],
+        [s.name for s in schedules] + [f"objective\n{o.name}" for o in objectives],
         titles,
         f"Forward process q(x_t | x_0): one image, the same noise, {len(schedules)} schedules (T = {total})",
     )
@@ -130,6 +132,9 @@ def show_noise_progression(
         for c, t in enumerate(steps):
             x_t = x0 if t is None else schedule.q_sample(x0[None], torch.tensor([t]), noise[None])[0]
             _show(axes[r, c], x_t, (-1.0, 1.0))
+    for r, objective in enumerate(objectives, start=len(schedules)):
+        for c, f in enumerate(fractions):
+            _show(axes[r, c], objective.add_noise(x0, f, noise), (-1.0, 1.0))
     return fig
 
 
@@ -157,22 +162,18 @@ def plot_schedules(timesteps: int = 1000, schedules: Sequence[NoiseSchedule] | N
     return fig
 
 
-def _sampler_title(sampler: Sampler) -> str:
-    """``DDIM, 50 steps``."""
-    name = next((n for n, cls in SAMPLERS.items() if type(sampler) is cls), None)
-    return f"{SAMPLER_TITLES.get(name, type(sampler).__name__)}, {sampler.num_steps} steps"
-
-
 @torch.no_grad()
 def visualize_generation_steps(
     pipe: DiffusionPipeline,
     labels: Tensor | Sequence[Label] | None = None,
     num_snapshots: int = 8,
-    sampler: str | Sampler = "ddim",
+    sampler: str | Sampler = "auto",
     steps: int | None = None,
     guidance: float = 2.0,
     seed: int = 0,
     precision: str = "bf16",
+    guidance_interval: Interval = None,
+    guidance_rescale: float = 0.0,
     **sampler_kwargs: object,
 ) -> Figure:
     """Snapshots of x_t along the reverse process, from pure noise x_T to the final x_0.
@@ -187,34 +188,43 @@ def visualize_generation_steps(
         pipe: a trained model's pipeline (:func:`~diffusion_lab.pipeline.load_model`).
         labels: ``[N]`` class indices, or a list of indices / class names (default: every class once).
         num_snapshots: columns, at least 2 (at most the number of steps + 1 are shown).
-        sampler: ``ddim``, ``ddpm``, ``dpm_solver`` (built with ``sampler_kwargs``), or a :class:`Sampler`
-            on the model's schedule.
+        sampler: a sampler name (``auto``, ``ddim``, ``dpm_solver``... built with ``sampler_kwargs``), or a
+            :class:`Sampler` fitted to the model's objective.
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight w.
         seed: seed of the starting noise and of stochastic steps.
         precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.DiffusionPipeline`.
+        guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step).
+        guidance_rescale: guidance rescale phi (0: none).
     """
     if isinstance(num_snapshots, bool) or not isinstance(num_snapshots, int) or num_snapshots < 2:
         raise ValueError(f"num_snapshots must be an integer >= 2 (noise and sample), got {num_snapshots!r}")
-    check_guidance(guidance)
+    check_guidance(guidance, guidance_interval, guidance_rescale)
     label_idx = pipe.label_tensor(torch.arange(pipe.num_classes) if labels is None else labels)
     built = pipe.sampler(sampler, steps, **sampler_kwargs)
     device = pipe.device
     noise, generator = pipe.starting_noise(len(label_idx), seed)
     pipe.model.eval()
-    # Yield k is x after k steps (k = 0: the noise); keep evenly spaced ones, first and last included.
-    keep = sorted({round(k) for k in np.linspace(0, built.num_steps, min(num_snapshots, built.num_steps + 1))})
-    snapshots: list[tuple[int, int, Tensor]] = []
-    progress = sample_progressive(
-        pipe.model.unet, built, label_idx.to(device), noise, guidance=guidance, generator=generator
+    # Yield k is x after k evaluations (a second-order step's two count apart). A sampler that walks
+    # x = x_0 + sigma eps (Euler, EDM: init_noise_sigma > 1) is shown scaled by 1 / sqrt(1 + sigma^2).
+    scaled = built.init_noise_sigma > 1
+    keep = sorted(
+        {round(k) for k in np.linspace(0, built.num_evaluations, min(num_snapshots, built.num_evaluations + 1))}
     )
+    snapshots: list[tuple[int, float, Tensor]] = []
+    progress = sample_progressive(
+        pipe.model.unet, pipe.model.objective, built, label_idx.to(device), noise, guidance=guidance,
+        generator=generator, guidance_interval=guidance_interval, guidance_rescale=guidance_rescale,
+    )  # fmt: skip
     with network_precision(device, precision):
-        for k, (t, x) in enumerate(progress):
+        for k, (sigma, x) in enumerate(progress):
             if k in keep:
-                snapshots.append((k, t, ((x.float().cpu() + 1) / 2).clamp(0, 1)))
+                shown = x.float().cpu() / (1 + sigma**2) ** 0.5 if scaled else x.float().cpu()
+                snapshots.append((k, sigma, ((shown + 1) / 2).clamp(0, 1)))
+    total = built.num_evaluations
     titles = [
-        f"t = {t}\nstep {k}/{built.num_steps}" if t >= 0 else f"x_0 (sample)\nstep {k}/{built.num_steps}"
-        for k, t, _ in snapshots
+        f"sigma = {sigma:.3g}\nstep {k}/{total}" if sigma > 0 else f"x_0 (sample)\nstep {k}/{total}"
+        for k, sigma, _ in snapshots
     ]
     names = pipe.class_names
     fig, axes = _image_grid(
@@ -222,7 +232,7 @@ def visualize_generation_steps(
         len(snapshots),
         [names[i] for i in label_idx.tolist()],
         titles,
-        f"Reverse process, noise to sample: {_sampler_title(built)}, guidance w = {guidance:g}, seed {seed}",
+        f"Reverse process, noise to sample: {built.title}, guidance w = {guidance:g}, seed {seed}",
     )
     for c, (_, _, images) in enumerate(snapshots):
         for r in range(len(label_idx)):
@@ -236,9 +246,11 @@ def guidance_sweep(
     weights: Sequence[float] = GUIDANCE_WEIGHTS,
     num_per_class: int = 4,
     seed: int = 0,
-    sampler: str | Sampler = "ddim",
+    sampler: str | Sampler = "auto",
     steps: int | None = None,
     precision: str = "bf16",
+    guidance_interval: Interval = None,
+    guidance_rescale: float = 0.0,
     **sampler_kwargs: object,
 ) -> Figure:
     """Samples of every class at each classifier-free guidance weight w, from the same noise.
@@ -252,8 +264,8 @@ def guidance_sweep(
         weights: guidance weights, each >= 0 (0 = the plain conditional model).
         num_per_class: samples per class.
         seed: seed of the starting noise (the same for every weight).
-        sampler: ``ddim``, ``ddpm``, ``dpm_solver`` (built with ``sampler_kwargs``), or a :class:`Sampler`
-            on the model's schedule.
+        sampler: a sampler name (``auto``, ``ddim``, ``dpm_solver``... built with ``sampler_kwargs``), or a
+            :class:`Sampler` fitted to the model's objective.
         steps: sampler steps (None: the sampler's default).
         precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.DiffusionPipeline`.
     """
@@ -261,7 +273,7 @@ def guidance_sweep(
     if not weights:
         raise ValueError("guidance_sweep needs at least one guidance weight")
     for w in weights:
-        check_guidance(w)
+        check_guidance(w, guidance_interval, guidance_rescale)
     if isinstance(num_per_class, bool) or not isinstance(num_per_class, int) or num_per_class <= 0:
         raise ValueError(f"num_per_class must be a positive integer, got {num_per_class!r}")
     names = pipe.class_names
@@ -277,7 +289,10 @@ def guidance_sweep(
     size = pipe.image_shape[1]
     cell = size + 2
     for i, (ax, w) in enumerate(zip(axes, weights, strict=True)):
-        images = pipe(labels, seed=seed, sampler=built, steps=steps, guidance=w, precision=precision)
+        images = pipe(
+            labels, seed=seed, sampler=built, guidance=w, precision=precision,
+            guidance_interval=guidance_interval, guidance_rescale=guidance_rescale,
+        )  # fmt: skip
         grid = image_grid(images, num_per_class)
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(f"w = {w:g}", fontsize=10)
@@ -288,7 +303,7 @@ def guidance_sweep(
         for spine in ax.spines.values():
             spine.set_visible(False)
     fig.suptitle(
-        f"Classifier-free guidance: {_sampler_title(built)}, the same noise for every w (seed {seed})",
+        f"Classifier-free guidance: {built.title}, the same noise for every w (seed {seed})",
         fontsize=11,
     )
     return fig
@@ -322,10 +337,12 @@ def style_grid(
     slants: Sequence[float | str] = (-30, -15, 0, 15, 30),
     thicknesses: Sequence[float | str] = ("thin", "regular", "bold"),
     seed: int = 0,
-    sampler: str | Sampler = "ddim",
+    sampler: str | Sampler = "auto",
     steps: int | None = None,
     guidance: float = 2.0,
     precision: str = "bf16",
+    guidance_interval: Interval = None,
+    guidance_rescale: float = 0.0,
     **sampler_kwargs: object,
 ) -> Figure:
     """One class drawn at every slant (columns) and thickness (rows), all from the same starting noise.
@@ -339,7 +356,7 @@ def style_grid(
         slants: degrees or named levels (``left``, ``upright``, ``right``, ``low``, ``medium``, ``high``).
         thicknesses: pixels or named levels (``thin``, ``regular``, ``bold``, ``low``, ``medium``, ``high``).
         seed: seed of the starting noise, the same in every cell.
-        sampler: ``ddim``, ``ddpm``, ``dpm_solver`` (built with ``sampler_kwargs``), or a :class:`Sampler`.
+        sampler: a sampler name (``auto``, ``ddim``, ``dpm_solver``...), or a :class:`Sampler`.
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight w.
         precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.DiffusionPipeline`.
@@ -353,8 +370,9 @@ def style_grid(
     built = pipe.sampler(sampler, steps, **sampler_kwargs)
     noise, _ = pipe.starting_noise(1, seed)
     images = pipe(
-        [index] * len(asked), seed=seed, sampler=built, steps=steps, guidance=guidance, precision=precision,
-        style=asked, noise=noise.expand(len(asked), -1, -1, -1),
+        [index] * len(asked), seed=seed, sampler=built, guidance=guidance, precision=precision,
+        style=asked, noise=noise.expand(len(asked), -1, -1, -1), guidance_interval=guidance_interval,
+        guidance_rescale=guidance_rescale,
     )  # fmt: skip
     measured = measure(images)
     name = pipe.class_names[index]
@@ -363,7 +381,7 @@ def style_grid(
         len(slants),
         [f"thickness\n{t}" + ("" if isinstance(t, str) else " px") for t in thicknesses],
         [f"slant {s}" + ("" if isinstance(s, str) else "°") for s in slants],
-        f"{name}: slant across, thickness down ({_sampler_title(built)}, w = {guidance:g}, seed {seed})",
+        f"{name}: slant across, thickness down ({built.title}, w = {guidance:g}, seed {seed})",
     )
     for k, ax in enumerate(axes.flat):
         _show(ax, images[k], (0.0, 1.0))

@@ -19,6 +19,12 @@ HUB_DATASETS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fash
 SAMPLES_FILE = "samples.png"
 
 
+def _objective_text(objective: dict[str, Any]) -> str:
+    """``eps (min_snr_gamma=5.0)``: the objective and its settings."""
+    args = ", ".join(f"{key}={value}" for key, value in objective.items() if key != "name" and value is not None)
+    return f"{objective['name']} ({args})" if args else str(objective["name"])
+
+
 def _recipe_rows(config: dict[str, Any], params: int) -> list[list[object]]:
     training, unet, schedule = config["training"], config["unet"], config["schedule"]
     schedule_args = ", ".join(f"{key}={value}" for key, value in schedule.items() if key != "name")
@@ -30,6 +36,7 @@ def _recipe_rows(config: dict[str, Any], params: int) -> list[list[object]]:
         ["classes", ", ".join(config["dataset"]["class_names"])],
         ["parameters", f"{params:,}"],
         ["U-Net", f"channels {unet.get('down_chs')}, attention at levels {unet.get('attention_levels') or 'none'}"],
+        ["objective", _objective_text(config.get("objective") or {"name": "eps"})],
         ["noise schedule", f"{schedule['name']} ({schedule_args})"],
         ["style conditioning", "slant and thickness" if config["model"].get("style_conditioning") else "no"],
         ["optimizer", f"{optimizer.get('name', '-')} ({optimizer_args})"],
@@ -65,8 +72,8 @@ def model_card(config: dict[str, Any], params: int, metrics: dict[str, Any] | No
         "",
         f"# A class-conditioned diffusion model of {dataset}",
         "",
-        "A DDPM U-Net with classifier-free guidance, trained with diffusion-lab. `model.safetensors` holds its "
-        "weights (the EMA weights when it trained with EMA), `config.json` everything that rebuilds it.",
+        "A class-conditioned U-Net with classifier-free guidance, trained with diffusion-lab. `model.safetensors` "
+        "holds its weights (the EMA weights when it trained with EMA), `config.json` everything that rebuilds it.",
         "",
         "## Recipe",
         "",

@@ -15,8 +15,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from diffusion_lab.diffusion.reverse_process import sample
-from diffusion_lab.diffusion.samplers import DDIMSampler, SamplerFactory
+from diffusion_lab.diffusion.reverse_process import Interval, sample
+from diffusion_lab.diffusion.samplers import SamplerFactory, make_sampler
 from diffusion_lab.evaluation.clip import ClipScorer, clip_from_config
 from diffusion_lab.evaluation.evaluator import Evaluator, class_keys
 from diffusion_lab.reports.images import image_grid, save_png
@@ -41,6 +41,8 @@ class FixedSamples(L.Callback):
         guidance: float,
         seed: int,
         every_n_epochs: int,
+        guidance_interval: Interval = None,
+        guidance_rescale: float = 0.0,
     ) -> None:
         self.num_per_class = num_per_class
         self.sampler = sampler
@@ -48,6 +50,8 @@ class FixedSamples(L.Callback):
         self.guidance = guidance
         self.seed = seed
         self.every_n_epochs = every_n_epochs
+        self.guidance_interval = None if guidance_interval is None else tuple(guidance_interval)
+        self.guidance_rescale = guidance_rescale
 
     def due(self, trainer: L.Trainer) -> bool:
         """Whether this validation epoch end is one to draw at."""
@@ -68,10 +72,12 @@ class FixedSamples(L.Callback):
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed))
         was_training = pl_module.training
         pl_module.eval()
+        objective = pl_module.objective
+        sampler = make_sampler("ddim", objective) if self.sampler is None else self.sampler(objective=objective)
         images = sample(
-            pl_module.unet, pl_module.schedule, labels.to(pl_module.device),
-            sampler=self.sampler(schedule=pl_module.schedule), steps=self.steps, guidance=self.guidance,
-            noise=noise.to(pl_module.device),
+            pl_module.unet, objective, labels.to(pl_module.device), sampler=sampler, steps=self.steps,
+            guidance=self.guidance, noise=noise.to(pl_module.device), guidance_interval=self.guidance_interval,
+            guidance_rescale=self.guidance_rescale,
         )  # fmt: skip
         pl_module.train(was_training)
         return ((images.float().cpu() + 1) / 2).clamp(0, 1)
@@ -87,9 +93,12 @@ class SampleGrid(FixedSamples):
     Args:
         output_dir: folder for the PNG files.
         num_per_class: images per class (grid columns).
-        sampler: builds the sampler on the model's schedule (the ``sampler`` config group, ``_partial_``).
+        sampler: fits the sampler to the model's objective (the ``sampler`` config group, ``_partial_``;
+            None: DDIM).
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight.
+        guidance_interval: ``[sigma_lo, sigma_hi]`` to guide in (None: every step).
+        guidance_rescale: guidance rescale phi (0: none).
         seed: seed of the fixed starting noise.
         every_n_epochs: draw after every n-th validation epoch (the final grid is always drawn).
     """
@@ -98,15 +107,19 @@ class SampleGrid(FixedSamples):
         self,
         output_dir: str | Path,
         num_per_class: int = 8,
-        sampler: SamplerFactory = DDIMSampler,
+        sampler: SamplerFactory | None = None,
         steps: int | None = 50,
         guidance: float = 2.0,
         seed: int = 0,
         every_n_epochs: int = 1,
+        guidance_interval: Interval = None,
+        guidance_rescale: float = 0.0,
     ) -> None:
         if num_per_class <= 0 or every_n_epochs <= 0:
             raise ValueError("callbacks.sample_grid.num_per_class and every_n_epochs must be positive")
-        super().__init__(num_per_class, sampler, steps, guidance, seed, every_n_epochs)
+        super().__init__(
+            num_per_class, sampler, steps, guidance, seed, every_n_epochs, guidance_interval, guidance_rescale
+        )
         self.output_dir = Path(output_dir)
         self.last_path: Path | None = None
 
@@ -144,9 +157,12 @@ class SampleQuality(FixedSamples):
     Args:
         data_dir: prepared data and the reference-classifier cache.
         num_per_class: images per class in the fixed set.
-        sampler: builds the sampler on the model's schedule (the ``sampler`` config group, ``_partial_``).
+        sampler: fits the sampler to the model's objective (the ``sampler`` config group, ``_partial_``;
+            None: DDIM).
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight.
+        guidance_interval: ``[sigma_lo, sigma_hi]`` to guide in (None: every step).
+        guidance_rescale: guidance rescale phi (0: none).
         seed: seed of the fixed starting noise.
         every_n_epochs: evaluate after every n-th validation epoch (the end of training always).
         clip: the ``clip`` config group (``conf/clip/``, instantiated or not), or None for no CLIP metrics.
@@ -157,17 +173,21 @@ class SampleQuality(FixedSamples):
         self,
         data_dir: str | Path,
         num_per_class: int = 10,
-        sampler: SamplerFactory = DDIMSampler,
+        sampler: SamplerFactory | None = None,
         steps: int | None = 50,
         guidance: float = 2.0,
         seed: int = 0,
         every_n_epochs: int = 5,
         clip: Callable[..., ClipScorer] | Mapping[str, Any] | None = None,
         inception: bool = False,
+        guidance_interval: Interval = None,
+        guidance_rescale: float = 0.0,
     ) -> None:
         if num_per_class < 2 or every_n_epochs <= 0:
             raise ValueError("callbacks.sample_quality: num_per_class must be >= 2 and every_n_epochs positive")
-        super().__init__(num_per_class, sampler, steps, guidance, seed, every_n_epochs)
+        super().__init__(
+            num_per_class, sampler, steps, guidance, seed, every_n_epochs, guidance_interval, guidance_rescale
+        )
         self.data_dir = str(data_dir)
         self.clip_config = clip
         self.inception = inception

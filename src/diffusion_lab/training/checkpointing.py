@@ -16,6 +16,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from diffusion_lab.diffusion.objectives import OBJECTIVES
 from diffusion_lab.utils.files import atomic_write
 
 
@@ -69,7 +70,6 @@ MOVED_MODULES = {
     "diffusion_lab.unet": "diffusion_lab.models.unet",
     "diffusion_lab.lr_schedules": "diffusion_lab.models.lr_schedules",
     "diffusion_lab.schedules": "diffusion_lab.diffusion.schedules",
-    "diffusion_lab.samplers": "diffusion_lab.diffusion.samplers",
     "diffusion_lab.datamodule": "diffusion_lab.data.datamodule",
     "diffusion_lab.clip_score": "diffusion_lab.evaluation.clip",
     "diffusion_lab.callbacks": "diffusion_lab.training.callbacks",
@@ -93,6 +93,22 @@ def upgrade_config(config: Any) -> Any:
     return config
 
 
+#: The objective of checkpoints from before the ``objective`` group: noise prediction on their schedule.
+EPSILON_TARGET = "diffusion_lab.diffusion.objectives.EpsilonObjective"
+
+
+def upgrade_run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored run config in today's form: :func:`upgrade_config`, and the ``objective`` of a checkpoint from
+    before objectives (eps on its ``schedule``, with the ``model.min_snr_gamma`` it had)."""
+    config = upgrade_config(config)
+    if "objective" not in config and "schedule" in config:
+        model = dict(config.get("model") or {})
+        objective = {"_target_": EPSILON_TARGET, "schedule": config["schedule"]}
+        objective["min_snr_gamma"] = model.pop("min_snr_gamma", None)
+        config = {**config, "model": model, "objective": objective}
+    return config
+
+
 def _current_target(target: Any) -> Any:
     if not isinstance(target, str):
         return target
@@ -103,11 +119,10 @@ def _current_target(target: Any) -> Any:
 
 
 #: What a run's config and its checkpoint must agree on to continue one another: the data the model
-#: learns, the shape of what it draws and the forward process it reverses. (``model.objective`` once
-#: models have more than one objective.)
+#: learns, the shape of what it draws, and the objective and forward process it learns to reverse.
 RESUME_KEYS = (
-    "data.name", "model.unet.in_channels", "model.unet.num_classes", "model.style_conditioning", "model.objective",
-    "diffusion.timesteps", "schedule",
+    "data.name", "model.unet.in_channels", "model.unet.num_classes", "model.style_conditioning",
+    "diffusion.timesteps", "schedule", "objective._target_",
 )  # fmt: skip
 
 
@@ -120,7 +135,7 @@ def _select(config: dict[str, Any], key: str) -> Any:
 
 
 #: Keys a user sets through their config group: ``data=mnist`` rather than ``data.name=mnist``.
-GROUP_OF_KEY = {"data.name": "data"}
+GROUP_OF_KEY = {"data.name": "data", "objective._target_": "objective"}
 
 
 def _first_difference(key: str, old: Any, new: Any) -> tuple[str, str]:
@@ -132,8 +147,16 @@ def _first_difference(key: str, old: Any, new: Any) -> tuple[str, str]:
             return f"{key}={name(old)}", f"{key}={name(new)}"
         sub = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
         return _first_difference(f"{key}.{sub}", old.get(sub), new.get(sub))
+    if key == "objective._target_":  # objective=eps rather than its class path
+        old, new = (_objective_name(target) for target in (old, new))
     key = GROUP_OF_KEY.get(key, key)
     return f"{key}={old}", f"{key}={new}"
+
+
+def _objective_name(target: Any) -> Any:
+    """``eps`` for the ``_target_`` of :class:`EpsilonObjective`; any other value as is."""
+    by_class = {cls.__name__: name for name, cls in OBJECTIVES.items()}
+    return by_class.get(str(target).rpartition(".")[2], target)
 
 
 def config_difference(stored: dict[str, Any] | None, current: dict[str, Any] | None) -> tuple[str, str] | None:
@@ -141,10 +164,10 @@ def config_difference(stored: dict[str, Any] | None, current: dict[str, Any] | N
     ``(stored, current)`` override texts; None when they agree (or either config is unknown)."""
     if not stored or not current:
         return None
-    stored = upgrade_config(stored)
+    stored = upgrade_run_config(stored)
     for key in RESUME_KEYS:
         old, new = _select(stored, key), _select(current, key)
-        if old != new and not (key == "model.objective" and old in (None, "eps") and new in (None, "eps")):
+        if old != new:
             return _first_difference(key, old, new)
     return None
 

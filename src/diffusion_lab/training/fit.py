@@ -58,8 +58,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     check_config(cfg, "train")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    schedule = instantiate(cfg.schedule)
-    model = instantiate(cfg.model, schedule=schedule)
+    model = instantiate(cfg.model, objective=instantiate(cfg.objective))
     model.configure_optimizers()  # Lightning builds these lazily; build them once now so their settings fail early
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]

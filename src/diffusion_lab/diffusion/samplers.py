@@ -1,0 +1,196 @@
+"""Samplers: diffusers' schedulers, each fitted to the model's objective (its schedule and ``prediction_type``).
+
+``sampler=NAME`` picks a named scheduler (:data:`NAMED_SAMPLERS`), ``sampler=diffusers sampler.name=CLASS``
+any other; every option of ``sampler`` goes to the scheduler's constructor or to its ``step``. A scheduler
+that does not fit the model's objective (a flow scheduler on a DDPM model, a DDPM one on an EDM model) is
+refused in one line naming those that do.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import diffusers
+import torch
+from torch import Tensor
+
+from diffusion_lab.diffusion.objectives import Objective
+from diffusion_lab.diffusion.objectives.base import DiscreteObjective, init_parameters
+
+#: Sampler names of the ``sampler`` config group -> the diffusers scheduler class each one builds.
+NAMED_SAMPLERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "dpm_solver": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+    "edm_euler": "EDMEulerScheduler",
+    "flow_euler": "FlowMatchEulerDiscreteScheduler",
+}
+#: Steps of each named sampler when none are asked for (``default_steps`` of ``conf/sampler/NAME.yaml``).
+DEFAULT_STEPS: dict[str, int] = {
+    "ddim": 50, "ddpm": 1000, "dpm_solver": 20, "unipc": 20, "euler": 20, "euler_ancestral": 20, "heun": 10,
+    "edm_euler": 20, "flow_euler": 20,
+}  # fmt: skip
+#: ``sampler=auto``: the named sampler each objective samples with by default.
+AUTO_SAMPLERS: dict[str, str] = {"eps": "dpm_solver", "v": "dpm_solver", "flow": "flow_euler", "edm": "edm_euler"}
+#: Titles of figures, by scheduler class.
+TITLES = {
+    "DDIMScheduler": "DDIM",
+    "DDPMScheduler": "DDPM",
+    "DPMSolverMultistepScheduler": "DPM-Solver++(2M)",
+    "UniPCMultistepScheduler": "UniPC",
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler ancestral",
+    "HeunDiscreteScheduler": "Heun",
+    "EDMEulerScheduler": "EDM Euler",
+    "FlowMatchEulerDiscreteScheduler": "flow Euler",
+}
+#: Arguments of a scheduler's ``step`` that the sampling loop passes itself.
+STEP_ARGUMENTS = {"self", "model_output", "timestep", "sample", "generator", "return_dict"}
+
+
+@functools.cache
+def scheduler_classes() -> dict[str, type]:
+    """Every scheduler class diffusers exports whose dependencies are installed, by name."""
+    found = {}
+    for name in dir(diffusers):
+        if not name.endswith("Scheduler") or name.startswith("Scheduler"):
+            continue
+        try:
+            cls = getattr(diffusers, name)
+            usable = inspect.isclass(cls) and hasattr(cls, "step") and hasattr(cls, "set_timesteps")
+            inspect.signature(cls.__init__)
+        except (ImportError, AttributeError, TypeError, ValueError):  # a placeholder whose backend is missing
+            continue
+        if usable:
+            found[name] = cls
+    return found
+
+
+def fitting_samplers(objective: Objective) -> tuple[list[str], list[str]]:
+    """The named samplers and the diffusers scheduler classes that fit ``objective``."""
+    classes = scheduler_classes()
+    named = [n for n, c in NAMED_SAMPLERS.items() if objective.scheduler_config(classes[c]) is not None]
+    return named, sorted(n for n, c in classes.items() if objective.scheduler_config(c) is not None)
+
+
+def _refusal(name: str, objective: Objective) -> str:
+    named, classes = fitting_samplers(objective)
+    return (
+        f"sampler {name} does not fit objective={objective.name}: use sampler={', '.join(named)}, or "
+        f"sampler=diffusers sampler.name= one of {', '.join(c for c in classes if c not in NAMED_SAMPLERS.values())}"
+    )
+
+
+class Sampler:
+    """A diffusers scheduler fitted to a model's objective, with the settings its sampling loop needs.
+
+    Call :meth:`set_timesteps`, then for each entry ``t`` of :attr:`timesteps`: the network on
+    ``scale_model_input(x, t)`` at time ``objective.network_time(t)``, then :meth:`step`.
+
+    Args:
+        objective: the model's objective (it fits the scheduler: betas or sigmas, ``prediction_type``).
+        name: the diffusers scheduler class, e.g. ``DDIMScheduler``.
+        default_steps: steps when :meth:`set_timesteps` gets None.
+        options: the scheduler's constructor arguments (``timestep_spacing``, ``solver_order``...) or its
+            ``step`` arguments (DDIM's ``eta``).
+    """
+
+    def __init__(self, objective: Objective, name: str, default_steps: int = 20, **options: Any) -> None:
+        classes = scheduler_classes()
+        if name not in classes:
+            raise ValueError(
+                f"unknown diffusers scheduler sampler.name={name}: use a class name such as "
+                f"{', '.join(sorted(fitting_samplers(objective)[1]))}"
+            )
+        cls = classes[name]
+        fitted = objective.scheduler_config(cls)
+        if fitted is None:
+            raise ValueError(_refusal(name, objective))
+        init_options = init_parameters(cls) - {"self"}
+        step_options = set(inspect.signature(cls.step).parameters) - STEP_ARGUMENTS
+        unknown = sorted(set(options) - init_options - step_options)
+        if unknown:
+            options_text = ", ".join(sorted(init_options | step_options))
+            raise ValueError(f"sampler.{unknown[0]} is not an option of {name}: use one of {options_text}")
+        fixed = sorted(set(options) & set(fitted))
+        if fixed:
+            raise ValueError(f"sampler.{fixed[0]} is set by the model's objective: remove it from the sampler options")
+        self.objective = objective
+        self.name = name
+        self.default_steps = default_steps
+        self.step_options = {k: v for k, v in options.items() if k in step_options}
+        #: Whether ``step`` draws noise (and so takes the generator).
+        self.stochastic = "generator" in inspect.signature(cls.step).parameters
+        self.scheduler = cls(**fitted, **{k: v for k, v in options.items() if k in init_options})
+        self.num_steps = 0
+
+    @property
+    def title(self) -> str:
+        """``DDIM, 50 steps``: for figures."""
+        return f"{TITLES.get(self.name, self.name)}, {self.num_steps} steps"
+
+    def set_timesteps(self, steps: int | None = None, device: torch.device | str = "cpu") -> None:
+        """Walk ``steps`` steps (None: :attr:`default_steps`), and reset the scheduler's solver state."""
+        steps = self.default_steps if steps is None else steps
+        limit = self.objective.timesteps if isinstance(self.objective, DiscreteObjective) else None
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or (limit and steps > limit):
+            raise ValueError(f"steps must be an integer in 1..{limit or 'inf'}, got {steps!r}")
+        self.scheduler.set_timesteps(steps, device=device)
+        self.num_steps = steps
+
+    @property
+    def timesteps(self) -> Tensor:
+        """``[n]`` the timesteps the loop walks (second-order schedulers visit most of them twice)."""
+        return self.scheduler.timesteps
+
+    @property
+    def num_evaluations(self) -> int:
+        """Network evaluations per image (a guided pass counts once)."""
+        return len(self.scheduler.timesteps)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """The scale of the starting noise x_T relative to N(0, I)."""
+        return float(getattr(self.scheduler, "init_noise_sigma", 1.0))  # flow schedulers start at N(0, I)
+
+    def scale_model_input(self, x: Tensor, timestep: Tensor) -> Tensor:
+        """The network input at ``timestep`` (the scheduler's input scaling, identity for most)."""
+        scale = getattr(self.scheduler, "scale_model_input", None)  # flow schedulers have none: identity
+        return x if scale is None else scale(x, timestep)
+
+    def step(self, output: Tensor, timestep: Tensor, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One scheduler step from ``x`` with the network's ``output`` there: the next sample."""
+        extra = {"generator": generator} if self.stochastic else {}
+        return self.scheduler.step(output, timestep, x, **extra, **self.step_options).prev_sample
+
+
+#: What a ``sampler`` config group instantiates to (``_partial_: true``): ``factory(objective=...)``.
+SamplerFactory = Callable[..., Sampler]
+
+
+def make_sampler(sampler: str | Sampler, objective: Objective, **options: Any) -> Sampler:
+    """A sampler by name (``auto``, a :data:`NAMED_SAMPLERS` key or a diffusers class name) fitted to
+    ``objective``, or a :class:`Sampler` as given."""
+    if isinstance(sampler, Sampler):
+        return sampler
+    if sampler == "auto":
+        sampler = AUTO_SAMPLERS[objective.name]
+    name = NAMED_SAMPLERS.get(sampler, sampler)
+    if name not in scheduler_classes():
+        raise ValueError(
+            f"unknown sampler {sampler!r}: use auto, one of {', '.join(NAMED_SAMPLERS)} or a diffusers class name"
+        )
+    options.setdefault("default_steps", DEFAULT_STEPS.get(sampler, 20))
+    return Sampler(objective, name, **options)
+
+
+def auto_sampler(objective: Objective, **options: Any) -> Sampler:
+    """``sampler=auto``: the objective's default sampler (:data:`AUTO_SAMPLERS`) with its default steps."""
+    return make_sampler("auto", objective, **options)

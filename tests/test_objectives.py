@@ -1,0 +1,148 @@
+"""Objectives: training targets and conversions against their definitions and against diffusers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, EDMEulerScheduler, FlowMatchEulerDiscreteScheduler
+
+from diffusion_lab.diffusion.objectives import EDMObjective, EpsilonObjective, FlowObjective, VObjective
+from diffusion_lab.diffusion.schedules import cosine
+
+SCHEDULE = cosine(1000)
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(6, 1, 8, 8, generator=generator) * 2 - 1, torch.randn(6, 1, 8, 8, generator=generator)
+
+
+def _scale(values: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, 1, 1, 1)
+
+
+def test_epsilon_target_and_x0(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x0, noise = batch
+    objective = EpsilonObjective(SCHEDULE)
+    t = torch.tensor([0, 10, 200, 500, 900, 999])
+    ab = _scale(SCHEDULE.alphas_cumprod[t])
+    b = objective.training_batch(x0, t, noise)
+    torch.testing.assert_close(b.x_in, ab.sqrt() * x0 + (1 - ab).sqrt() * noise)
+    torch.testing.assert_close(b.target, noise)
+    torch.testing.assert_close(b.snr, (ab / (1 - ab)).flatten())
+    torch.testing.assert_close(objective.predict_x0(b.target, b.x_in, t), x0, atol=2e-3, rtol=1e-3)
+
+
+def test_v_target_and_x0(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x0, noise = batch
+    objective = VObjective(SCHEDULE)
+    t = torch.tensor([0, 10, 200, 500, 900, 999])
+    ab = _scale(SCHEDULE.alphas_cumprod[t])
+    b = objective.training_batch(x0, t, noise)
+    torch.testing.assert_close(b.target, ab.sqrt() * noise - (1 - ab).sqrt() * x0)
+    torch.testing.assert_close(objective.predict_x0(b.target, b.x_in, t), x0, atol=1e-5, rtol=1e-5)
+
+
+def test_flow_target_and_x0(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x0, noise = batch
+    objective = FlowObjective()
+    t = torch.tensor([0.01, 0.2, 0.4, 0.5, 0.8, 0.99])
+    b = objective.training_batch(x0, t, noise)
+    torch.testing.assert_close(b.x_in, (1 - _scale(t)) * x0 + _scale(t) * noise)
+    torch.testing.assert_close(b.target, noise - x0)
+    torch.testing.assert_close(b.time, 1000 * t)
+    torch.testing.assert_close(objective.predict_x0(b.target, b.x_in, b.time), x0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(objective.sigma(b.time), t / (1 - t))
+
+
+def test_edm_preconditioning_and_target(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x0, noise = batch
+    objective = EDMObjective()
+    sigma = torch.tensor([0.002, 0.05, 0.5, 1.0, 10.0, 80.0])
+    b = objective.training_batch(x0, sigma, noise)
+    sd = 0.5
+    x = x0 + _scale(sigma) * noise
+    c_skip = sd**2 / (_scale(sigma) ** 2 + sd**2)
+    c_out = _scale(sigma) * sd / (_scale(sigma) ** 2 + sd**2).sqrt()
+    torch.testing.assert_close(b.x_in, x / (_scale(sigma) ** 2 + sd**2).sqrt())
+    torch.testing.assert_close(b.target, (x0 - c_skip * x) / c_out)
+    timestep = 0.25 * sigma.log()  # c_noise, the timestep diffusers' EDM schedulers pass
+    torch.testing.assert_close(objective.sigma(timestep), sigma)
+    torch.testing.assert_close(objective.network_time(timestep), b.time, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(objective.predict_x0(b.target, b.x_in, timestep), x0, atol=1e-4, rtol=1e-4)
+    low, high = math.log(0.002), math.log(80.0)
+    torch.testing.assert_close(b.time, 1000 * (sigma.log() - low) / (high - low))
+
+
+@pytest.mark.parametrize("objective", [EpsilonObjective(SCHEDULE), VObjective(SCHEDULE)], ids=["eps", "v"])
+def test_x0_matches_diffusers_prediction_type(objective: EpsilonObjective, batch: tuple) -> None:
+    """The x_0 of an output equals DDIMScheduler's ``pred_original_sample`` for the same prediction_type."""
+    x_in, output = batch
+    scheduler = DDIMScheduler(
+        trained_betas=SCHEDULE.betas.double().numpy().tolist(), prediction_type=objective.prediction_type,
+        clip_sample=False,
+    )  # fmt: skip
+    scheduler.set_timesteps(50)
+    for t in scheduler.timesteps[[0, 10, 25, 49]]:
+        expected = scheduler.step(output, t, x_in).pred_original_sample
+        torch.testing.assert_close(objective.predict_x0(output, x_in, t.reshape(1)), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_flow_x0_matches_diffusers_flow_match_step(batch: tuple) -> None:
+    """FlowMatchEuler's step to sigma = 0 lands on x - t v, the objective's x_0."""
+    x, velocity = batch
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+    for t in (0.3, 0.6, 0.9):
+        scheduler.set_timesteps(sigmas=[t])
+        timestep = scheduler.timesteps[0]
+        expected = scheduler.step(velocity, timestep, x).prev_sample
+        torch.testing.assert_close(FlowObjective().predict_x0(velocity, x, timestep.reshape(1)), expected)
+
+
+def test_edm_matches_diffusers_preconditioning(batch: tuple) -> None:
+    x, output = batch
+    objective = EDMObjective()
+    scheduler = EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, prediction_type="epsilon")
+    for sigma in (0.01, 0.7, 20.0):
+        s = torch.tensor(sigma)
+        x_in = scheduler.precondition_inputs(x, s)
+        timestep = scheduler.precondition_noise(s)
+        expected = scheduler.precondition_outputs(x, output, s)
+        torch.testing.assert_close(objective.predict_x0(output, x_in, timestep.reshape(1)), expected)
+        c_in = objective.preconditioning(s.reshape(1))[2]
+        torch.testing.assert_close(x_in, x * c_in)
+
+
+def test_min_snr_weights() -> None:
+    snr = torch.tensor([0.1, 1.0, 5.0, 50.0])
+    torch.testing.assert_close(EpsilonObjective(SCHEDULE, 5.0).min_snr_weight(snr), snr.clamp(max=5) / snr)
+    torch.testing.assert_close(VObjective(SCHEDULE, 5.0).min_snr_weight(snr), snr.clamp(max=5) / (snr + 1))
+
+
+@pytest.mark.parametrize("cls", [FlowObjective, EDMObjective])
+def test_min_snr_refused_where_undefined(cls: type) -> None:
+    with pytest.raises(ValueError, match=r"Min-SNR weighting is defined for objective=eps and v, not .*: set "
+                                         r"objective.min_snr_gamma=null"):  # fmt: skip
+        cls(min_snr_gamma=5.0)
+
+
+def test_bad_settings_refused() -> None:
+    with pytest.raises(ValueError, match="objective.time_distribution must be one of logit_normal, uniform"):
+        FlowObjective(time_distribution="normal")
+    with pytest.raises(ValueError, match="objective.min_snr_gamma must be positive or null"):
+        EpsilonObjective(SCHEDULE, min_snr_gamma=0.0)
+
+
+def test_training_levels_follow_the_config() -> None:
+    generator = torch.Generator().manual_seed(0)
+    uniform = FlowObjective(time_distribution="uniform").sample_levels(20000, torch.device("cpu"), generator)
+    logit = FlowObjective(logit_mean=0.5, logit_std=1.0).sample_levels(20000, torch.device("cpu"), generator)
+    assert 0 <= uniform.min() and uniform.max() <= 1 and abs(uniform.mean() - 0.5) < 0.01
+    assert abs(torch.logit(logit).mean() - 0.5) < 0.03 and abs(torch.logit(logit).std() - 1.0) < 0.03
+    sigmas = EDMObjective(p_mean=-1.2, p_std=1.2).sample_levels(20000, torch.device("cpu"), generator)
+    assert abs(sigmas.log().mean() + 1.2) < 0.03 and abs(sigmas.log().std() - 1.2) < 0.03
+    steps = EpsilonObjective(SCHEDULE).sample_levels(20000, torch.device("cpu"), generator)
+    assert steps.dtype == torch.long and steps.min() >= 0 and steps.max() <= 999
