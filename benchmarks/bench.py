@@ -84,7 +84,7 @@ def _sync() -> None:
 def framework_img_s(cfg: DictConfig, steps: int, warmup: int) -> float:
     """Images/s of ``trainer.fit`` on the real module and data module, validation and extras off."""
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+    model = instantiate(cfg.model, objective=instantiate(cfg.objective))
     timer = StepTimer(warmup)
     trainer = instantiate(
         cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, logger=False,
@@ -96,13 +96,13 @@ def framework_img_s(cfg: DictConfig, steps: int, warmup: int) -> float:
 
 
 def plain_img_s(cfg: DictConfig, steps: int, warmup: int, bf16: bool) -> float:
-    """Images/s of a hand-written eager loop: same U-Net, batch, AdamW and DDPM loss; data already on the device."""
+    """Images/s of a hand-written eager loop: same U-Net, batch, AdamW and objective; data already on the device."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     train = datamodule.splits()[0].to(device)
     images, labels = train.images, train.labels
-    schedule = instantiate(cfg.schedule).to(device)
+    objective = instantiate(cfg.objective).to(device)
     unet = instantiate(cfg.model.unet).to(device)
     optimizer = instantiate(cfg.model.optimizer)(params=unet.parameters())
     batch = cfg.data.batch_size
@@ -114,10 +114,9 @@ def plain_img_s(cfg: DictConfig, steps: int, warmup: int, bf16: bool) -> float:
             start = time.perf_counter()
         idx = torch.randint(0, len(labels), (batch,), device=device)
         x0, y = images[idx], labels[idx]
-        t = torch.randint(0, schedule.timesteps, (batch,), device=device)
-        noise = torch.randn_like(x0)
+        noised = objective.training_batch(x0, objective.sample_levels(batch, device), torch.randn_like(x0))
         with autocast:
-            loss = F.mse_loss(unet(schedule.q_sample(x0, t, noise), t, y).float(), noise)
+            loss = F.mse_loss(unet(noised.x_in, noised.time, y).float(), noised.target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.trainer.gradient_clip_val)
@@ -137,7 +136,7 @@ def best_of(repeats: int, runs: dict[str, Callable[[], float]]) -> dict[str, flo
 
 def sampling_seconds(cfg: DictConfig, skip_ddpm: bool) -> dict[str, float]:
     """Seconds for 100 samples with DDPM (all T steps) and DDIM-50, guidance 2, default precision."""
-    model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+    model = instantiate(cfg.model, objective=instantiate(cfg.objective))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     if torch.cuda.is_available():
         model = model.cuda()

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from diffusion_lab.config import CONF_DIR, run_id
 from diffusion_lab.data.datamodule import MNISTDataModule
-from diffusion_lab.diffusion.samplers import SAMPLERS
+from diffusion_lab.diffusion.objectives import OBJECTIVES, EpsilonObjective, FlowObjective
+from diffusion_lab.diffusion.samplers import AUTO_SAMPLERS, DEFAULT_STEPS, NAMED_SAMPLERS, Sampler, fitting_samplers
 from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine
 from diffusion_lab.evaluation.clip import load_clip_scorer
 from diffusion_lab.models.diffusion_module import DiffusionModule
@@ -28,11 +29,12 @@ def test_groups_have_their_options() -> None:
     assert options("data") == ["fashion_mnist", "mnist"]
     assert options("model") == ["base", "large", "small"]
     assert options("model/lr_scheduler") == ["onecycle", "plateau"]
+    assert options("objective") == ["edm", "eps", "flow", "v"]
     assert options("schedule") == ["cosine", "linear", "quadratic"]
     assert set(options("trainer")) >= {"cpu", "gpu", "ddp"}
     assert set(options("logger")) == {"csv", "tensorboard", "wandb", "none"}
     assert options("experiment"), "experiments/ must be reachable as the experiment group"
-    assert options("sampler") == sorted(SAMPLERS)
+    assert options("sampler") == sorted([*NAMED_SAMPLERS, "auto", "diffusers"])
     assert options("clip") == ["laion2b", "none", "openai"]
     assert options("debug") == ["fdr", "limit", "overfit", "profiler"]
     assert options("hparams_search") == ["optuna"]
@@ -50,8 +52,7 @@ def test_data_options(compose_train, name: str) -> None:
 @pytest.mark.parametrize("name", options("model"))
 def test_model_options(compose_train, name: str) -> None:
     cfg = compose_train(f"model={name}")
-    schedule = instantiate(cfg.schedule)
-    model = instantiate(cfg.model, schedule=schedule)
+    model = instantiate(cfg.model, objective=instantiate(cfg.objective))
     assert isinstance(model, DiffusionModule)
     assert list(model.unet.down_chs) == list(cfg.model.unet.down_chs)
     assert model.unet.num_classes == 10
@@ -61,7 +62,7 @@ def test_model_options(compose_train, name: str) -> None:
 @pytest.mark.parametrize("preset", options("model"))
 def test_lr_scheduler_options_build_for_every_preset(compose_train, preset: str, name: str) -> None:
     cfg = compose_train(f"model={preset}", f"model/lr_scheduler={name}")
-    model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+    model = instantiate(cfg.model, objective=instantiate(cfg.objective))
     config = model.configure_optimizers()
     expected = {"onecycle": "LambdaLR", "plateau": "ReduceLROnPlateau"}[name]
     assert type(config["lr_scheduler"]["scheduler"]).__name__ == expected
@@ -76,7 +77,7 @@ def test_model_presets_have_documented_channels(compose_train) -> None:
 
 def test_unet_override_from_command_line(compose_train) -> None:
     cfg = compose_train("model.unet.down_chs=[32,64,128]", "model.unet.attention_levels=[1,2]")
-    model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+    model = instantiate(cfg.model, objective=instantiate(cfg.objective))
     assert model.unet.down_chs == (32, 64, 128)
 
 
@@ -119,11 +120,11 @@ def test_experiment_options(compose_train, name: str) -> None:
     assert task_name in ("train", "evaluate"), f"experiments/{name}.yaml must name its command in task_name"
     if task_name == "train":
         cfg = compose_train(f"experiment={name}")
-        instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+        instantiate(cfg.model, objective=instantiate(cfg.objective))
         return
     cfg = compose_hydra(f"experiment={name}", config_name=task_name)
     assert cfg.task_name == task_name
-    instantiate(cfg.sampler)(schedule=cosine(100)).set_timesteps(cfg.steps)
+    instantiate(cfg.sampler)(objective=EpsilonObjective(cosine(100))).set_timesteps(cfg.steps)
 
 
 @pytest.mark.parametrize("config_name", ["train", "sample", "evaluate", "figures", "export"])
@@ -155,10 +156,27 @@ def test_run_dirs_live_under_outputs(compose_train) -> None:
 @pytest.mark.parametrize("name", options("sampler"))
 def test_sampler_options_build_the_named_sampler(name: str) -> None:
     cfg = compose_hydra(f"sampler={name}", "ckpt=x.ckpt", config_name="sample")
-    sampler = instantiate(cfg.sampler)(schedule=cosine(1000))
-    assert isinstance(sampler, SAMPLERS[name])
-    assert sampler.num_steps == {"ddpm": 1000, "ddim": 50, "dpm_solver": 20}[name]
-    assert cfg.label == "all" and cfg.guidance == 2.0 and cfg.steps is None
+    for objective in (EpsilonObjective(cosine(1000)), FlowObjective()):
+        fits = name in ("auto", "diffusers") or name in fitting_samplers(objective)[0]
+        if not fits:
+            with pytest.raises(ValueError, match=f"does not fit objective={objective.name}"):
+                instantiate(cfg.sampler)(objective=objective)
+            continue
+        sampler = instantiate(cfg.sampler)(objective=objective)
+        assert isinstance(sampler, Sampler)
+        named = AUTO_SAMPLERS[objective.name] if name == "auto" else name
+        assert sampler.name == NAMED_SAMPLERS.get(named, cfg.sampler.get("name"))
+        sampler.set_timesteps(None)
+        assert sampler.num_steps == DEFAULT_STEPS.get(named, 20)
+    assert cfg.label == "all" and cfg.steps is None
+
+
+@pytest.mark.parametrize("name", options("objective"))
+def test_objective_options(compose_train, name: str) -> None:
+    cfg = compose_train(f"objective={name}")
+    objective = instantiate(cfg.objective)
+    assert isinstance(objective, OBJECTIVES[name]) and objective.name == name
+    assert (objective.min_snr_gamma is not None) == (name in ("eps", "v"))
 
 
 @pytest.mark.parametrize("name", options("clip"))

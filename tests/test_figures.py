@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torchvision.utils import make_grid
 
+from diffusion_lab.diffusion.objectives import EpsilonObjective
 from diffusion_lab.diffusion.schedules import cosine, linear, quadratic
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.unet import ConditionalUNet
@@ -245,7 +246,7 @@ def styled_model(style_stats) -> DiffusionPipeline:
     """A tiny randomly initialised style-conditioned model with MNIST's style distribution."""
     torch.manual_seed(0)
     unet = ConditionalUNet(down_chs=(8, 16), num_classes=10, num_styles=2)
-    module = DiffusionModule(unet, cosine(50), torch.optim.AdamW, style_conditioning=True)
+    module = DiffusionModule(unet, EpsilonObjective(cosine(50)), torch.optim.AdamW, style_conditioning=True)
     for p in module.parameters():
         torch.nn.init.normal_(p, std=0.05)
     for p in module.unet.style_emb.parameters():

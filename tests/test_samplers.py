@@ -18,7 +18,7 @@ from diffusion_lab.diffusion.samplers import (
     make_sampler,
     scheduler_classes,
 )
-from tests.toy_models import MU0, MU_STEP, S, GaussianDenoiser, toy_objectives
+from tests.toy_models import MU0, MU_STEP, GaussianDenoiser, S, toy_objectives
 
 OBJECTIVES = toy_objectives()
 #: Steps at which each named sampler's discretisation error is below the tolerance of the toy test.
@@ -118,9 +118,9 @@ def test_bad_names_and_options_are_refused_in_one_line() -> None:
     eps = OBJECTIVES["eps"]
     with pytest.raises(ValueError, match="unknown sampler 'eulr': use auto, one of ddim, ddpm"):
         make_sampler("eulr", eps)
-    with pytest.raises(ValueError, match="sampler.etaa is not an option of DDIMScheduler: use one of .*eta"):
+    with pytest.raises(ValueError, match=r"sampler\.etaa is not an option of DDIMScheduler: use one of .*eta"):
         make_sampler("ddim", eps, etaa=1.0)
-    with pytest.raises(ValueError, match="sampler.prediction_type is set by the model's objective"):
+    with pytest.raises(ValueError, match=r"sampler\.prediction_type is set by the model's objective"):
         make_sampler("ddim", eps, prediction_type="sample")
     with pytest.raises(ValueError, match=r"steps must be an integer in 1\.\.1000, got 1001"):
         make_sampler("ddim", eps).set_timesteps(1001)

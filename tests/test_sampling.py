@@ -69,7 +69,9 @@ def test_guidance_interval_edges(unet: ConditionalUNet, objective: str, sampler:
     assert not torch.equal(middle, guided) and not torch.equal(middle, unguided)
 
 
-@pytest.mark.parametrize(("sampler", "steps"), [("ddim", 10), ("ddpm", None), ("dpm_solver", 10), ("euler_ancestral", 8)])
+@pytest.mark.parametrize(
+    ("sampler", "steps"), [("ddim", 10), ("ddpm", None), ("dpm_solver", 10), ("euler_ancestral", 8)]
+)
 def test_sample_is_seeded(unet: ConditionalUNet, sampler: str, steps: int | None) -> None:
     objective = EpsilonObjective(cosine(40))
     labels = torch.tensor([0, 1, 2])

@@ -28,7 +28,8 @@ from diffusion_lab.data.styles import (
     thickness,
     uniform_requests,
 )
-from diffusion_lab.diffusion.reverse_process import guided_eps
+from diffusion_lab.diffusion.objectives import EpsilonObjective
+from diffusion_lab.diffusion.reverse_process import guided_output
 from diffusion_lab.diffusion.schedules import cosine
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.unet import ConditionalUNet
@@ -288,13 +289,15 @@ def test_module_refuses_a_unet_without_style_inputs() -> None:
     with pytest.raises(
         ValueError, match=re.escape("model.unet.num_styles is 0 but model.style_conditioning=True needs 2")
     ):
-        DiffusionModule(ConditionalUNet(down_chs=(8, 16)), cosine(50), torch.optim.AdamW, style_conditioning=True)
+        DiffusionModule(
+            ConditionalUNet(down_chs=(8, 16)), EpsilonObjective(cosine(50)), torch.optim.AdamW, style_conditioning=True
+        )
 
 
 @pytest.fixture
 def styled_module(mnist_data: MNISTDataModule) -> DiffusionModule:
     module = DiffusionModule(
-        ConditionalUNet(down_chs=(8, 16), num_styles=2), cosine(100),
+        ConditionalUNet(down_chs=(8, 16), num_styles=2), EpsilonObjective(cosine(100)),
         functools.partial(torch.optim.AdamW, lr=1e-3), style_conditioning=True, cond_drop_prob=0.2, style_drop_prob=0.3,
     )  # fmt: skip
     _spread(module.unet)
@@ -348,7 +351,7 @@ def test_guidance_drops_the_styles_with_the_label(styled_unet: ConditionalUNet) 
     forward = styled_unet.forward
     styled_unet.forward = lambda x, t, labels, styles: seen.append((labels, styles)) or forward(x, t, labels, styles)
     styles = torch.tensor([[0.5, -1.0], [1.0, math.nan]])
-    guided_eps(styled_unet, torch.randn(2, 1, 28, 28), torch.tensor([5, 5]), torch.tensor([2, 3]), 2.0, styles)
+    guided_output(styled_unet, torch.randn(2, 1, 28, 28), torch.tensor([5, 5]), torch.tensor([2, 3]), 2.0, styles)
     labels, both = seen[0]
     assert labels.tolist() == [2, 3, 10, 10]
     assert torch.equal(both[:2].nan_to_num(7), styles.nan_to_num(7)) and both[2:].isnan().all()
@@ -370,7 +373,9 @@ def test_generate_takes_levels_numbers_or_per_image_values(styled_module: Diffus
 
 
 def test_generate_with_a_style_on_an_unstyled_model_names_the_fix() -> None:
-    model = DiffusionPipeline(DiffusionModule(ConditionalUNet(down_chs=(8, 16)), cosine(50), torch.optim.AdamW))
+    model = DiffusionPipeline(
+        DiffusionModule(ConditionalUNet(down_chs=(8, 16)), EpsilonObjective(cosine(50)), torch.optim.AdamW)
+    )
     with pytest.raises(
         ValueError, match=re.escape("trained without style conditions: train one with model.style_conditioning")
     ):

@@ -77,10 +77,11 @@ class FlowObjective(Objective):
         return (1 - fraction) * x0 + fraction * noise
 
     def scheduler_config(self, scheduler: type) -> dict[str, Any] | None:
-        params = init_parameters(scheduler)
+        if any(n in scheduler.__name__ for n in NOT_SAMPLERS):
+            return None
         base = {"num_train_timesteps": NUM_TRAIN_TIMESTEPS}
-        if scheduler.__name__.startswith("FlowMatch") and not any(n in scheduler.__name__ for n in NOT_SAMPLERS):
+        if scheduler.__name__.startswith("FlowMatch"):
             return {**base, "shift": self.shift}
-        if {"use_flow_sigmas", "flow_shift", "prediction_type"} <= params and not any(n in scheduler.__name__ for n in NOT_SAMPLERS):
+        if {"use_flow_sigmas", "flow_shift", "prediction_type"} <= init_parameters(scheduler):
             return {**base, "use_flow_sigmas": True, "flow_shift": self.shift, "prediction_type": self.prediction_type}
         return None
