@@ -38,7 +38,7 @@ DEFAULT_STEPS: dict[str, int] = {
     "edm_euler": 20, "flow_euler": 20,
 }  # fmt: skip
 #: ``sampler=auto``: the named sampler each objective samples with by default.
-AUTO_SAMPLERS: dict[str, str] = {"eps": "dpm_solver", "v": "dpm_solver", "flow": "flow_euler", "edm": "edm_euler"}
+AUTO_SAMPLERS: dict[str, str] = {"eps": "ddim", "v": "ddim", "flow": "flow_euler", "edm": "edm_euler"}
 #: Titles of figures, by scheduler class.
 TITLES = {
     "DDIMScheduler": "DDIM",

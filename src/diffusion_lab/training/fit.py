@@ -59,6 +59,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, objective=instantiate(cfg.objective))
+    if cfg.get("sampler"):  # the callbacks' sampler must fit the objective: say so now, not after an epoch
+        instantiate(cfg.sampler)(objective=model.objective)
     model.configure_optimizers()  # Lightning builds these lazily; build them once now so their settings fail early
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
