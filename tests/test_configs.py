@@ -167,7 +167,7 @@ def test_sampler_options_build_the_named_sampler(name: str) -> None:
         named = AUTO_SAMPLERS[objective.name] if name == "auto" else name
         assert sampler.name == NAMED_SAMPLERS.get(named, cfg.sampler.get("name"))
         sampler.set_timesteps(None)
-        assert sampler.num_steps == DEFAULT_STEPS.get(named, 20)
+        assert sampler.num_steps == (DEFAULT_STEPS.get(named, 20) or 1000)
     assert cfg.label == "all" and cfg.steps is None
 
 

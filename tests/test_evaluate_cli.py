@@ -96,7 +96,7 @@ def test_a_styled_checkpoint_is_scored_on_style_control(
 @pytest.mark.parametrize(
     ("override", "message"),
     [("style_control=maybe", "style_control must be true or false"),
-     ("num_per_class=1", "num_per_class must be an integer >= 2"), ("steps=1000", "steps must be in 1..100"),
+     ("num_per_class=1", "num_per_class must be an integer >= 2"), ("steps=1000", "steps must be an integer in 1..100"),
      ("precision=16", "precision must be one of 32, bf16"), ("clip=clop", "clip=clop is not an option"),
      ("guidance=-1", "guidance must be a finite number >= 0"),
      ("batch_size=0", "batch_size must be a positive integer")],

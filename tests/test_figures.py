@@ -159,7 +159,9 @@ def model() -> DiffusionPipeline:
     """A tiny randomly initialised model on MNIST's ten classes (weights spread so labels and guidance matter)."""
     torch.manual_seed(0)
     module = DiffusionModule(
-        ConditionalUNet(down_chs=(8, 16), num_classes=10), cosine(50), functools.partial(torch.optim.AdamW, lr=1e-3)
+        ConditionalUNet(down_chs=(8, 16), num_classes=10),
+        EpsilonObjective(cosine(50)),
+        functools.partial(torch.optim.AdamW, lr=1e-3),
     )
     for p in module.parameters():
         torch.nn.init.normal_(p, std=0.05)
@@ -176,7 +178,7 @@ def test_generation_steps_go_from_the_seeded_noise_to_the_sample(
     assert grid_shape(grid) == (10, 5)
     assert [grid[(r, 0)].get_ylabel() for r in range(10)] == MNIST_NAMES
     titles = [grid[(0, c)].get_title() for c in range(5)]
-    assert all(title.startswith("t = ") for title in titles[:-1]) and titles[-1].startswith("x_0")
+    assert all(title.startswith("sigma = ") for title in titles[:-1]) and titles[-1].startswith("x_0")
     assert f"step 0/{steps}" in titles[0] and f"step {steps}/{steps}" in titles[-1]
     noise = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     expected_first = ((noise + 1) / 2).clamp(0, 1)
@@ -205,8 +207,8 @@ def test_generation_steps_label_rows_with_the_dataset_class_names(
     ("kwargs", "message"),
     [
         ({"num_snapshots": 1}, "num_snapshots"),
-        ({"sampler": "euler"}, "unknown sampler"),
-        ({"steps": 51}, "steps must be in 1..50"),
+        ({"sampler": "eulr"}, "unknown sampler"),
+        ({"steps": 51}, "steps must be an integer in 1..50"),
         ({"guidance": -1.0}, "guidance"),
         ({"labels": [10]}, "out of range"),
     ],

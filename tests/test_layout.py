@@ -20,9 +20,17 @@ FIXTURES = Path(__file__).parent / "fixtures"
 #: A checkpoint written by ``diffusion-lab-train experiment=smoke model.unet.down_chs=[4,8]
 #: model.style_conditioning=true trainer.max_steps=10`` at version 0.1.0, before the modules moved, and
 #: the images that version drew from it (``plain``: every class twice, DDIM-5, seed 3; ``styled``: four 7s
-#: at slant -15 and bold, DPM-Solver-4, w=1, seed 5).
+#: at slant -15 and bold, DPM-Solver-4, w=1, seed 5). That version had its own samplers; diffusers' do the
+#: same arithmetic in another order, so a pixel may now differ by a few of 255 levels, and rarely.
 OLD_CHECKPOINT = FIXTURES / "tiny_styled_v0.1.ckpt"
 OLD_SAMPLES = FIXTURES / "tiny_styled_v0.1_samples.npz"
+
+
+def assert_nearly_equal(now: np.ndarray, then: np.ndarray) -> None:
+    """The same uint8 images but for float rounding: at most 1 % of pixels off, by at most 8 of 255 levels."""
+    assert now.shape == then.shape
+    difference = np.abs(now.astype(int) - then.astype(int))
+    assert (difference > 0).mean() <= 0.01 and difference.max() <= 8, (float((difference > 0).mean()), difference.max())
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -85,8 +93,8 @@ def test_a_checkpoint_of_version_0_1_loads_and_draws_the_images_it_drew_then() -
         [7] * 4, seed=5, sampler="dpm_solver", steps=4, guidance=1.0, style={"slant": -15, "thickness": "bold"}
     )
     with np.load(OLD_SAMPLES) as then:
-        np.testing.assert_array_equal(to_uint8(plain), then["plain"])
-        np.testing.assert_array_equal(to_uint8(styled), then["styled"])
+        assert_nearly_equal(to_uint8(plain), then["plain"])
+        assert_nearly_equal(to_uint8(styled), then["styled"])
     stored = torch.load(OLD_CHECKPOINT, weights_only=True)["diffusion_lab_config"]
     assert stored["model"]["_target_"] == "diffusion_lab.diffusion_module.DiffusionModule", "the fixture is the old one"
 
@@ -97,4 +105,4 @@ def test_the_sample_command_draws_from_a_checkpoint_of_version_0_1(tmp_path: Pat
     main_in_process(monkeypatch, "sample", f"ckpt={OLD_CHECKPOINT}", f"label=[{labels}]", "num_samples=1", "seed=3",
                     "steps=5", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     with np.load(f"{out}.npz") as drawn, np.load(OLD_SAMPLES) as then:
-        np.testing.assert_array_equal(drawn["images"], then["plain"])
+        assert_nearly_equal(drawn["images"], then["plain"])

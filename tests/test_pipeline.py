@@ -63,8 +63,9 @@ def test_lab_helpers(model: DiffusionPipeline) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"guidance": float("nan")}, "guidance must be a finite number"), ({"guidance": float("inf")}, "guidance"),
-     ({"guidance": -1.0}, "guidance"), ({"steps": 101}, r"steps must be in 1\.\.100"), ({"steps": 0}, "steps"),
-     ({"sampler": "euler"}, "unknown sampler 'euler'"), ({"labels": [12]}, "label 12 is out of range"),
+     ({"guidance": -1.0}, "guidance"), ({"steps": 101}, r"steps must be an integer in 1\.\.100"),
+     ({"steps": 0}, "steps"),
+     ({"sampler": "eulr"}, "unknown sampler 'eulr'"), ({"labels": [12]}, "label 12 is out of range"),
      ({"labels": torch.tensor([10])}, r"labels must lie in 0\.\.9"), ({"labels": []}, "non-empty"),
      ({"precision": "fp16"}, "precision must be one of 32, bf16"), ({"batch_size": 0}, "batch_size must be positive")],
 )  # fmt: skip

@@ -61,11 +61,12 @@ def test_label_list_and_default_output(make_checkpoint: Callable[..., Path], tmp
     [("label=truck", "label must be a class index 0..9, a class name such as trouser, a list of them or all, got"),
      ("label=10", "label must be a class index 0..9"),
      ("num_samples=0", "num_samples must be a positive integer"), ("guidance=nan", "guidance must be a finite number"),
-     ("guidance=-2", "guidance must be a finite number >= 0"), ("steps=101", "steps must be in 1..100"),
-     ("sampler.eta=-1", "sampler.eta must be a number in [0, 1], got -1"),
-     ("sampler.timestep_spacing=even", "sampler.timestep_spacing must be one of leading, trailing, linspace"),
+     ("guidance=-2", "guidance must be a finite number >= 0"), ("steps=101", "steps must be an integer in 1..100"),
+     ("sampler=ddim sampler.eta=-1", "sampler.eta must be a number in [0, 1], got -1"),
+     ("sampler=ddim sampler.timestep_spacing=even",
+      "sampler.timestep_spacing must be one of leading, trailing, linspace"),
      ("device=tpu", "unknown device 'tpu'"), ("precision=16", "precision must be one of 32, bf16"),
-     ("sampler=euler", "sampler=euler is not an option: use one of ddim, ddpm, dpm_solver"),
+     ("sampler=eulr", "sampler=eulr is not an option: use one of auto, ddim, ddpm, diffusers, dpm_solver"),
      ("lable=3", "Could not override 'lable'")],
 )  # fmt: skip
 def test_bad_input_is_one_clear_line_and_writes_nothing(
@@ -74,7 +75,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
 ) -> None:  # fmt: skip
     out = tmp_path / "out" / "samples"
     with pytest.raises(SystemExit) as exit_info:
-        main_in_process(monkeypatch, "sample", f"ckpt={make_checkpoint()}", override, f"output={out}",
+        main_in_process(monkeypatch, "sample", f"ckpt={make_checkpoint()}", *override.split(" "), f"output={out}",
                         f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert exit_info.value.code == 1
     assert message in one_error_line(capsys.readouterr().err)

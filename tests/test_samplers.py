@@ -13,6 +13,7 @@ from diffusion_lab.diffusion.reverse_process import sample
 from diffusion_lab.diffusion.samplers import (
     AUTO_SAMPLERS,
     DEFAULT_STEPS,
+    NAMED_OPTIONS,
     NAMED_SAMPLERS,
     fitting_samplers,
     make_sampler,
@@ -84,6 +85,7 @@ def test_sampler_configs_name_their_schedulers(path: Path) -> None:
     if path.stem in NAMED_SAMPLERS:
         assert config["name"] == NAMED_SAMPLERS[path.stem]
         assert config["default_steps"] == DEFAULT_STEPS[path.stem]
+        assert {k: config[k] for k in NAMED_OPTIONS.get(path.stem, {})} == NAMED_OPTIONS.get(path.stem, {})
     assert {p.stem for p in (CONF_DIR / "sampler").glob("*.yaml")} == {*NAMED_SAMPLERS, "auto", "diffusers"}
 
 

@@ -218,15 +218,16 @@ def _interval(value: Any) -> bool:
 
 
 #: ``guidance_interval``: null, or ``[SIGMA_LO, SIGMA_HI]`` with 0 <= SIGMA_LO <= SIGMA_HI.
-GUIDANCE_INTERVAL = Rule(_interval, "[SIGMA_LO, SIGMA_HI] with 0 <= SIGMA_LO <= SIGMA_HI, or null", "[0.3,5.0]")
+GUIDANCE_INTERVAL = Rule(_interval, "[SIGMA_LO, SIGMA_HI] with 0 <= SIGMA_LO <= SIGMA_HI, or null", [0.3, 5.0])
 GUIDANCE_RESCALE = number(0, 1, example=0.0)
 SAMPLER = {
     "sampler._target_": TARGET,
     "sampler._partial_": choice(True, example=True),
     # The scheduler class and its options are checked against diffusers when the sampler is built.
     "sampler.name": TEXT,
-    "sampler.default_steps": integer(1, example=20),
+    "sampler.default_steps": optional(integer(1, example=20)),
     "sampler.eta": number(0, 1, example=0.0),
+    "sampler.use_clipped_model_output": BOOLEAN,
     "sampler.timestep_spacing": choice("leading", "trailing", "linspace"),
     "sampler.clip_sample": BOOLEAN,
     "sampler.variance_type": choice("fixed_small", "fixed_large", "fixed_small_log", "fixed_large_log", "learned"),

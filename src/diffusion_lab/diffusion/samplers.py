@@ -32,11 +32,14 @@ NAMED_SAMPLERS: dict[str, str] = {
     "edm_euler": "EDMEulerScheduler",
     "flow_euler": "FlowMatchEulerDiscreteScheduler",
 }
-#: Steps of each named sampler when none are asked for (``default_steps`` of ``conf/sampler/NAME.yaml``).
-DEFAULT_STEPS: dict[str, int] = {
-    "ddim": 50, "ddpm": 1000, "dpm_solver": 20, "unipc": 20, "euler": 20, "euler_ancestral": 20, "heun": 10,
+#: Steps of each named sampler when none are asked for (``default_steps`` of ``conf/sampler/NAME.yaml``; None:
+#: every training timestep), at most the model's T.
+DEFAULT_STEPS: dict[str, int | None] = {
+    "ddim": 50, "ddpm": None, "dpm_solver": 20, "unipc": 20, "euler": 20, "euler_ancestral": 20, "heun": 10,
     "edm_euler": 20, "flow_euler": 20,
 }  # fmt: skip
+#: Options a named sampler built in Python gets, as its ``conf/sampler/NAME.yaml`` sets them.
+NAMED_OPTIONS: dict[str, dict[str, Any]] = {"ddim": {"use_clipped_model_output": True}}
 #: ``sampler=auto``: the named sampler each objective samples with by default.
 AUTO_SAMPLERS: dict[str, str] = {"eps": "ddim", "v": "ddim", "flow": "flow_euler", "edm": "edm_euler"}
 #: Titles of figures, by scheduler class.
@@ -97,12 +100,12 @@ class Sampler:
     Args:
         objective: the model's objective (it fits the scheduler: betas or sigmas, ``prediction_type``).
         name: the diffusers scheduler class, e.g. ``DDIMScheduler``.
-        default_steps: steps when :meth:`set_timesteps` gets None.
+        default_steps: steps when :meth:`set_timesteps` gets None (at most the model's T; None: all T).
         options: the scheduler's constructor arguments (``timestep_spacing``, ``solver_order``...) or its
             ``step`` arguments (DDIM's ``eta``).
     """
 
-    def __init__(self, objective: Objective, name: str, default_steps: int = 20, **options: Any) -> None:
+    def __init__(self, objective: Objective, name: str, default_steps: int | None = 20, **options: Any) -> None:
         classes = scheduler_classes()
         if name not in classes:
             raise ValueError(
@@ -137,9 +140,10 @@ class Sampler:
         return f"{TITLES.get(self.name, self.name)}, {self.num_steps} steps"
 
     def set_timesteps(self, steps: int | None = None, device: torch.device | str = "cpu") -> None:
-        """Walk ``steps`` steps (None: :attr:`default_steps`), and reset the scheduler's solver state."""
-        steps = self.default_steps if steps is None else steps
+        """Walk ``steps`` steps (None: :attr:`default_steps`, at most T), and reset the scheduler's solver state."""
         limit = self.objective.timesteps if isinstance(self.objective, DiscreteObjective) else None
+        if steps is None:
+            steps = min(filter(None, (self.default_steps, limit))) if self.default_steps or limit else 20
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or (limit and steps > limit):
             raise ValueError(f"steps must be an integer in 1..{limit or 'inf'}, got {steps!r}")
         self.scheduler.set_timesteps(steps, device=device)
@@ -188,6 +192,8 @@ def make_sampler(sampler: str | Sampler, objective: Objective, **options: Any) -
             f"unknown sampler {sampler!r}: use auto, one of {', '.join(NAMED_SAMPLERS)} or a diffusers class name"
         )
     options.setdefault("default_steps", DEFAULT_STEPS.get(sampler, 20))
+    for key, value in NAMED_OPTIONS.get(sampler, {}).items():
+        options.setdefault(key, value)
     return Sampler(objective, name, **options)
 
 
