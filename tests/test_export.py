@@ -34,6 +34,10 @@ def test_folder_holds_weights_config_and_card(exported: Path) -> None:
     assert sorted(p.name for p in exported.iterdir()) == ["README.md", CONFIG_FILE, WEIGHTS_FILE, "samples.png"]
     config = json.loads((exported / CONFIG_FILE).read_text())
     assert config["schedule"] == {"name": "cosine", "timesteps": 1000, "s": 0.008, "max_beta": 0.999}
+    assert config["objective"] == {
+        "name": "eps",
+        "min_snr_gamma": 5.0,
+    }  # from before objectives: its model.min_snr_gamma
     assert config["unet"]["down_chs"] == [4, 8] and config["unet"]["num_styles"] == 2
     assert config["dataset"]["name"] == "mnist" and config["dataset"]["class_names"][7] == "7"
     assert set(config["style_stats"]) == {"slant", "thickness"}
@@ -54,6 +58,20 @@ def test_folder_samples_bit_identical_to_its_checkpoint(exported: Path) -> None:
         a = from_ckpt([3, 7, 7], seed=5, steps=6, **kwargs)
         b = from_folder([3, 7, 7], seed=5, steps=6, **kwargs)
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("objective", ["v", "flow", "edm"])
+def test_every_objective_exports_and_samples_bit_identically(
+    objective: str, make_checkpoint, tmp_path: Path, monkeypatch
+) -> None:
+    ckpt = make_checkpoint(f"objective={objective}")
+    main_in_process(monkeypatch, "export", f"ckpt={ckpt}", f"output={tmp_path / 'model'}", "grid_per_class=1",
+                    "steps=3", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    config = json.loads((tmp_path / "model" / CONFIG_FILE).read_text())
+    assert config["objective"]["name"] == objective
+    from_ckpt, from_folder = load_model(ckpt), load_model(tmp_path / "model")
+    assert from_folder.model.objective.name == objective
+    assert torch.equal(from_ckpt([1, 4], seed=2, steps=4), from_folder([1, 4], seed=2, steps=4))
 
 
 def test_ckpt_dir_in_sample_gives_the_same_files(exported: Path, tmp_path: Path, monkeypatch) -> None:
