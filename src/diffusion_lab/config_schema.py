@@ -228,6 +228,8 @@ SAMPLER = {
     "sampler.default_steps": optional(integer(1, example=20)),
     "sampler.eta": number(0, 1, example=0.0),
     "sampler.use_clipped_model_output": BOOLEAN,
+    "sampler.thresholding": BOOLEAN,
+    "sampler.sample_max_value": number(0, open_low=True, example=1.0),
     "sampler.timestep_spacing": choice("leading", "trailing", "linspace"),
     "sampler.clip_sample": BOOLEAN,
     "sampler.variance_type": choice("fixed_small", "fixed_large", "fixed_small_log", "fixed_large_log", "learned"),

@@ -39,7 +39,11 @@ DEFAULT_STEPS: dict[str, int | None] = {
     "edm_euler": 20, "flow_euler": 20,
 }  # fmt: skip
 #: Options a named sampler built in Python gets, as its ``conf/sampler/NAME.yaml`` sets them.
-NAMED_OPTIONS: dict[str, dict[str, Any]] = {"ddim": {"use_clipped_model_output": True}}
+NAMED_OPTIONS: dict[str, dict[str, Any]] = {
+    "ddim": {"use_clipped_model_output": True},
+    "dpm_solver": {"thresholding": True, "sample_max_value": 1.0},
+    "unipc": {"thresholding": True, "sample_max_value": 1.0},
+}
 #: ``sampler=auto``: the named sampler each objective samples with by default.
 AUTO_SAMPLERS: dict[str, str] = {"eps": "ddim", "v": "ddim", "flow": "flow_euler", "edm": "edm_euler"}
 #: Titles of figures, by scheduler class.
