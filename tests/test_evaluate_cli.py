@@ -93,9 +93,15 @@ def test_a_styled_checkpoint_is_scored_on_style_control(
     for name in ("slant", "thickness"):
         for stat in ("correlation", "mae", "bias"):
             assert np.isfinite(metrics[f"style/{name}_{stat}"]), (name, stat)
+            assert np.isfinite(metrics[f"style/class_aware/{name}_{stat}"]), (name, stat)
     assert 0 <= metrics["style/classifier_accuracy"] <= 1 and metrics["time/style_s"] > 0
     report = (out / "report.md").read_text()
-    assert "## Style control" in report and "| thickness |" in report and "Class accuracy with styles" in report
+    assert (
+        "## Style control" in report
+        and "| thickness |" in report
+        and "| slant (class-aware) |" in report
+        and "Class accuracy with styles" in report
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,8 @@ A style-conditioned checkpoint is also asked for styles (``style_control``): as 
 with a slant and a thickness drawn independently and uniformly between the training set's 10th and
 90th percentiles; ``style/*`` then holds the correlation, mean absolute error and bias of the
 attributes measured on the samples against the asked ones, and ``style/classifier_accuracy`` the class
-accuracy of these styled samples (``generated/*`` are sampled without styles).
+accuracy of these styled samples (``generated/*`` are sampled without styles); ``style/class_aware/*``
+the same for as many images again asked for styles between their own class's percentiles.
 
 Every file is written through a temporary name, and only after all metrics are computed.
 """
@@ -132,7 +133,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         scores.update(_cas(cfg, pipe, sampling, pool_images, pool_labels))
         times["time/cas_s"] = time.perf_counter() - cas_started
     if cfg.style_control and pipe.model.style_conditioning:
-        scores.update(style_control(pipe, evaluator, labels, seed=cfg.seed, **sampling))
+        scores.update(style_control(pipe, evaluator, labels, cfg.paths.data_dir, seed=cfg.seed, **sampling))
     elif cfg.style_control:
         log.info("Style control skipped: the checkpoint was trained without styles (model.style_conditioning)")
     metrics: dict[str, Any] = {

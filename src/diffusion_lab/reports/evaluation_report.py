@@ -116,18 +116,21 @@ def report_markdown(metrics: dict[str, Any], dataset: str) -> str:
             "## Style control",
             "",
             "Each styled sample asked for a slant and a thickness drawn uniformly between the training set's "
-            "10th and 90th percentiles; both are measured again on the sample.",
+            "10th and 90th percentiles (class-independent), or between its own class's (class-aware); both are "
+            "measured again on the sample.",
             "",
             markdown_table(
                 ["attribute", "correlation (asked, measured)", "mean abs. error", "bias"],
                 [
                     [
-                        name,
-                        f"{metrics[f'style/{name}_correlation']:.3f}",
-                        f"{metrics[f'style/{name}_mae']:.2f} {STYLE_UNITS[name]}",
-                        f"{metrics[f'style/{name}_bias']:+.2f} {STYLE_UNITS[name]}",
+                        f"{name}{title}",
+                        f"{metrics[f'{prefix}/{name}_correlation']:.3f}",
+                        f"{metrics[f'{prefix}/{name}_mae']:.2f} {STYLE_UNITS[name]}",
+                        f"{metrics[f'{prefix}/{name}_bias']:+.2f} {STYLE_UNITS[name]}",
                     ]
+                    for prefix, title in (("style", ""), ("style/class_aware", " (class-aware)"))
                     for name in STYLE_NAMES
+                    if f"{prefix}/{name}_correlation" in metrics
                 ],
             ),
             "",
