@@ -8,7 +8,7 @@ images it never saw the like of, so CAS sees what class accuracy cannot. ``real/
 training on as many real training images: the score a perfect model's samples would reach.
 
 Every classifier takes the reference classifier's number of optimizer steps whatever the set's
-size (at 1,000 images a class, about 18 epochs), about a minute on 2 CPU cores.
+size (at 1,000 images a class, about 18 epochs): as long as the reference classifier's first-use training.
 """
 
 from __future__ import annotations
