@@ -9,9 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffusion_lab.cli import evaluate as evaluate_cli
+from diffusion_lab.evaluation import cas as cas_module
+from diffusion_lab.evaluation.classifier import load_classifier
+from diffusion_lab.pipeline import DiffusionPipeline
+from diffusion_lab.reports.images import save_samples
 from tests.helpers import main_in_process, one_error_line, run_cli
 
 #: Their runs and evaluations score samples with the reference classifiers, trained once up front.
@@ -88,9 +93,15 @@ def test_a_styled_checkpoint_is_scored_on_style_control(
     for name in ("slant", "thickness"):
         for stat in ("correlation", "mae", "bias"):
             assert np.isfinite(metrics[f"style/{name}_{stat}"]), (name, stat)
+            assert np.isfinite(metrics[f"style/class_aware/{name}_{stat}"]), (name, stat)
     assert 0 <= metrics["style/classifier_accuracy"] <= 1 and metrics["time/style_s"] > 0
     report = (out / "report.md").read_text()
-    assert "## Style control" in report and "| thickness |" in report and "Class accuracy with styles" in report
+    assert (
+        "## Style control" in report
+        and "| thickness |" in report
+        and "| slant (class-aware) |" in report
+        and "Class accuracy with styles" in report
+    )
 
 
 @pytest.mark.parametrize(
@@ -133,3 +144,83 @@ def test_missing_inception_weights_name_the_fix(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: Inception FID weights not found") and "make data" in error
     assert "inception=false" in error and not out.exists()
+
+
+@pytest.mark.slow
+def test_scores_precision_recall_and_cas_and_rescores_its_samples_file(
+    make_checkpoint: Callable[..., Path], data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setattr(cas_module, "reference_steps", lambda dataset: 20)  # the mechanism, not the recipe
+    ckpt, first, second = make_checkpoint(), tmp_path / "first", tmp_path / "second"
+    common = ["steps=3", "inception=false", "clip=none", "cas=true", "cas_per_class=4"]
+    main_in_process(monkeypatch, "evaluate", f"ckpt={ckpt}", "num_per_class=5", *common, f"output={first}",
+                    f"hydra.run.dir={tmp_path / 'run1'}")  # fmt: skip
+    metrics = json.loads((first / "metrics.json").read_text())
+    for name in ("precision", "recall", "density", "coverage"):
+        assert f"generated/{name}" in metrics and f"real/{name}" in metrics and f"generated/{name}/7" in metrics
+        assert f"| {name} |" in (first / "report.md").read_text()
+    assert 0 <= metrics["generated/cas"] <= 1 and metrics["real/cas"] > metrics["generated/cas"]
+    assert metrics["time/cas_s"] > 0 and metrics["time/precision_recall_s"] > 0 and metrics["samples"] is None
+    assert "CAS: classifier on 40 generated images" in capsys.readouterr().err
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled again")
+
+    monkeypatch.setattr(DiffusionPipeline, "__call__", no_sampling)
+    samples = first / "samples.npz"
+    main_in_process(monkeypatch, "evaluate", f"ckpt={ckpt}", "num_per_class=4", *common, f"samples={samples}",
+                    "guidance=7", f"output={second}", f"hydra.run.dir={tmp_path / 'run2'}")  # fmt: skip
+    again = json.loads((second / "metrics.json").read_text())
+    assert again["samples"] == str(samples) and again["num_per_class"] == 4
+    assert again["guidance"] == 2.0 and again["settings"].startswith(f"samples {samples} (DDIMSampler 3 steps, w=2")
+    with np.load(samples) as data:
+        first_four = [i for c in range(10) for i in range(5 * c, 5 * c + 4)]
+        scored = torch.from_numpy(data["images"][first_four]).unsqueeze(1).float() / 255
+    assert again["generated/classifier_accuracy"] == pytest.approx(
+        float(
+            (load_classifier("mnist", data_dir)[0].predict(scored) == torch.arange(10).repeat_interleave(4))
+            .float()
+            .mean()
+        )
+    ), "the first num_per_class images of each class are scored"
+    assert again["real/fid"] != metrics["real/fid"], "the floor is measured at the new size"
+
+
+def _fashion_file(path: Path) -> None:
+    save_samples(
+        torch.rand(20, 1, 28, 28), torch.arange(10).repeat_interleave(2), path, meta={"dataset": "fashion_mnist"}
+    )
+
+
+def _wrong_shape(path: Path) -> None:
+    np.savez(path, images=np.zeros((20, 32, 32), np.uint8), labels=np.arange(10).repeat(2))
+
+
+def _too_few(path: Path) -> None:
+    save_samples(torch.rand(20, 1, 28, 28), torch.arange(10).repeat_interleave(2), path, meta={"dataset": "mnist"})
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [(_fashion_file, "holds fashion_mnist images but the checkpoint is a mnist model"),
+     (_wrong_shape, "holds images of shape [20, 32, 32] (uint8): expected [N, 28, 28] uint8"),
+     (_too_few, "num_per_class=3 but class 0 has 2 images in samples="),
+     (None, "is not a samples.npz with images and labels")],
+)  # fmt: skip
+def test_a_samples_file_of_another_dataset_or_shape_is_refused_in_one_line(
+    make_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, write, message: str
+) -> None:
+    path = tmp_path / "samples.npz"
+    if write is not None:
+        write(path)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the evaluation started before the samples file was checked")
+
+    monkeypatch.setattr(evaluate_cli, "Evaluator", no_work)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):
+        main_in_process(monkeypatch, "evaluate", f"ckpt={make_checkpoint()}", "clip=none", "num_per_class=3",
+                        f"samples={path}", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert message in one_error_line(capsys.readouterr().err)
+    assert not out.exists()

@@ -13,7 +13,13 @@ import pytest
 from PIL import Image
 
 from diffusion_lab.cli.report import main
-from diffusion_lab.reports.sweep_report import evaluation_figure, load_sweep, quality_figure, write_report
+from diffusion_lab.reports.sweep_report import (
+    evaluation_figure,
+    load_sweep,
+    pareto_figure,
+    quality_figure,
+    write_report,
+)
 
 #: Their runs and evaluations score samples with the reference classifiers, trained once up front.
 pytestmark = pytest.mark.usefixtures("reference_classifiers")
@@ -119,6 +125,29 @@ def test_an_evaluation_sweep_reports_sample_metrics_against_the_swept_weight(tmp
     assert [ax.get_xlabel() for ax in fig.axes] == ["guidance", "guidance"]
     xs, ys = fig.axes[0].lines[0].get_data()
     assert list(xs) == [0.0, 0.5, 2.0] and list(ys) == [0.88, 0.93, 0.99], "accuracy in order of w"
+
+
+def test_an_evaluation_sweep_plots_precision_against_recall_and_accuracy_against_fid_over_floor(
+    tmp_path: Path,
+) -> None:
+    """One labelled point per job, joined in order of w, beside the real images' point."""
+    for job, (w, precision, recall, acc, fid) in enumerate([(2.0, 0.9, 0.3, 1.0, 20.0), (0.0, 0.6, 0.7, 0.9, 10.0)]):
+        metrics = {"generated/precision": precision, "generated/recall": recall, "generated/classifier_accuracy": acc,
+                   "generated/fid": fid, "real/fid": 5.0, "real/precision": 0.75, "real/recall": 0.76,
+                   "real/classifier_accuracy": 0.99, "generated/cas": 0.95}  # fmt: skip
+        _job(tmp_path, str(job), [f"guidance={w:g}", "ckpt=run/last.ckpt"], metrics)
+    jobs, _ = write_report(tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "![precision against recall, accuracy against FID](pareto.png)" in report
+    assert "| precision | recall |" in report and "| CAS |" in report and "| 95.0% |" in report
+    assert Image.open(tmp_path / "pareto.png").size[0] > 500
+    left, right = pareto_figure(jobs).axes
+    assert (left.get_xlabel(), left.get_ylabel()) == ("recall (variety)", "precision (fidelity)")
+    assert [list(v) for v in left.lines[0].get_data()] == [[0.7, 0.3], [0.6, 0.9]], "in order of w"
+    assert [t.get_text() for t in left.texts] == ["guidance=0", "guidance=2", "real images"]
+    assert list(left.collections[0].get_offsets()[0]) == [0.76, 0.75], "the real sample's point"
+    assert [list(v) for v in right.lines[0].get_data()] == [[2.0, 4.0], [0.9, 1.0]], "FID over its floor"
+    assert list(right.collections[0].get_offsets()[0]) == [1.0, 0.99]
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from diffusion_lab.data.sources import load_arrays
 from diffusion_lab.data.styles import (
     STYLE_NAMES,
     StyleStats,
+    class_requests,
     control_metrics,
     measure,
     slant,
@@ -220,6 +221,22 @@ def test_uniform_requests_cover_the_middle_of_each_distribution(mnist_data: MNIS
         assert low <= column.min() and column.max() <= high
         assert column.quantile(0.05) < low + 0.1 * (high - low) and column.quantile(0.95) > high - 0.1 * (high - low)
     assert abs(torch.corrcoef(requests.T)[0, 1].item()) < 0.1  # independent
+
+
+def test_class_requests_stay_within_each_class_s_own_range() -> None:
+    # Class 0 is upright and thin, class 1 slanted and bold: a class-independent range would mix them.
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.rand(1000, 2, generator=generator)
+    values = noise + torch.tensor([[0.0, 1.0]] * 500 + [[20.0, 4.0]] * 500)
+    value_labels = torch.arange(2).repeat_interleave(500)
+    labels = torch.tensor([1, 0] * 300)
+    requests = class_requests(values, value_labels, labels, seed=3)
+    assert torch.equal(requests, class_requests(values, value_labels, labels, seed=3))
+    for index in (0, 1):
+        own, asked = values[value_labels == index], requests[labels == index]
+        low, high = own.quantile(0.1, dim=0), own.quantile(0.9, dim=0)
+        assert (asked >= low - 1e-4).all() and (asked <= high + 1e-4).all(), index
+        assert (asked.max(0).values - asked.min(0).values > 0.7 * (high - low)).all(), "the whole range is asked for"
 
 
 def test_control_metrics_score_agreement() -> None:

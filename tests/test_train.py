@@ -162,12 +162,13 @@ def test_sample_quality_is_logged_as_scalars_and_a_per_class_table(tmp_path: Pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     keys = ["eval/classifier_accuracy", "eval/fid", "eval/kid", "eval/clip_score", "eval_real/fid", "eval_real/kid",
-            "eval_real/classifier_accuracy", "eval/classifier_accuracy/7", "eval/clip_good_fraction/0"]  # fmt: skip
+            "eval_real/classifier_accuracy", "eval/classifier_accuracy/7", "eval/clip_good_fraction/0",
+            "eval/precision", "eval/recall", "eval_real/precision", "eval_real/recall"]  # fmt: skip
     assert not [key for key in keys if key not in metrics]
     assert metrics["eval_real/classifier_accuracy"] > 0.9 and metrics["eval/fid"] > metrics["eval_real/fid"]
     events = EventAccumulator(str(next((run_dir / "tensorboard").rglob("events.out.*")).parent))
     events.Reload()
-    assert "eval/classifier_accuracy" in events.Tags()["scalars"] and "eval_real/fid" in events.Tags()["scalars"]
+    assert {"eval/classifier_accuracy", "eval_real/fid", "eval/recall"} <= set(events.Tags()["scalars"])
     table = events.Tensors("eval/per_class/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert table.startswith("| class | classifier_accuracy | clip_score | clip_zero_shot_accuracy |")
     assert len(table.splitlines()) == 12, "a header, a rule and one row per class"

@@ -429,6 +429,9 @@ SAMPLE: dict[str, Rule] = {
 EVALUATE: dict[str, Rule] = {
     **TASK, **PATHS, **SAMPLER, **CLIP, **SAMPLING,
     "num_per_class": integer(2, example=100),
+    "samples": optional(Rule(PATH.test, "a samples.npz", "outputs/evaluate/<run>/samples.npz")),
+    "cas": BOOLEAN,
+    "cas_per_class": integer(1, example=1000),
     "inception": BOOLEAN,
     "style_control": BOOLEAN,
     "reference_seed": SEED,

@@ -89,7 +89,8 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
         extra["styles"] = requested.expand(len(labels), -1).numpy()
     classes = len(labels) // kept
     nrow = kept if classes > 1 else math.ceil(math.sqrt(len(labels)))
-    png, npz = save_samples(images, labels, cfg.output, nrow=nrow, extra=extra or None)
+    meta = {"dataset": pipe.dataset, "ckpt": str(cfg.ckpt)} if pipe.dataset else None  # read by evaluate's samples=
+    png, npz = save_samples(images, labels, cfg.output, nrow=nrow, extra=extra or None, meta=meta)
     drawn = ", ".join(names[i] for i in labels.unique_consecutive().tolist())
     styled = "".join(f", {name}={value}" for name, value in (style or {}).items())
     log.info("%d images of %s (%s, w=%g, seed %d%s)", len(labels), drawn, sampler.title, cfg.guidance, cfg.seed,

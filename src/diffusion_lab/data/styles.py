@@ -209,18 +209,37 @@ class StyleStats:
 REQUEST_RANGE = (10, 90)
 
 
+def _draw(stats: StyleStats, n: int, generator: torch.Generator) -> Tensor:
+    """``[n, 2]`` float64 values, each attribute uniform between its :data:`REQUEST_RANGE` percentiles in ``stats``."""
+    columns = []
+    for name in STYLE_NAMES:
+        low, high = (stats.attributes[name].percentiles[p] for p in REQUEST_RANGE)
+        columns.append(low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64))
+    return torch.stack(columns, dim=-1)
+
+
 def uniform_requests(stats: StyleStats, n: int, seed: int = 0) -> Tensor:
     """``[n, 2]`` raw requests, each attribute drawn independently and uniformly between its 10th and 90th percentile.
 
     Independent of the class and of each other, so measuring how samples follow them tests control
     of any combination, not the styles a class happens to have.
     """
+    return _draw(stats, n, torch.Generator().manual_seed(seed)).float()
+
+
+def class_requests(values: Tensor, value_labels: Tensor, labels: Tensor, seed: int = 0) -> Tensor:
+    """``[len(labels), 2]`` raw requests, each drawn between the 10th and 90th percentile of its own class.
+
+    ``values`` ``[M, 2]`` are the attributes of training images of classes ``value_labels`` ``[M]``. Unlike
+    :func:`uniform_requests` these ask only for styles the class has (no slanted shirts), so their control
+    says what a model can learn where a class's styles are narrow.
+    """
     generator = torch.Generator().manual_seed(seed)
-    columns = []
-    for name in STYLE_NAMES:
-        low, high = (stats.attributes[name].percentiles[p] for p in REQUEST_RANGE)
-        columns.append(low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64))
-    return torch.stack(columns, dim=-1).float()
+    requests = torch.empty(len(labels), len(STYLE_NAMES), dtype=torch.float64)
+    for index in labels.unique().tolist():
+        rows = labels == index
+        requests[rows] = _draw(StyleStats.from_values(values[value_labels == index]), int(rows.sum()), generator)
+    return requests.float()
 
 
 def pearson(a: Tensor, b: Tensor) -> float:

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 MIN_TEST_ACCURACY = {"mnist": 0.99, "fashion_mnist": 0.90}
 #: Training epochs per dataset (enough to clear the floor with a margin).
 EPOCHS = {"mnist": 3, "fashion_mnist": 6}
+#: Images per optimizer step.
+BATCH_SIZE = 128
 #: Bumped whenever the architecture or recipe changes, so old cache files are retrained.
 VERSION = 1
 
@@ -115,6 +117,11 @@ def _shift(images: Tensor, generator: torch.Generator, max_shift: int = 2) -> Te
     return padded[:, :, dy : dy + h, dx : dx + w]
 
 
+def reference_steps(dataset: str, epochs: int | None = None) -> int:
+    """Optimizer steps of ``epochs`` (default :data:`EPOCHS`) over the full training split."""
+    return (epochs or EPOCHS[dataset]) * math.ceil(sum(dataset_info(dataset).train_counts) / BATCH_SIZE)
+
+
 def train_classifier(
     dataset: str, data_dir: str | Path, epochs: int | None = None, seed: int = 0, progress: bool = True
 ) -> tuple[ReferenceClassifier, float]:
@@ -122,30 +129,47 @@ def train_classifier(
 
     Runs with gradients from any context, e.g. a callback inside Lightning's validation loop.
     """
-    with torch.inference_mode(False), torch.enable_grad():
-        return _train(dataset, data_dir, epochs, seed, progress)
-
-
-def _train(
-    dataset: str, data_dir: str | Path, epochs: int | None, seed: int, progress: bool
-) -> tuple[ReferenceClassifier, float]:
-    info = dataset_info(dataset)
     arrays = load_arrays(dataset, data_dir)
     train_x, train_y = split_images(arrays, "train")
-    test_x, test_y = split_images(arrays, "test")
-    epochs = epochs or EPOCHS[dataset]
-    batch_size = 128
+    steps = reference_steps(dataset, epochs)
+    desc = f"reference classifier ({dataset}, first use)"
+    model = fit_classifier(train_x, train_y, dataset, steps, seed=seed, progress=progress, desc=desc)
+    return model, accuracy(model, *split_images(arrays, "test"))
+
+
+def fit_classifier(
+    images: Tensor,
+    labels: Tensor,
+    dataset: str,
+    steps: int,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "classifier",
+) -> ReferenceClassifier:
+    """A :class:`ReferenceClassifier` trained with the reference recipe for ``steps`` on any labelled images.
+
+    The recipe (AdamW, one-cycle learning rate, batches of 128, shifts on MNIST and flips on
+    Fashion-MNIST) is the reference classifier's whatever the images, so that classifiers trained on
+    different sets (real, generated) differ only in their data. Runs with gradients from any context.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        return _fit(images, labels, dataset, steps, seed, progress, desc)
+
+
+def _fit(
+    train_x: Tensor, train_y: Tensor, dataset: str, steps: int, seed: int, progress: bool, desc: str
+) -> ReferenceClassifier:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = ReferenceClassifier(info.num_classes)
-    steps = epochs * math.ceil(len(train_y) / batch_size)
+    model = ReferenceClassifier(dataset_info(dataset).num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
-    bar = tqdm(total=steps, desc=f"reference classifier ({dataset}, first use)", disable=not progress, unit="step")
+    bar = tqdm(total=steps, desc=desc, disable=not progress, unit="step")
     model.train()
-    for _ in range(epochs):
+    done = 0
+    while done < steps:  # epochs over the images, the last one cut at ``steps``
         order = torch.randperm(len(train_y), generator=generator)
-        for idx in order.split(batch_size):
+        for idx in order.split(BATCH_SIZE)[: steps - done]:
             images = _shift(train_x[idx], generator) if dataset == "mnist" else train_x[idx]
             if dataset == "fashion_mnist":
                 flip = torch.rand(len(idx), generator=generator) < 0.5
@@ -158,8 +182,9 @@ def _train(
             schedule.step()
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            done += 1
     bar.close()
-    return model.eval(), accuracy(model, test_x, test_y)
+    return model.eval()
 
 
 def _save(model: ReferenceClassifier, test_accuracy: float, dataset: str, path: Path) -> None:

@@ -8,14 +8,16 @@ requested classes with:
   (:mod:`diffusion_lab.evaluation.classifier`) reads as the requested class, overall and per class;
 * ``fid`` and ``kid`` (torchmetrics) against the reference, in that classifier's 128-d
   penultimate feature space;
+* ``precision``, ``recall``, ``density`` and ``coverage`` in the same features
+  (:mod:`diffusion_lab.evaluation.fidelity_variety`), overall and per class: fidelity and variety apart;
 * ``inception_fid``: the standard FID with InceptionV3 pool features (offline weights, see
   :mod:`diffusion_lab.evaluation.inception`);
 * the CLIP metrics of :mod:`diffusion_lab.evaluation.clip`, when a CLIP model is given.
 
 :meth:`Evaluator.real_metrics` scores real images the same way: accuracy and CLIP on the held-out
-reference images, and FID/KID of the training sample against the reference, the floor that two
-independent real samples of this size reach. Distances depend on the sample size, so compare
-numbers only at equal ``num_per_class``.
+reference images, and FID/KID/precision/recall/density/coverage of the training sample against the
+reference, the floor that two independent real samples of this size reach. Distances depend on the
+sample size, so compare numbers only at equal ``num_per_class``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 import pickle
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -38,6 +40,7 @@ from diffusion_lab.data.sources import dataset_info, load_arrays
 from diffusion_lab.evaluation.classifier import ClassifierFeatures, load_classifier, split_images
 from diffusion_lab.evaluation.clip import ClipScorer
 from diffusion_lab.evaluation.clip import summarize as summarize_clip
+from diffusion_lab.evaluation.fidelity_variety import K, fidelity_variety
 from diffusion_lab.evaluation.inception import inception_weights
 from diffusion_lab.utils.files import atomic_write
 
@@ -62,6 +65,21 @@ def balanced_subset(images: Tensor, labels: Tensor, per_class: int, seed: int = 
         picks.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
     chosen = torch.cat(picks)
     return images[chosen], labels[chosen]
+
+
+def first_per_class(labels: Tensor, per_class: int, num_classes: int, key: str, what: str) -> Tensor:
+    """Indices of the first ``per_class`` entries of every class, class by class.
+
+    Raises:
+        ValueError: naming ``key=per_class`` and the first class with fewer ``what`` (e.g. "generated images").
+    """
+    picks = []
+    for index in range(num_classes):
+        members = torch.nonzero(labels == index).squeeze(1)
+        if len(members) < per_class:
+            raise ValueError(f"{key}={per_class} but class {index} has {len(members)} {what}")
+        picks.append(members[:per_class])
+    return torch.cat(picks)
 
 
 def class_keys(dataset: str) -> tuple[str, ...]:
@@ -132,6 +150,10 @@ class Evaluator:
         ).to(self.device)
         started = time.perf_counter()
         self._update(self.reference[0], real=True)
+        self.reference_features = self.features(self.reference[0])
+        self.train_sample_features = self.features(self.train_sample[0])
+        #: Seconds each metric group took in the last :meth:`score` or :meth:`real_metrics` call.
+        self.timings: dict[str, float] = {}
         self.inception_fid: FrechetInceptionDistance | None = None
         if inception:
             self.inception_fid = FrechetInceptionDistance(
@@ -171,6 +193,13 @@ class Evaluator:
             self.inception_fid.update(_rgb_uint8(chunk.to(self.device)), real=real)
 
     @torch.no_grad()
+    def features(self, images: Tensor, batch_size: int = 1000) -> Tensor:
+        """``[N, 128]`` reference-classifier features of ``[N, 1, 28, 28]`` images, on the CPU."""
+        return torch.cat(
+            [self.classifier.features(chunk.to(self.device)).float().cpu() for chunk in images.split(batch_size)]
+        )
+
+    @torch.no_grad()
     def _update(self, images: Tensor, real: bool, batch_size: int = 250) -> None:
         for chunk in images.split(batch_size):
             chunk = chunk.to(self.device)
@@ -188,11 +217,24 @@ class Evaluator:
         if not bool(torch.isfinite(images).all()):
             raise ValueError("the generated images hold NaN or infinite values: the model has diverged")
         images, labels = images.float().cpu(), labels.cpu()
-        return {
-            **self.accuracy(images, labels, prefix),
-            **self.distances(images, prefix),
-            **self.clip_metrics(images, labels, prefix),
-        }
+        return self._timed(
+            accuracy=lambda: self.accuracy(images, labels, prefix),
+            fid_kid=lambda: self.distances(images, prefix),
+            inception_fid=lambda: self.inception_distance(images, prefix),
+            precision_recall=lambda: self.precision_recall(images, labels, prefix),
+            clip=lambda: self.clip_metrics(images, labels, prefix),
+        )
+
+    def _timed(self, **metrics: Callable[[], dict[str, float]]) -> dict[str, float]:
+        """Run each metric group, recording the seconds of those that gave values in :attr:`timings`; their results."""
+        out: dict[str, float] = {}
+        self.timings = {}
+        for name, compute in metrics.items():
+            started = time.perf_counter()
+            if values := compute():
+                out.update(values)
+                self.timings[name] = time.perf_counter() - started
+        return out
 
     def accuracy(self, images: Tensor, labels: Tensor, prefix: str) -> dict[str, float]:
         """``PREFIX/classifier_accuracy`` overall and per class (``PREFIX/classifier_accuracy/KEY``)."""
@@ -206,23 +248,48 @@ class Evaluator:
 
     @torch.no_grad()
     def distances(self, images: Tensor | None, prefix: str) -> dict[str, float]:
-        """``PREFIX/fid``, ``PREFIX/kid`` (+ ``kid_std``) and ``PREFIX/inception_fid`` against the reference.
+        """``PREFIX/fid`` and ``PREFIX/kid`` (+ ``kid_std``) against the reference.
 
         ``images=None`` measures the real training sample (the floor).
         """
-        for metric in (self.fid, self.kid, self.inception_fid):
-            if metric is not None:
-                metric.reset()  # keeps the reference's features
+        self.fid.reset()  # keeps the reference's features
+        self.kid.reset()
         self._update(self.train_sample[0] if images is None else images, real=False)
         kid_mean, kid_std = self.kid.compute()
         out = {f"{prefix}/fid": float(self.fid.compute()), f"{prefix}/kid": float(kid_mean)}
         out[f"{prefix}/kid_std"] = float(kid_std)
-        if self.inception_fid is not None:
-            if images is None:
-                _set_stats(self.inception_fid, "fake", self._inception_train_stats)
-            else:
-                self._inception_update(images, real=False)
-            out[f"{prefix}/inception_fid"] = float(self.inception_fid.compute())
+        return out
+
+    @torch.no_grad()
+    def inception_distance(self, images: Tensor | None, prefix: str) -> dict[str, float]:
+        """``PREFIX/inception_fid`` against the reference (``images=None``: the training sample); empty when off."""
+        if self.inception_fid is None:
+            return {}
+        self.inception_fid.reset()
+        if images is None:
+            _set_stats(self.inception_fid, "fake", self._inception_train_stats)
+        else:
+            self._inception_update(images, real=False)
+        return {f"{prefix}/inception_fid": float(self.inception_fid.compute())}
+
+    def precision_recall(self, images: Tensor | None, labels: Tensor | None, prefix: str) -> dict[str, float]:
+        """``PREFIX/precision``, ``recall``, ``density`` and ``coverage`` against the reference, overall and per class.
+
+        ``images=None`` measures the real training sample (the floor). A set of at most ``K`` images
+        (or a class with that few) has no ``K``-th neighbour and gets no value.
+        """
+        if images is None:
+            features, labels = self.train_sample_features, self.train_sample[1]
+        else:
+            features = self.features(images)
+        if len(features) <= K:
+            return {}
+        out = {f"{prefix}/{name}": value for name, value in fidelity_variety(features, self.reference_features).items()}
+        for index, key in enumerate(self.keys):
+            mask, real_mask = labels == index, self.reference[1] == index
+            if int(mask.sum()) > K:
+                per_class = fidelity_variety(features[mask], self.reference_features[real_mask])
+                out.update({f"{prefix}/{name}/{key}": value for name, value in per_class.items()})
         return out
 
     def clip_metrics(self, images: Tensor, labels: Tensor, prefix: str) -> dict[str, float]:
@@ -233,11 +300,13 @@ class Evaluator:
 
     def real_metrics(self) -> dict[str, float]:
         """The ``real/*`` floor: accuracy and CLIP of held-out test images, distances of a training sample."""
-        return {
-            **self.accuracy(*self.reference, prefix="real"),
-            **self.distances(None, prefix="real"),
-            **self.clip_metrics(*self.reference, prefix="real"),
-        }
+        return self._timed(
+            accuracy=lambda: self.accuracy(*self.reference, prefix="real"),
+            fid_kid=lambda: self.distances(None, prefix="real"),
+            inception_fid=lambda: self.inception_distance(None, prefix="real"),
+            precision_recall=lambda: self.precision_recall(None, None, prefix="real"),
+            clip=lambda: self.clip_metrics(*self.reference, prefix="real"),
+        )
 
 
 def per_class(metrics: dict[str, float], prefix: str, name: str, keys: Sequence[str]) -> list[float | None]:

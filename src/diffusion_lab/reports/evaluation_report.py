@@ -23,6 +23,11 @@ SUMMARY = (
     ("fid", "lower is better (classifier features)"),
     ("kid", "lower is better (classifier features)"),
     ("inception_fid", "lower is better (InceptionV3 pool features)"),
+    ("precision", "fidelity: share of samples inside the real manifold, higher is better"),
+    ("recall", "variety: share of real images inside the samples' manifold, higher is better"),
+    ("density", "fidelity: about 1 for real images, above 1 where samples crowd typical ones"),
+    ("coverage", "variety: share of real images with a sample nearby, higher is better"),
+    ("cas", "accuracy on real test images of a classifier trained on the samples only"),
     ("clip_score", "higher is better"),
     ("clip_zero_shot_accuracy", "higher is better"),
     ("clip_good_fraction", "higher is better"),
@@ -53,7 +58,7 @@ def per_class_chart(metrics: dict[str, float], dataset: str) -> Figure:
 def _fmt(value: float | None, name: str) -> str:
     if value is None:
         return "-"
-    return f"{value:.2%}" if name.endswith(("accuracy", "fraction")) else f"{value:.3g}"
+    return f"{value:.2%}" if name.endswith(("accuracy", "fraction", "cas")) else f"{value:.3g}"
 
 
 def summary_table(metrics: dict[str, Any]) -> str:
@@ -68,6 +73,20 @@ def summary_table(metrics: dict[str, Any]) -> str:
     )
 
 
+def timing_line(metrics: dict[str, Any]) -> str:
+    """How long sampling (or reading ``samples``) and each metric took."""
+    parts = [
+        f"{name.removeprefix('time/').removesuffix('_s')} {value:.1f} s"
+        for name, value in metrics.items()
+        if name.startswith("time/") and name not in ("time/sampling_s", "time/metrics_s", "time/total_s")
+    ]
+    source = f"Reading {metrics['samples']}" if metrics.get("samples") else "Sampling"
+    return (
+        f"{source} took {metrics['time/sampling_s']:.1f} s, the metrics {metrics['time/metrics_s']:.1f} s "
+        f"({', '.join(parts)})."
+    )
+
+
 def report_markdown(metrics: dict[str, Any], dataset: str) -> str:
     """``report.md``: settings, the overall table, the per-class table and the figures."""
     lines = [
@@ -77,12 +96,13 @@ def report_markdown(metrics: dict[str, Any], dataset: str) -> str:
         f"Reference classifier: {metrics['classifier/test_accuracy']:.2%} on the full test set. "
         f"CLIP: {metrics['clip/status']}.",
         "`real` scores real images the same way: accuracy and CLIP on held-out test images, distances of "
-        "as many training images against the same test reference (the floor a perfect model would reach).",
+        "as many training images against the same test reference (the floor a perfect model would reach); "
+        "precision, recall, density and coverage use k=3 neighbours in the classifier's features.",
         "",
         summary_table(metrics),
     ]
     keys, names = class_keys(dataset), dataset_info(dataset).class_names
-    shown = ("classifier_accuracy", "clip_score", "clip_zero_shot_accuracy")
+    shown = ("classifier_accuracy", "precision", "recall", "clip_score", "clip_zero_shot_accuracy")
     columns = [c for c in shown if f"generated/{c}" in metrics]
     per_class_rows = [
         [name, *(_fmt(metrics.get(f"{side}/{c}/{key}"), c) for c in columns for side in ("generated", "real"))]
@@ -96,18 +116,21 @@ def report_markdown(metrics: dict[str, Any], dataset: str) -> str:
             "## Style control",
             "",
             "Each styled sample asked for a slant and a thickness drawn uniformly between the training set's "
-            "10th and 90th percentiles; both are measured again on the sample.",
+            "10th and 90th percentiles (class-independent), or between its own class's (class-aware); both are "
+            "measured again on the sample.",
             "",
             markdown_table(
                 ["attribute", "correlation (asked, measured)", "mean abs. error", "bias"],
                 [
                     [
-                        name,
-                        f"{metrics[f'style/{name}_correlation']:.3f}",
-                        f"{metrics[f'style/{name}_mae']:.2f} {STYLE_UNITS[name]}",
-                        f"{metrics[f'style/{name}_bias']:+.2f} {STYLE_UNITS[name]}",
+                        f"{name}{title}",
+                        f"{metrics[f'{prefix}/{name}_correlation']:.3f}",
+                        f"{metrics[f'{prefix}/{name}_mae']:.2f} {STYLE_UNITS[name]}",
+                        f"{metrics[f'{prefix}/{name}_bias']:+.2f} {STYLE_UNITS[name]}",
                     ]
+                    for prefix, title in (("style", ""), ("style/class_aware", " (class-aware)"))
                     for name in STYLE_NAMES
+                    if f"{prefix}/{name}_correlation" in metrics
                 ],
             ),
             "",
@@ -126,7 +149,7 @@ def report_markdown(metrics: dict[str, Any], dataset: str) -> str:
         "",
         "![real](real.png)",
         "",
-        f"Sampling took {metrics['time/sampling_s']:.1f} s, the metrics {metrics['time/metrics_s']:.1f} s.",
+        timing_line(metrics),
         "",
     ]
     return "\n".join(lines)

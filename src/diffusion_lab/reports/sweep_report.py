@@ -12,7 +12,10 @@ prints the table and writes into ``SWEEP_DIR`` (or ``--output``):
 * ``val_loss.png`` (training sweeps): the validation-loss curve of every job (from its ``csv/metrics.csv``);
 * ``quality.png``: for training, the quality metric (class accuracy when evaluated, else best
   ``val/loss``) against parameters and against wall time; for evaluation, class accuracy and FID
-  against the swept value (e.g. the guidance weight) when one number varies, else against each other.
+  against the swept value (e.g. the guidance weight) when one number varies, else against each other;
+* ``pareto.png`` (evaluation sweeps): the trade-offs, one labelled point per job: precision (fidelity)
+  against recall (variety), and class accuracy against FID over its real floor, each beside the
+  real images' own point, so the jobs on the Pareto front stand out.
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ EVALUATE_COLUMNS = (
     ("generated/fid", "FID"),
     ("generated/kid", "KID"),
     ("generated/inception_fid", "Inception FID"),
+    ("generated/precision", "precision"),
+    ("generated/recall", "recall"),
+    ("generated/density", "density"),
+    ("generated/coverage", "coverage"),
+    ("generated/cas", "CAS"),
     ("generated/clip_score", "CLIP score"),
     ("style/slant_correlation", "slant corr."),
     ("style/thickness_correlation", "thickness corr."),
@@ -171,7 +179,7 @@ def _cell(value: float | None, key: str) -> str:
         return "-"
     if key == "params":
         return f"{int(value):,}"
-    if key.endswith("classifier_accuracy"):
+    if key.endswith(("classifier_accuracy", "cas")):
         return f"{value:.1%}"
     if key.startswith("time/"):
         return f"{value:.0f}"
@@ -208,6 +216,8 @@ def markdown(jobs: Sequence[Job], sweep_dir: Path) -> str:
     if kind == "training":
         lines += ["![validation loss](val_loss.png)", ""]
     lines += ["![quality](quality.png)", ""]
+    if kind == "evaluation":
+        lines += ["![precision against recall, accuracy against FID](pareto.png)", ""]
     return "\n".join(lines)
 
 
@@ -281,6 +291,49 @@ def evaluation_figure(jobs: Sequence[Job]) -> Figure:
     return fig
 
 
+def _ordered(jobs: Sequence[Job]) -> list[Job]:
+    """The jobs in the order of the swept value when one number varies (a line joins neighbours), else as they are."""
+    if (swept := swept_value(jobs)) is None or None in swept[1]:
+        return list(jobs)
+    return [job for _, job in sorted(zip(swept[1], jobs, strict=True), key=lambda pair: pair[0])]
+
+
+def _fid_over_floor(job: Job, prefix: str) -> float | None:
+    """``PREFIX/fid`` over the job's real floor ``real/fid`` (1 for the real sample itself)."""
+    fid, floor = job.value(f"{prefix}/fid"), job.value("real/fid")
+    return fid / floor if fid is not None and floor else None
+
+
+#: The panels of :func:`pareto_figure`: x and y of a job's ``generated`` or ``real`` side, and their titles.
+PARETO_PANELS = (
+    (lambda job, prefix: job.value(f"{prefix}/recall"), lambda job, prefix: job.value(f"{prefix}/precision"),
+     "recall (variety)", "precision (fidelity)"),
+    (_fid_over_floor, lambda job, prefix: job.value(f"{prefix}/classifier_accuracy"),
+     "FID / real floor (classifier features)", "class accuracy"),
+)  # fmt: skip
+
+
+def pareto_figure(jobs: Sequence[Job]) -> Figure:
+    """Precision against recall, class accuracy against FID/floor: a labelled point per job, a star for real images."""
+    fig = Figure(figsize=(10.0, 4.2), layout="constrained")
+    for ax, (x_of, y_of, x_title, y_title) in zip(fig.subplots(1, 2), PARETO_PANELS, strict=True):
+        points = [(x_of(job, "generated"), y_of(job, "generated"), job.label) for job in _ordered(jobs)]
+        points = [p for p in points if p[0] is not None and p[1] is not None]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color="tab:blue", alpha=0.8)
+            for x, y, label in points:
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        real = next(((x, y) for job in jobs if None not in (x := x_of(job, "real"), y := y_of(job, "real"))), None)
+        if real is not None:
+            ax.scatter(*real, marker="*", s=140, color="tab:gray", zorder=3)
+            ax.annotate("real images", real, textcoords="offset points", xytext=(4, -12), fontsize=8)
+        ax.set_xlabel(x_title)
+        ax.set_ylabel(y_title)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Fidelity against variety per job; the star: real training images against the same reference")
+    return fig
+
+
 def quality_figure(jobs: Sequence[Job]) -> Figure:
     """Each job's quality (class accuracy when evaluated, else best val/loss) against parameters and wall time."""
     key, title = (
@@ -305,13 +358,15 @@ def quality_figure(jobs: Sequence[Job]) -> Figure:
 
 
 def write_report(sweep_dir: str | Path, output: str | Path | None = None) -> tuple[list[Job], Path]:
-    """Load the sweep and write ``report.md``, ``report.csv``, ``quality.png`` and (training) ``val_loss.png``."""
+    """Load the sweep and write ``report.md``, ``report.csv``, ``quality.png`` and ``val_loss.png`` (training) or
+    ``pareto.png`` (evaluation)."""
     sweep_dir = Path(sweep_dir)
     jobs = load_sweep(sweep_dir)
     out = Path(output) if output is not None else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     if is_evaluation(jobs):
         save_figure(evaluation_figure(jobs), out / "quality.png")
+        save_figure(pareto_figure(jobs), out / "pareto.png")
     else:
         save_figure(val_loss_figure(jobs), out / "val_loss.png")
         save_figure(quality_figure(jobs), out / "quality.png")

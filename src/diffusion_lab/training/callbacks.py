@@ -144,13 +144,15 @@ class SampleGrid(FixedSamples):
 
 
 class SampleQuality(FixedSamples):
-    """Classifier accuracy, FID / KID and (with CLIP weights) the CLIP metrics of a fixed sample set.
+    """Classifier accuracy, FID / KID, precision / recall / density / coverage and (with CLIP weights) the CLIP
+    metrics of a fixed sample set.
 
     Every ``every_n_epochs`` validation epochs and at the end of training, draws ``num_per_class``
     images of every class from fixed noise (with the EMA weights, like :class:`SampleGrid`; list it
     before ``EMAWeightAveraging``) and scores them with :class:`~diffusion_lab.evaluation.evaluator.Evaluator`.
-    Logged as scalars ``eval/classifier_accuracy``, ``eval/fid``, ``eval/kid``, ``eval/clip_score``...,
-    per class ``eval/classifier_accuracy/7``..., and as a per-class table (TensorBoard text,
+    Logged as scalars ``eval/classifier_accuracy``, ``eval/fid``, ``eval/kid``, ``eval/precision``,
+    ``eval/recall``, ``eval/density``, ``eval/coverage``, ``eval/clip_score``..., per class
+    ``eval/classifier_accuracy/7``, ``eval/recall/7``..., and as a per-class table (TensorBoard text,
     W&B table). The real-image floor is logged once as ``eval_real/*``. The final values also
     reach ``metrics.json``. With few images per class, FID is biased upwards: follow its trend.
 
@@ -253,10 +255,13 @@ class SampleQuality(FixedSamples):
         metrics = self.evaluate(trainer, pl_module)
         if not logged:
             self._log(trainer, metrics, prefix="eval")
+        floor = trainer.callback_metrics
         log.info(
-            "Sample quality (%d per class): classifier accuracy %.1f%%, FID %.2f (real floor %.2f)",
+            "Sample quality (%d per class): classifier accuracy %.1f%%, FID %.2f (real floor %.2f), "
+            "precision %.2f (%.2f), recall %.2f (%.2f)",
             self.num_per_class, 100 * metrics["eval/classifier_accuracy"], metrics["eval/fid"],
-            float(trainer.callback_metrics["eval_real/fid"]),
+            float(floor["eval_real/fid"]), metrics["eval/precision"], float(floor["eval_real/precision"]),
+            metrics["eval/recall"], float(floor["eval_real/recall"]),
         )  # fmt: skip
 
 
