@@ -43,5 +43,10 @@ def test_time_to_quality_scores_snapshots_along_one_run(tmp_path: Path) -> None:
     assert len(points) >= 2 and points[-1]["step"] == 20, "a snapshot along the way and one at the end"
     assert [p["seconds"] for p in points] == sorted(p["seconds"] for p in points)
     assert all(0.0 <= p["accuracy"] <= 1.0 and p["fid"] > 0 for p in points)
+    floor = result["settings"]["fid_floor"]
+    assert floor > 0 and all(p["fid_over_floor"] == pytest.approx(p["fid"] / floor) for p in points)
     assert result["final_accuracy"] == points[-1]["accuracy"]
-    assert "| training minutes |" in proc.stdout and "class accuracy:" in proc.stdout
+    reached = [p["minutes"] for p in points if p["accuracy"] >= 0.99 and p["fid_over_floor"] <= 1.5]
+    assert result["minutes_to_target"] == (reached[0] if reached else None), "both criteria at once"
+    assert "| training minutes |" in proc.stdout and "FID/floor |" in proc.stdout
+    assert "99% class accuracy and FID <= 1.5x floor" in proc.stdout
