@@ -172,7 +172,7 @@ def test_scores_precision_recall_and_cas_and_rescores_its_samples_file(
                     "guidance=7", f"output={second}", f"hydra.run.dir={tmp_path / 'run2'}")  # fmt: skip
     again = json.loads((second / "metrics.json").read_text())
     assert again["samples"] == str(samples) and again["num_per_class"] == 4
-    assert again["guidance"] == 2.0 and again["settings"].startswith(f"samples {samples} (DDIMSampler 3 steps, w=2")
+    assert again["guidance"] == 2.0 and again["settings"].startswith(f"samples {samples} (DDIM, 3 steps, w=2")
     with np.load(samples) as data:
         first_four = [i for c in range(10) for i in range(5 * c, 5 * c + 4)]
         scored = torch.from_numpy(data["images"][first_four]).unsqueeze(1).float() / 255
