@@ -117,7 +117,21 @@ def test_a_guidance_sweep_leaves_one_evaluation_per_weight_and_a_report(
     assert weights == [0.0, 4.0]
     report_main([str(sweep_dir)])
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].split() == ["job", "overrides", "status", "class", "accuracy", "FID", "KID", "sampling", "(s)"]
+    assert printed[0].split() == [
+        "job",
+        "overrides",
+        "status",
+        "class",
+        "accuracy",
+        "FID",
+        "KID",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "sampling",
+        "(s)",
+    ]
     assert [line.split()[:3] for line in printed[1:3]] == [["0", "guidance=0", "done"], ["1", "guidance=4", "done"]]
     assert (sweep_dir / "quality.png").is_file() and not (sweep_dir / "val_loss.png").exists()
 
