@@ -103,6 +103,23 @@ def test_deterministic_samplers_do_not_depend_on_batch_size() -> None:
     assert torch.equal(whole, parts)
 
 
+def test_a_built_sampler_keeps_its_steps_and_restarts_its_solver() -> None:
+    objective = OBJECTIVES["flow"]
+    net = GaussianDenoiser(objective)
+    labels = torch.arange(4)
+    noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    sampler = make_sampler("dpm_solver", objective)
+    sampler.reset()
+    assert sampler.num_steps == 20  # never set: its default
+    sampler.reset(7)
+    first = sample(net, objective, labels, sampler=sampler, noise=noise)
+    assert sampler.num_steps == 7  # no steps given: the 7 it was set to
+    second = sample(net, objective, labels, sampler=sampler, noise=noise)
+    # A multistep solver's history from the first run does not leak into the second.
+    assert torch.equal(first, second)
+    assert torch.equal(first, sample(net, objective, labels, sampler="dpm_solver", steps=7, noise=noise))
+
+
 def test_a_sampler_that_does_not_fit_is_refused_naming_those_that_do() -> None:
     with pytest.raises(ValueError) as err:
         make_sampler("flow_euler", OBJECTIVES["eps"])

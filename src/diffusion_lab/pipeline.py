@@ -143,8 +143,7 @@ class DiffusionPipeline:
         Refuses a sampler that does not fit the objective, and bad steps, before any work.
         """
         built = make_sampler(sampler, self.model.objective, **sampler_kwargs)
-        keep = steps is None and isinstance(sampler, Sampler) and built.num_steps
-        built.set_timesteps(built.num_steps if keep else steps, device=self.device)
+        built.reset(steps, device=self.device)
         return built
 
     def starting_noise(self, num: int, seed: int) -> tuple[Tensor, torch.Generator]:

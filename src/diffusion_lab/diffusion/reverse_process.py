@@ -158,8 +158,7 @@ def sample(
     """
     device = next(unet.parameters()).device
     built = make_sampler(sampler, objective, **sampler_options)
-    # Also resets a multistep solver's history; a built sampler keeps its steps when none are given.
-    built.set_timesteps(steps if steps is not None or not built.num_steps else built.num_steps, device=device)
+    built.reset(steps, device=device)
     labels = labels.to(device)
     if noise is None:
         if image_shape is None:

@@ -153,6 +153,11 @@ class Sampler:
         self.scheduler.set_timesteps(steps, device=device)
         self.num_steps = steps
 
+    def reset(self, steps: int | None = None, device: torch.device | str = "cpu") -> None:
+        """:meth:`set_timesteps` for a new run: ``steps`` steps, or with None the steps it was set to before
+        (its default when it was never set); clears a multistep solver's history either way."""
+        self.set_timesteps(steps if steps is not None or not self.num_steps else self.num_steps, device=device)
+
     @property
     def timesteps(self) -> Tensor:
         """``[n]`` the timesteps the loop walks (second-order schedulers visit most of them twice)."""
