@@ -79,11 +79,13 @@ def make_checkpoint(
 ) -> Callable[..., Path]:
     """Write an untrained checkpoint as training writes it (weights + resolved config) for a small U-Net.
 
+    It has the eps objective, which every sampler but flow and EDM Euler fits (``objective=flow`` overrides it).
+
     With ``model.style_conditioning=true`` it also holds the dataset's style distribution.
     """
 
     def _make(*overrides: str, name: str = "model.ckpt") -> Path:
-        cfg = compose_train("model.unet.down_chs=[8,16]", "diffusion.timesteps=100", *overrides)
+        cfg = compose_train("objective=eps", "model.unet.down_chs=[8,16]", "diffusion.timesteps=100", *overrides)
         torch.manual_seed(0)
         model = instantiate(cfg.model, objective=instantiate(cfg.objective))
         checkpoint = {"state_dict": model.state_dict(), CONFIG_KEY: OmegaConf.to_container(cfg, resolve=True)}

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from diffusion_lab.config import CONF_DIR, run_id
 from diffusion_lab.data.datamodule import MNISTDataModule
 from diffusion_lab.diffusion.objectives import OBJECTIVES, EpsilonObjective, FlowObjective
+from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
 from diffusion_lab.diffusion.samplers import AUTO_SAMPLERS, DEFAULT_STEPS, NAMED_SAMPLERS, Sampler, fitting_samplers
 from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine
 from diffusion_lab.evaluation.clip import load_clip_scorer
@@ -211,3 +212,17 @@ def test_local_machine_settings_reach_every_command(tmp_path: Path) -> None:
 def test_the_local_example_is_a_config_that_changes_nothing() -> None:
     assert not compose_hydra("local=example").get("hydra", {}).get("launcher", {}).get("partition")
     assert "partition" in (CONF_DIR / "local" / "example.yaml").read_text()
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate", "figures", "export"])
+def test_commands_default_to_the_library_guidance(command: str) -> None:
+    cfg = OmegaConf.load(CONF_DIR / f"{command}.yaml")
+    assert cfg.guidance == DEFAULT_GUIDANCE
+
+
+def test_training_callbacks_and_default_objective_sample_at_the_defaults(compose_train) -> None:
+    cfg = compose_train()
+    assert cfg.objective._target_.endswith("FlowObjective")
+    assert cfg.callbacks.sample_grid.guidance == cfg.callbacks.sample_quality.guidance == DEFAULT_GUIDANCE
+    assert cfg.callbacks.sample_grid.steps is None  # flow Euler's own default
+    assert instantiate(cfg.sampler)(objective=instantiate(cfg.objective)).name == "FlowMatchEulerDiscreteScheduler"

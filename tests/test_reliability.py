@@ -163,10 +163,14 @@ BAD_TRAIN_INPUT = [
         "model/lr_scheduler=plateau model.lr_scheduler.factor=2",
         "model.lr_scheduler.factor must be a number in (0, 1), got 2",
     ),
-    ("objective.min_snr_gamma=0", "objective.min_snr_gamma must be a positive number or null"),
+    ("objective=eps objective.min_snr_gamma=0", "objective.min_snr_gamma must be a positive number or null"),
     ("objective=flow objective.min_snr_gamma=5", "Min-SNR weighting is defined for objective=eps and v, not flow"),
     ("objective=vee", "objective=vee is not an option: use one of edm, eps, flow, v"),
-    ("sampler=flow_euler", "sampler FlowMatchEulerDiscreteScheduler does not fit objective=eps: use sampler=ddim,"),
+    (
+        "objective=eps sampler=flow_euler",
+        "sampler FlowMatchEulerDiscreteScheduler does not fit objective=eps: use sampler=ddim,",
+    ),
+    ("sampler=ddim", "sampler DDIMScheduler does not fit objective=flow: use sampler=dpm_solver, unipc, flow_euler"),
     (
         "callbacks.sample_grid.guidance_interval=[5,1]",
         "callbacks.sample_grid.guidance_interval must be [SIGMA_LO, SIGMA_HI] with 0 <= SIGMA_LO <= SIGMA_HI, or null",
@@ -182,7 +186,7 @@ BAD_TRAIN_INPUT = [
     ("sampler=eulr", "sampler=eulr is not an option: use one of auto, ddim, ddpm, diffusers, dpm_solver, edm_euler"),
     ("sampler=diffusers sampler.name=NoScheduler", "unknown diffusers scheduler sampler.name=NoScheduler: use a class"),
     ("seed=abc", "seed must be an integer"),
-    ("schedule=linear schedule.beta_end=2.0", "schedule.beta_end must be a number in (0, 1), got 2.0"),
+    ("objective=eps schedule=linear schedule.beta_end=2.0", "schedule.beta_end must be a number in (0, 1), got 2.0"),
     ("+trainer.max_epoch=3", "unexpected keyword argument 'max_epoch'"),
     ("ckpt_path=missing.ckpt", "checkpoint not found: missing.ckpt"),
 ]

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("reference_classifiers")
 
 FIXTURE_CKPT = Path(__file__).parent / "fixtures" / "tiny_styled_v0.1.ckpt"
 #: make_checkpoint's model (down_chs [8,16], T=100) as a smoke run builds it.
-SMOKE_T100 = ("experiment=smoke", "diffusion.timesteps=100")
+#: The runs that resume or fine-tune make_checkpoint's checkpoints (eps, T=100).
+SMOKE_T100 = ("experiment=smoke", "objective=eps", "diffusion.timesteps=100")
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

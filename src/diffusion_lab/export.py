@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.hub_format import CONFIG_FILE, folder_config, save_model_folder
 from diffusion_lab.pipeline import DiffusionPipeline
@@ -79,7 +80,7 @@ def export_model(
     grid_per_class: int = 8,
     seed: int = 0,
     steps: int | None = None,
-    guidance: float = 2.0,
+    guidance: float = DEFAULT_GUIDANCE,
     repo_id: str = "USER/REPO",
 ) -> dict[str, Any]:
     """Write the model folder of checkpoint ``ckpt`` to ``output``; returns its ``config.json``.

@@ -23,7 +23,7 @@ from torch import Tensor
 from diffusion_lab.data.labels import Label, label_index, resolve_labels
 from diffusion_lab.data.sources import IMAGE_SHAPE, dataset_info
 from diffusion_lab.data.styles import StyleStats
-from diffusion_lab.diffusion.reverse_process import Interval, check_guidance, sample
+from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, check_guidance, sample
 from diffusion_lab.diffusion.samplers import Sampler, make_sampler
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.hub_format import load_model_folder
@@ -158,7 +158,7 @@ class DiffusionPipeline:
         seed: int = 0,
         sampler: str | Sampler = "auto",
         steps: int | None = None,
-        guidance: float = 2.0,
+        guidance: float = DEFAULT_GUIDANCE,
         batch_size: int = 128,
         precision: str = "bf16",
         style: Style | None = None,

@@ -14,6 +14,10 @@ from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.diffusion.samplers import Sampler, make_sampler
 from diffusion_lab.models.unet import ConditionalUNet
 
+#: The guidance weight w of the sampling commands, the callbacks and the notebook API when none is given:
+#: chosen by the objective and sampler sweeps of the default recipe (docs/objectives.md).
+DEFAULT_GUIDANCE = 0.3
+
 #: A guidance interval ``(sigma_lo, sigma_hi)``: guide while sigma is in it; None guides every step.
 Interval = Sequence[float] | None
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from diffusion_lab.data.labels import Label, label_index
 from diffusion_lab.data.styles import LEVEL_PERCENTILES, STYLE_NAMES, STYLE_UNITS, StyleStats, measure
 from diffusion_lab.diffusion.objectives import Objective
-from diffusion_lab.diffusion.reverse_process import Interval, check_guidance, sample_progressive
+from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, check_guidance, sample_progressive
 from diffusion_lab.diffusion.samplers import Sampler
 from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine, linear, quadratic
 from diffusion_lab.pipeline import DiffusionPipeline, network_precision
@@ -169,7 +169,7 @@ def visualize_generation_steps(
     num_snapshots: int = 8,
     sampler: str | Sampler = "auto",
     steps: int | None = None,
-    guidance: float = 2.0,
+    guidance: float = DEFAULT_GUIDANCE,
     seed: int = 0,
     precision: str = "bf16",
     guidance_interval: Interval = None,
@@ -339,7 +339,7 @@ def style_grid(
     seed: int = 0,
     sampler: str | Sampler = "auto",
     steps: int | None = None,
-    guidance: float = 2.0,
+    guidance: float = DEFAULT_GUIDANCE,
     precision: str = "bf16",
     guidance_interval: Interval = None,
     guidance_rescale: float = 0.0,

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from diffusion_lab.diffusion.reverse_process import Interval, sample
+from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, sample
 from diffusion_lab.diffusion.samplers import SamplerFactory, make_sampler
 from diffusion_lab.evaluation.clip import ClipScorer, clip_from_config
 from diffusion_lab.evaluation.evaluator import Evaluator, class_keys
@@ -109,7 +109,7 @@ class SampleGrid(FixedSamples):
         num_per_class: int = 8,
         sampler: SamplerFactory | None = None,
         steps: int | None = 50,
-        guidance: float = 2.0,
+        guidance: float = DEFAULT_GUIDANCE,
         seed: int = 0,
         every_n_epochs: int = 1,
         guidance_interval: Interval = None,
@@ -177,7 +177,7 @@ class SampleQuality(FixedSamples):
         num_per_class: int = 10,
         sampler: SamplerFactory | None = None,
         steps: int | None = 50,
-        guidance: float = 2.0,
+        guidance: float = DEFAULT_GUIDANCE,
         seed: int = 0,
         every_n_epochs: int = 5,
         clip: Callable[..., ClipScorer] | Mapping[str, Any] | None = None,
