@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from diffusion_lab.cli import evaluate as evaluate_cli
+from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
 from diffusion_lab.evaluation import cas as cas_module
 from diffusion_lab.evaluation.classifier import load_classifier
 from diffusion_lab.pipeline import DiffusionPipeline
@@ -44,7 +45,7 @@ def test_writes_metrics_report_and_figures(
     assert {f"generated/classifier_accuracy/{d}" for d in range(10)} <= metrics.keys()
     assert {f"real/clip_score/{d}" for d in range(10)} <= metrics.keys()
     assert metrics["clip/status"] == f"ok: local-dir:{tiny_clip_dir}"
-    assert metrics["steps"] == 5 and metrics["guidance"] == 2.0 and metrics["num_per_class"] == 3
+    assert metrics["steps"] == 5 and metrics["guidance"] == DEFAULT_GUIDANCE and metrics["num_per_class"] == 3
     assert metrics["real/classifier_accuracy"] >= 0.9 and metrics["classifier/test_accuracy"] >= 0.99
     assert metrics["generated/fid"] > metrics["real/fid"], (
         "an untrained model is further from the data than real images"
@@ -172,7 +173,8 @@ def test_scores_precision_recall_and_cas_and_rescores_its_samples_file(
                     "guidance=7", f"output={second}", f"hydra.run.dir={tmp_path / 'run2'}")  # fmt: skip
     again = json.loads((second / "metrics.json").read_text())
     assert again["samples"] == str(samples) and again["num_per_class"] == 4
-    assert again["guidance"] == 2.0 and again["settings"].startswith(f"samples {samples} (DDIM, 3 steps, w=2")
+    assert again["guidance"] == DEFAULT_GUIDANCE
+    assert again["settings"].startswith(f"samples {samples} (DDIM, 3 steps, w={DEFAULT_GUIDANCE:g}")
     with np.load(samples) as data:
         first_four = [i for c in range(10) for i in range(5 * c, 5 * c + 4)]
         scored = torch.from_numpy(data["images"][first_four]).unsqueeze(1).float() / 255

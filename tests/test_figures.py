@@ -16,6 +16,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from diffusion_lab.diffusion.objectives import EpsilonObjective
+from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
 from diffusion_lab.diffusion.schedules import cosine, linear, quadratic
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.unet import ConditionalUNet
@@ -182,7 +183,7 @@ def test_generation_steps_go_from_the_seeded_noise_to_the_sample(
     assert f"step 0/{steps}" in titles[0] and f"step {steps}/{steps}" in titles[-1]
     noise = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     expected_first = ((noise + 1) / 2).clamp(0, 1)
-    final = generate(model, torch.arange(10), seed=3, sampler=sampler, steps=steps, guidance=2.0)
+    final = generate(model, torch.arange(10), seed=3, sampler=sampler, steps=steps, guidance=DEFAULT_GUIDANCE)
     for r in range(10):
         np.testing.assert_allclose(pixels(grid[(r, 0)]), expected_first[r, 0].numpy(), atol=1e-6)
         np.testing.assert_allclose(pixels(grid[(r, 4)]), final[r, 0].numpy(), atol=1e-5)
