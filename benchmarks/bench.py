@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_lab.config import CONF_DIR, project_root
 from diffusion_lab.pipeline import DiffusionPipeline
+from diffusion_lab.training.checkpointing import EPSILON_TARGET
 from diffusion_lab.utils.files import atomic_write_text
 
 PRESETS = ("small", "base", "large")
@@ -135,7 +136,10 @@ def best_of(repeats: int, runs: dict[str, Callable[[], float]]) -> dict[str, flo
 
 
 def sampling_seconds(cfg: DictConfig, skip_ddpm: bool) -> dict[str, float]:
-    """Seconds for 100 samples with DDPM (all T steps) and DDIM-50, guidance 2, default precision."""
+    """Seconds for 100 samples with DDPM (all T steps) and DDIM-50, guidance 2, default precision, of the
+    U-Net under the eps objective (DDPM and DDIM fit eps; the cost per step is the same for every objective)."""
+    cfg = cfg.copy()
+    cfg.objective = {"_target_": EPSILON_TARGET, "schedule": cfg.schedule, "min_snr_gamma": None}
     model = instantiate(cfg.model, objective=instantiate(cfg.objective))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     if torch.cuda.is_available():
@@ -149,7 +153,7 @@ def sampling_seconds(cfg: DictConfig, skip_ddpm: bool) -> dict[str, float]:
     for key, (sampler, steps) in runs.items():
         _sync()
         start = time.perf_counter()
-        pipe(labels, sampler=sampler, steps=steps)
+        pipe(labels, sampler=sampler, steps=steps, guidance=2.0)
         _sync()
         result[key] = time.perf_counter() - start
     return result

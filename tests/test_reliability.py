@@ -235,7 +235,9 @@ def test_resume_refuses_a_broken_or_foreign_checkpoint(
         last.write_bytes(source.read_bytes())
     before = last.read_bytes()
     with pytest.raises(SystemExit):
-        main_in_process(monkeypatch, "train", "experiment=smoke", "resume=true", f"hydra.run.dir={run_dir}")
+        main_in_process(
+            monkeypatch, "train", "experiment=smoke", "objective=eps", "resume=true", f"hydra.run.dir={run_dir}"
+        )
     line = one_error_line(capsys.readouterr().err)
     expected = {"truncate": "truncated or corrupt", "junk": "not a PyTorch checkpoint", "other_model": "another model"}
     assert expected[damage] in line
