@@ -23,8 +23,7 @@ from tests.helpers import command, main_in_process, one_error_line, run_cli, sta
 pytestmark = pytest.mark.usefixtures("reference_classifiers")
 
 FIXTURE_CKPT = Path(__file__).parent / "fixtures" / "tiny_styled_v0.1.ckpt"
-#: make_checkpoint's model (down_chs [8,16], T=100) as a smoke run builds it.
-#: The runs that resume or fine-tune make_checkpoint's checkpoints (eps, T=100).
+#: make_checkpoint's model (eps, down_chs [8,16], T=100) as a smoke run builds it.
 SMOKE_T100 = ("experiment=smoke", "objective=eps", "diffusion.timesteps=100")
 
 

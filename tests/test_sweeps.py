@@ -101,9 +101,8 @@ def test_a_sweep_experiment_runs_one_job_per_value(tmp_path: Path) -> None:
 def test_guidance_sweep_evaluates_one_checkpoint_at_five_weights() -> None:
     cfg = compose_hydra("experiment=guidance_sweep", config_name="evaluate")
     assert cfg.hydra.sweeper.params.guidance == "0,0.25,0.5,1,2"
-    assert (
-        cfg.sampler._target_.endswith("auto_sampler") and cfg.steps is None
-    )  # the checkpoint's own sampler at its default steps
+    # The checkpoint's own sampler at its default steps.
+    assert cfg.sampler._target_.endswith("auto_sampler") and cfg.steps is None
 
 
 @pytest.mark.slow

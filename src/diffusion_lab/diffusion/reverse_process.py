@@ -15,7 +15,7 @@ from diffusion_lab.diffusion.samplers import Sampler, make_sampler
 from diffusion_lab.models.unet import ConditionalUNet
 
 #: The guidance weight w of the sampling commands, the callbacks and the notebook API when none is given:
-#: chosen by the objective and sampler sweeps of the default recipe (docs/objectives.md).
+#: chosen by the objective sweep of the default recipe (docs/objectives.md).
 DEFAULT_GUIDANCE = 0.3
 
 #: A guidance interval ``(sigma_lo, sigma_hi)``: guide while sigma is in it; None guides every step.
