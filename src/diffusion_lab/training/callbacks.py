@@ -30,7 +30,7 @@ class FixedSamples(L.Callback):
     """What the sample callbacks share: images of every class drawn from the same fixed noise.
 
     They draw after every ``every_n_epochs``-th validation epoch with the weights validation uses,
-    so with EMA on they see the EMA model: list them before ``EMAWeightAveraging``.
+    so with EMA on they see the EMA model: list them before the EMA callback (``FusedEMA``).
     """
 
     def __init__(
@@ -87,7 +87,7 @@ class SampleGrid(FixedSamples):
     """Draw a classes x ``num_per_class`` grid from fixed noise after each validation and at the end.
 
     The grid uses the weights validation uses, so with EMA on it shows the EMA model; list this
-    callback before ``EMAWeightAveraging`` so it runs while the EMA weights are swapped in.
+    callback before the EMA callback (``FusedEMA``) so it runs while the EMA weights are swapped in.
     PNGs go to ``output_dir`` (``epoch_NNN_step_NNNNNN.png`` and ``final.png``) and to the logger.
 
     Args:
@@ -149,7 +149,7 @@ class SampleQuality(FixedSamples):
 
     Every ``every_n_epochs`` validation epochs and at the end of training, draws ``num_per_class``
     images of every class from fixed noise (with the EMA weights, like :class:`SampleGrid`; list it
-    before ``EMAWeightAveraging``) and scores them with :class:`~diffusion_lab.evaluation.evaluator.Evaluator`.
+    before the EMA callback (``FusedEMA``)) and scores them with :class:`~diffusion_lab.evaluation.evaluator.Evaluator`.
     Logged as scalars ``eval/classifier_accuracy``, ``eval/fid``, ``eval/kid``, ``eval/precision``,
     ``eval/recall``, ``eval/density``, ``eval/coverage``, ``eval/clip_score``..., per class
     ``eval/classifier_accuracy/7``, ``eval/recall/7``..., and as a per-class table (TensorBoard text,
