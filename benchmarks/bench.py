@@ -5,17 +5,23 @@
     python benchmarks/bench.py --overrides experiment=gpu     # the default on a GPU machine
 
 Training: the framework's real step (the configured LightningModule under a Lightning Trainer with
-the config's precision, data from the real MNISTDataModule) and a plain PyTorch loop of the same
-U-Net, batch and optimizer, in eager fp32 and in the framework's precision. Throughput counts only
-steps after the warm-up (which also covers ``torch.compile``). The three are measured in turn,
-``--repeats`` times, and each keeps its best round, so a moment of noise on a shared machine does
-not decide a ratio. Sampling: seconds for 100 samples (10 per class, guidance 2) with DDPM over all
-T steps and DDIM with 50 steps, from an untrained small model (time does not depend on the weights).
+the config's precision, logger and per-step callbacks: EMA, progress bar, NaN check; data from the
+real MNISTDataModule) and the same recipe written by hand as a plain PyTorch loop (U-Net, batch,
+objective, label dropout, AdamW, clipping, per-step LR schedule, a foreach EMA), in eager fp32 and in
+the framework's precision. EMA updates from the first step, as in all but a run's first hundred.
+Throughput counts only steps after the warm-up (which also covers ``torch.compile``). The runs take
+turns, ``--repeats`` times, and each keeps its best round, so a moment of noise on a shared machine
+does not decide a ratio. Host time: the framework's and the plain loop's step at ``--host-batch`` 2,
+where the arithmetic is negligible and what is left is the host's work per step (Python, operator
+dispatch, kernel launches on a GPU): the bound of a GPU step. Sampling: seconds for 100 samples (10
+per class, guidance 2) with DDPM over all T steps and DDIM with 50 steps, and for ``--sample-count``
+(1,000) at the default sampling settings, from untrained small models (time does not depend on the weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -29,7 +35,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -37,6 +42,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_lab.config import CONF_DIR, project_root
+from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
 from diffusion_lab.pipeline import DiffusionPipeline
 from diffusion_lab.utils.files import atomic_write_text
 
@@ -81,22 +87,30 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+#: Callbacks of the training config that act at validation or at the end of the fit, never per step: left out
+#: of the timed runs (sample quality would train the reference classifier at the end of each one).
+NOT_PER_STEP = ("sample_grid", "sample_quality", "model_checkpoint", "metrics_json")
+
+
 def framework_img_s(cfg: DictConfig, steps: int, warmup: int) -> float:
-    """Images/s of ``trainer.fit`` on the real module and data module, validation and extras off."""
+    """Images/s of ``trainer.fit`` on the real module and data module, with the config's logger and its per-step
+    callbacks (EMA, progress bar, NaN check, LR monitor); validation off."""
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, objective=instantiate(cfg.objective))
     timer = StepTimer(warmup)
+    callbacks = [instantiate(c) for k, c in cfg.callbacks.items() if c and k not in NOT_PER_STEP]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(
-        cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
-        plugins=None,
+        cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, logger=logger,
+        enable_checkpointing=False, enable_model_summary=False, callbacks=[*callbacks, timer], plugins=None,
     )  # fmt: skip
     trainer.fit(model, datamodule=datamodule)
     return timer.steps * cfg.data.batch_size / timer.seconds
 
 
 def plain_img_s(cfg: DictConfig, steps: int, warmup: int, bf16: bool) -> float:
-    """Images/s of a hand-written eager loop: same U-Net, batch, AdamW and objective; data already on the device."""
+    """Images/s of the same recipe written by hand as an eager loop: U-Net, batch, objective, label dropout,
+    AdamW, gradient clipping, the per-step LR schedule and EMA of the config; data already on the device."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -104,8 +118,15 @@ def plain_img_s(cfg: DictConfig, steps: int, warmup: int, bf16: bool) -> float:
     images, labels = train.images, train.labels
     objective = instantiate(cfg.objective).to(device)
     unet = instantiate(cfg.model.unet).to(device)
-    optimizer = instantiate(cfg.model.optimizer)(params=unet.parameters())
-    batch = cfg.data.batch_size
+    params = list(unet.parameters())
+    optimizer = instantiate(cfg.model.optimizer)(params=params)
+    schedule = cfg.model.get("lr_scheduler")
+    per_step = schedule is not None and "total_steps" in inspect.signature(instantiate(schedule)).parameters
+    scheduler = instantiate(schedule)(optimizer=optimizer, total_steps=warmup + steps) if per_step else None
+    ema_cfg = cfg.callbacks.get("ema")
+    ema = [p.detach().clone() for p in params] if ema_cfg else None
+    ema_start = (ema_cfg.get("update_starting_at_step") or 0) if ema_cfg else 0
+    batch, drop_prob, null_class = cfg.data.batch_size, cfg.model.cond_drop_prob, unet.null_class
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     start = 0.0
     for step in range(warmup + steps):
@@ -114,15 +135,39 @@ def plain_img_s(cfg: DictConfig, steps: int, warmup: int, bf16: bool) -> float:
             start = time.perf_counter()
         idx = torch.randint(0, len(labels), (batch,), device=device)
         x0, y = images[idx], labels[idx]
+        y = torch.where(torch.rand(batch, device=device) < drop_prob, torch.full_like(y, null_class), y)
         noised = objective.training_batch(x0, objective.sample_levels(batch, device), torch.randn_like(x0))
         with autocast:
-            loss = F.mse_loss(unet(noised.x_in, noised.time, y).float(), noised.target)
+            loss = objective.loss(unet(noised.x_in, noised.time, y), noised, weighted=True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.trainer.gradient_clip_val)
+        torch.nn.utils.clip_grad_norm_(params, cfg.trainer.gradient_clip_val)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None and step >= ema_start:
+            torch._foreach_lerp_(ema, params, 1 - ema_cfg.decay)
     _sync()
     return steps * batch / (time.perf_counter() - start)
+
+
+def steady_state(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with EMA updating from the first step, as it does in all but a run's first hundred steps."""
+    if cfg.callbacks.get("ema"):
+        cfg.callbacks.ema.update_starting_at_step = 0
+    return cfg
+
+
+def training_runs(cfg: DictConfig, steps: int, warmup: int, plain_fp32: bool) -> dict[str, Callable[[], float]]:
+    """The framework's run, the plain loop in the config's precision (``same``) and, optionally, in fp32."""
+    bf16 = "bf16" in str(cfg.trainer.precision)
+    runs = {
+        "framework": partial(framework_img_s, cfg, steps, warmup),
+        "same": partial(plain_img_s, cfg, steps, warmup, bf16=bf16),
+    }
+    if plain_fp32:
+        runs["fp32"] = partial(plain_img_s, cfg, steps, warmup, bf16=False) if bf16 else runs["same"]
+    return runs
 
 
 def best_of(repeats: int, runs: dict[str, Callable[[], float]]) -> dict[str, float]:
@@ -156,6 +201,26 @@ def sampling_seconds(cfg: DictConfig, skip_ddpm: bool) -> dict[str, float]:
     return result
 
 
+def default_sampling_seconds(cfg: DictConfig, count: int) -> tuple[float, str]:
+    """Seconds for ``count`` samples (every class in turn) at the default sampling settings of ``cfg``'s objective
+    (its sampler, steps and guidance, as ``diffusion-lab-sample`` uses them), from an untrained U-Net; on a GPU in
+    one batch, on a CPU in batches of 128 (the fastest there). Also returns those settings, in words."""
+    model = instantiate(cfg.model, objective=instantiate(cfg.objective))
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    pipe = DiffusionPipeline(model)
+    labels = torch.arange(count) % model.unet.num_classes
+    batch_size = count if torch.cuda.is_available() else 128
+    pipe(labels[:batch_size], batch_size=batch_size)  # warm-up
+    _sync()
+    start = time.perf_counter()
+    pipe(labels, batch_size=batch_size)
+    _sync()
+    seconds = time.perf_counter() - start
+    return seconds, f"objective={model.objective.name}, {pipe.sampler().title}, w={DEFAULT_GUIDANCE:g}"
+
+
 def machine() -> dict[str, object]:
     return {
         "cpu_cores": os.cpu_count(),
@@ -171,10 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated model presets")
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed training steps before timing")
+    parser.add_argument("--host-batch", type=int, default=2, help="batch of the host-time measurement")
+    parser.add_argument("--host-steps", type=int, default=100, help="timed steps of the host-time measurement")
     parser.add_argument("--repeats", type=int, default=3, help="rounds per measurement; each keeps its best")
     parser.add_argument("--overrides", nargs="*", default=None,
                         help="config overrides (default: trainer=cpu, or experiment=gpu on a GPU)")  # fmt: skip
     parser.add_argument("--skip-ddpm", action="store_true", help="skip the slow 1000-step DDPM sampling")
+    parser.add_argument("--sample-count", type=int, default=1000, help="images sampled at the default settings")
     parser.add_argument("--output", default=str(project_root() / "outputs" / "bench" / "bench.json"))
     args = parser.parse_args(argv)
     if args.overrides is None:
@@ -183,37 +251,45 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {"machine": machine(), "settings": vars(args)}
     rows = []
     for preset in args.presets.split(","):
-        cfg = compose_config([f"model={preset}", *args.overrides], output.parent / "run")
+        cfg = steady_state(compose_config([f"model={preset}", *args.overrides], output.parent / "run"))
         L.seed_everything(0, verbose=False)
-        bf16 = "bf16" in str(cfg.trainer.precision)
-        runs = {
-            "framework": partial(framework_img_s, cfg, args.steps, args.warmup),
-            "fp32": partial(plain_img_s, cfg, args.steps, args.warmup, bf16=False),
-        }
-        if bf16:
-            runs["same"] = partial(plain_img_s, cfg, args.steps, args.warmup, bf16=True)
-        best = best_of(args.repeats, runs)
-        framework, fp32, same = best["framework"], best["fp32"], best.get("same", best["fp32"])
+        best = best_of(args.repeats, training_runs(cfg, args.steps, args.warmup, plain_fp32=True))
+        framework, fp32, same = best["framework"], best["fp32"], best["same"]
+        # The host's work per step: the same step at a batch so small that the arithmetic is negligible.
+        host_cfg = cfg.copy()
+        host_cfg.data.batch_size = args.host_batch
+        host = best_of(args.repeats, training_runs(host_cfg, args.host_steps, args.warmup, plain_fp32=False))
+        host_ms = {name: 1000 * args.host_batch / img_s for name, img_s in host.items()}
         key = f"train/{preset}"
-        results.update({f"{key}/framework_img_s": framework, f"{key}/plain_fp32_img_s": fp32,
-                        f"{key}/plain_same_precision_img_s": same})  # fmt: skip
-        rows.append((preset, str(cfg.trainer.precision), cfg.data.batch_size, framework, fp32, same))
-        print(f"{preset}: framework {framework:.0f} img/s, plain fp32 {fp32:.0f}, plain same precision {same:.0f}",
-              file=sys.stderr, flush=True)  # fmt: skip
+        results.update({
+            f"{key}/framework_img_s": framework, f"{key}/plain_fp32_img_s": fp32,
+            f"{key}/plain_same_precision_img_s": same, f"{key}/overhead": (same - framework) / same,
+            f"{key}/framework_step_ms": 1000 * cfg.data.batch_size / framework,
+            f"{key}/host_step_ms": host_ms["framework"], f"{key}/plain_host_step_ms": host_ms["same"],
+        })  # fmt: skip
+        host_text = f"{host_ms['framework']:.1f} / {host_ms['same']:.1f}"
+        rows.append((preset, str(cfg.trainer.precision), cfg.data.batch_size, framework, fp32, same, host_text))
+        print(f"{preset}: framework {framework:.0f} img/s, plain fp32 {fp32:.0f}, plain same precision {same:.0f}; "
+              f"host ms/step, framework / plain: {host_text}", file=sys.stderr, flush=True)  # fmt: skip
     small = compose_config(["model=small", *args.overrides, "objective=eps"], output.parent / "run")
     results.update(sampling_seconds(small, args.skip_ddpm))
+    default = compose_config(["model=small", *args.overrides], output.parent / "run")
+    results["sample/default_s"], default_settings = default_sampling_seconds(default, args.sample_count)
+    results["sample/default_settings"] = default_settings
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["memory/peak_host_mib"] = peak
     if torch.cuda.is_available():
         results["memory/peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    print("| preset | precision | batch | framework img/s | plain fp32 img/s | speed-up | plain same precision "
-          "| overhead |\n| --- | --- | --- | --- | --- | --- | --- | --- |")  # fmt: skip
-    for preset, precision, batch, framework, fp32, same in rows:
+    print(f"| preset | precision | batch | framework img/s | plain fp32 img/s | speed-up | plain same precision "
+          f"| overhead | host ms/step (batch {args.host_batch}): framework / plain |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")  # fmt: skip
+    for preset, precision, batch, framework, fp32, same, host_text in rows:
         print(f"| {preset} | {precision} | {batch} | {framework:.0f} | {fp32:.0f} | {framework / fp32:.2f}x "
-              f"| {same:.0f} | {(same - framework) / same:+.1%} |")  # fmt: skip
+              f"| {same:.0f} | {(same - framework) / same:+.1%} | {host_text} |")  # fmt: skip
     for key in ("sample/ddpm_s", "sample/ddim50_s"):
         if key in results:
             print(f"{key}: {results[key]:.1f} s for 100 samples")
+    print(f"sample/default_s: {results['sample/default_s']:.2f} s for {args.sample_count} samples ({default_settings})")
     if "sample/ddpm_s" in results:
         print(f"DDIM-50 speed-up over DDPM: {results['sample/ddpm_s'] / results['sample/ddim50_s']:.1f}x")
     print(f"peak host memory: {peak:.0f} MiB; machine: {results['machine']}")

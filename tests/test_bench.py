@@ -20,14 +20,17 @@ def test_bench_writes_table_and_json(tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
     script = project_root() / "benchmarks" / "bench.py"
     cmd = [sys.executable, str(script), "--presets", "small", "--steps", "3", "--warmup", "1", "--repeats", "1",
-           "--skip-ddpm", "--output", str(output)]  # fmt: skip
+           "--host-steps", "3", "--sample-count", "20", "--skip-ddpm", "--output", str(output)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(output.read_text())
-    for key in ("train/small/framework_img_s", "train/small/plain_fp32_img_s", "sample/ddim50_s"):
+    for key in ("train/small/framework_img_s", "train/small/plain_fp32_img_s", "train/small/host_step_ms",
+                "train/small/plain_host_step_ms", "sample/ddim50_s", "sample/default_s"):  # fmt: skip
         assert result[key] > 0, key
+    assert result["train/small/framework_step_ms"] == pytest.approx(1000 * 128 / result["train/small/framework_img_s"])
+    assert result["sample/default_settings"] == "objective=flow, flow Euler, 20 steps, w=0.3"
     assert result["machine"]["cpu_cores"] >= 1 and result["memory/peak_host_mib"] > 0
-    assert "| small |" in proc.stdout and "framework img/s" in proc.stdout
+    assert "| small |" in proc.stdout and "framework img/s" in proc.stdout and "host ms/step (batch 2)" in proc.stdout
 
 
 @pytest.mark.slow
