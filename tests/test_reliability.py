@@ -18,7 +18,7 @@ import torch
 
 from diffusion_lab.cli.train import main as train_entry_main
 from diffusion_lab.training.checkpointing import read_checkpoint
-from diffusion_lab.utils.files import atomic_write
+from diffusion_lab.utils.files import atomic_write, exclusive_lock
 from tests.helpers import main_in_process, one_error_line, run_cli, start_cli
 
 #: Their runs and evaluations score samples with the reference classifiers, trained once up front.
@@ -120,6 +120,24 @@ def test_same_seed_same_loss_curve(tmp_path: Path) -> None:
             curves.append([(row["step"], row["train/loss"], row["val/loss"]) for row in csv.DictReader(f)])
     assert len(curves[0]) > 20
     assert curves[0] == curves[1]
+
+
+def test_a_shared_cache_is_filled_by_one_process_while_the_others_wait(tmp_path: Path) -> None:
+    """``exclusive_lock`` (the reference classifier's cache): a second process waits until the first is done."""
+    lock, log = tmp_path / "cache.lock", tmp_path / "order.txt"
+    holder = (
+        "import sys, time; from diffusion_lab.utils.files import exclusive_lock\n"
+        "with exclusive_lock(sys.argv[1]):\n"
+        "    open(sys.argv[2], 'a').write('first in\\n'); time.sleep(1.5); open(sys.argv[2], 'a').write('first out\\n')"
+    )
+    first = subprocess.Popen([sys.executable, "-c", holder, str(lock), str(log)])
+    deadline = time.monotonic() + 60
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with exclusive_lock(lock):
+        log.open("a").write("second in\n")
+    assert first.wait(timeout=60) == 0
+    assert log.read_text().splitlines() == ["first in", "first out", "second in"]
 
 
 def test_atomic_save_never_leaves_a_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from diffusion_lab.data.sources import dataset_info, load_arrays
-from diffusion_lab.utils.files import atomic_write
+from diffusion_lab.utils.files import atomic_write, exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,20 @@ def _load_cached(dataset: str, path: Path) -> tuple[ReferenceClassifier, float] 
     return model.eval(), test_accuracy
 
 
+def _train_and_cache(
+    dataset: str, data_dir: str | Path, path: Path, progress: bool
+) -> tuple[ReferenceClassifier, float]:
+    log.info("Training the %s reference classifier once; it is cached in %s", dataset, path)
+    model, test_accuracy = train_classifier(dataset, data_dir, progress=progress)
+    floor = MIN_TEST_ACCURACY[dataset]
+    if test_accuracy < floor:
+        raise ClassifierError(
+            f"the {dataset} reference classifier reached {test_accuracy:.2%} test accuracy, below {floor:.0%}"
+        )
+    _save(model, test_accuracy, dataset, path)
+    return model, test_accuracy
+
+
 def load_classifier(
     dataset: str, data_dir: str | Path, device: str | torch.device = "cpu", progress: bool = True
 ) -> tuple[ReferenceClassifier, float]:
@@ -218,15 +232,11 @@ def load_classifier(
     path = cache_path(dataset, data_dir)
     loaded = _load_cached(dataset, path) if path.is_file() else None
     if loaded is None:
-        log.info("Training the %s reference classifier once; it is cached in %s", dataset, path)
-        model, test_accuracy = train_classifier(dataset, data_dir, progress=progress)
-        floor = MIN_TEST_ACCURACY[dataset]
-        if test_accuracy < floor:
-            raise ClassifierError(
-                f"the {dataset} reference classifier reached {test_accuracy:.2%} test accuracy, below {floor:.0%}"
-            )
-        _save(model, test_accuracy, dataset, path)
-        loaded = model, test_accuracy
+        # Processes that start at once (parallel sweep jobs, test workers) train it once: the others wait, then read it.
+        with exclusive_lock(path.with_name(f".{path.name}.lock")):
+            loaded = _load_cached(dataset, path) if path.is_file() else None
+            if loaded is None:
+                loaded = _train_and_cache(dataset, data_dir, path, progress)
     model, test_accuracy = loaded
     model.requires_grad_(False)
     return model.to(device), test_accuracy
