@@ -226,3 +226,12 @@ def test_training_callbacks_and_default_objective_sample_at_the_defaults(compose
     assert cfg.callbacks.sample_grid.guidance == cfg.callbacks.sample_quality.guidance == DEFAULT_GUIDANCE
     assert cfg.callbacks.sample_grid.steps is None  # flow Euler's own default
     assert instantiate(cfg.sampler)(objective=instantiate(cfg.objective)).name == "FlowMatchEulerDiscreteScheduler"
+
+
+def test_the_gpu_experiment_trains_the_default_recipe(compose_train) -> None:
+    """experiment=gpu changes how fast a run goes (device, batch, compile, syncs), not what it trains."""
+    default, gpu = compose_train(), compose_train("experiment=gpu")
+    assert gpu.objective == default.objective
+    assert gpu.model.lr_scheduler == default.model.lr_scheduler and gpu.model.optimizer == default.model.optimizer
+    assert gpu.callbacks.ema == default.callbacks.ema
+    assert (gpu.trainer.accelerator, gpu.model.compile, gpu.data.batch_size) == ("gpu", True, 512)
