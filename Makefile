@@ -39,8 +39,12 @@ data: $(VENV)/.installed
 train: setup
 	$(VENV)/bin/diffusion-lab-train $(ARGS)
 
+# One pytest worker per core, up to 4 (pytest-xdist; each holds the data sets), each with its share of the cores
+# as torch threads (tests/conftest.py). make test PYTEST_WORKERS=0 runs the suite in one process.
+PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+
 test: setup
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Training and sampling throughput against a plain PyTorch loop: a table, and outputs/bench/bench.json.
 bench: setup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +23,17 @@ from diffusion_lab.models.diffusion_module import CONFIG_KEY, STYLE_STATS_KEY
 from tests.helpers import TINY_CLIP
 
 DATA_DIR = project_root() / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n auto``), give each worker its share of the cores as torch
+    threads, also for the entry points the tests start as subprocesses: workers that each use every core run
+    far slower than one."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -104,8 +116,13 @@ def reference_classifiers(data_dir: Path) -> dict[str, tuple[ReferenceClassifier
 
     Training runs with sample quality, the evaluation and its command all read this cache; training it
     up front, in the tests that use them, keeps the minute-long first use out of the timed subprocess tests.
+    Under pytest-xdist every other worker starts with the other dataset, so two workers train both at once
+    (``load_classifier`` makes the others wait for a classifier being trained, then read it).
     """
-    return {name: load_classifier(name, data_dir, progress=False) for name in ("mnist", "fashion_mnist")}
+    names = ["mnist", "fashion_mnist"]
+    if int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]) % 2:  # on a fresh checkout two workers train one each
+        names.reverse()
+    return {name: load_classifier(name, data_dir, progress=False) for name in names}
 
 
 @pytest.fixture(scope="session")
