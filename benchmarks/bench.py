@@ -21,6 +21,7 @@ per class, guidance 2) with DDPM over all T steps and DDIM with 50 steps, and fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -104,7 +105,8 @@ def framework_img_s(cfg: DictConfig, steps: int, warmup: int) -> float:
         cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, logger=logger,
         enable_checkpointing=False, enable_model_summary=False, callbacks=[*callbacks, timer], plugins=None,
     )  # fmt: skip
-    trainer.fit(model, datamodule=datamodule)
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # the progress bar draws, unseen
+        trainer.fit(model, datamodule=datamodule)
     return timer.steps * cfg.data.batch_size / timer.seconds
 
 
