@@ -122,9 +122,9 @@ def plain_img_s(cfg: DictConfig, steps: int, warmup: int, bf16: bool) -> float:
     unet = instantiate(cfg.model.unet).to(device)
     params = list(unet.parameters())
     optimizer = instantiate(cfg.model.optimizer)(params=params)
-    schedule = cfg.model.get("lr_scheduler")
-    per_step = schedule is not None and "total_steps" in inspect.signature(instantiate(schedule)).parameters
-    scheduler = instantiate(schedule)(optimizer=optimizer, total_steps=warmup + steps) if per_step else None
+    schedule = instantiate(cfg.model.lr_scheduler) if cfg.model.get("lr_scheduler") is not None else None
+    per_step = schedule is not None and "total_steps" in inspect.signature(schedule).parameters
+    scheduler = schedule(optimizer=optimizer, total_steps=warmup + steps) if per_step else None
     ema_cfg = cfg.callbacks.get("ema")
     ema = [p.detach().clone() for p in params] if ema_cfg else None
     ema_start = (ema_cfg.get("update_starting_at_step") or 0) if ema_cfg else 0
@@ -181,14 +181,17 @@ def best_of(repeats: int, runs: dict[str, Callable[[], float]]) -> dict[str, flo
     return best
 
 
+def untrained_pipeline(cfg: DictConfig) -> DiffusionPipeline:
+    """A sampling pipeline over ``cfg``'s untrained model, on the GPU when there is one."""
+    model = instantiate(cfg.model, objective=instantiate(cfg.objective))
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    return DiffusionPipeline(model.cuda() if torch.cuda.is_available() else model)
+
+
 def sampling_seconds(cfg: DictConfig, skip_ddpm: bool) -> dict[str, float]:
     """Seconds for 100 samples with DDPM (all T steps) and DDIM-50, guidance 2, default precision, of an
     eps config's U-Net (DDPM and DDIM fit eps; the cost per step is the same for every objective)."""
-    model = instantiate(cfg.model, objective=instantiate(cfg.objective))
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    pipe = DiffusionPipeline(model)
+    pipe = untrained_pipeline(cfg)
     labels = torch.arange(10).repeat_interleave(10)
     pipe(labels[:10], steps=2)  # warm-up
     result = {}
@@ -207,12 +210,8 @@ def default_sampling_seconds(cfg: DictConfig, count: int) -> tuple[float, str]:
     """Seconds for ``count`` samples (every class in turn) at the default sampling settings of ``cfg``'s objective
     (its sampler, steps and guidance, as ``diffusion-lab-sample`` uses them), from an untrained U-Net; on a GPU in
     one batch, on a CPU in batches of 128 (the fastest there). Also returns those settings, in words."""
-    model = instantiate(cfg.model, objective=instantiate(cfg.objective))
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    pipe = DiffusionPipeline(model)
-    labels = torch.arange(count) % model.unet.num_classes
+    pipe = untrained_pipeline(cfg)
+    labels = torch.arange(count) % pipe.model.unet.num_classes
     batch_size = count if torch.cuda.is_available() else 128
     pipe(labels[:batch_size], batch_size=batch_size)  # warm-up
     _sync()
@@ -220,7 +219,7 @@ def default_sampling_seconds(cfg: DictConfig, count: int) -> tuple[float, str]:
     pipe(labels, batch_size=batch_size)
     _sync()
     seconds = time.perf_counter() - start
-    return seconds, f"objective={model.objective.name}, {pipe.sampler().title}, w={DEFAULT_GUIDANCE:g}"
+    return seconds, f"objective={pipe.model.objective.name}, {pipe.sampler().title}, w={DEFAULT_GUIDANCE:g}"
 
 
 def machine() -> dict[str, object]:

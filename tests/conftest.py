@@ -26,9 +26,9 @@ DATA_DIR = project_root() / "data"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (``make test`` runs ``-n auto``), give each worker its share of the cores as torch
-    threads, also for the entry points the tests start as subprocesses: workers that each use every core run
-    far slower than one."""
+    """Under pytest-xdist (``make test`` runs one worker per core, up to 4), give each worker its share of the
+    cores as torch threads, also for the entry points the tests start as subprocesses: workers that each use
+    every core run far slower than one."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
         threads = max(1, (os.cpu_count() or 1) // int(workers))

@@ -69,12 +69,12 @@ class FusedEMA(EMAWeightAveraging):
             averaged.update_parameters(pl_module)  # the first update copies the model
             return
         average, current = _state_tensors(averaged.module), _state_tensors(pl_module)
-        floats = [i for i, t in enumerate(average) if t.is_floating_point()]
-        torch._foreach_lerp_([average[i] for i in floats], [current[i].to(average[i].device) for i in floats],
-                             1 - self.decay)  # fmt: skip
-        for avg, cur in zip(average, current, strict=True):
+        pairs = [(avg, cur.to(avg.device)) for avg, cur in zip(average, current, strict=True)]
+        floats = [pair for pair in pairs if pair[0].is_floating_point()]
+        torch._foreach_lerp_([avg for avg, _ in floats], [cur for _, cur in floats], 1 - self.decay)
+        for avg, cur in pairs:
             if not avg.is_floating_point():
-                avg.copy_(avg * self.decay + cur.to(avg.device) * (1 - self.decay))
+                avg.copy_(avg * self.decay + cur * (1 - self.decay))
         averaged.n_averaged += 1
 
     def on_train_batch_end(
