@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,24 @@ def test_balanced_subset_is_per_class_and_deterministic() -> None:
     assert (labels[a_images.flatten().long()] == a_labels).all()
     with pytest.raises(ValueError, match="class 0 has 50 real images"):
         balanced_subset(images, labels, 51)
+    # Class 3 has 20 images: taken whole, the others 30 each.
+    short_labels = torch.arange(10).repeat_interleave(torch.tensor([50, 50, 50, 20, 50, 50, 50, 50, 50, 50]))
+    short_images = torch.arange(len(short_labels)).float().view(-1, 1, 1, 1)
+    picked_images, picked_labels = balanced_subset(short_images, short_labels, 30, whole_short_classes=True)
+    assert picked_labels.tolist() == [c for c in range(10) for _ in range(20 if c == 3 else 30)]
+    assert (short_labels[picked_images.flatten().long()] == picked_labels).all()
+
+
+def test_a_reference_larger_than_a_test_class_holds_that_whole_class(data_dir: Path, caplog) -> None:
+    """MNIST's test set has 892 fives: a 1,000-per-class evaluation compares with all of them."""
+    test_counts = torch.bincount(split_images(load_arrays("mnist", data_dir), "test")[1])
+    with caplog.at_level(logging.WARNING):
+        evaluator = Evaluator("mnist", str(data_dir), num_per_class=1000, progress=False)
+    assert torch.equal(torch.bincount(evaluator.reference[1]), test_counts.clamp(max=1000))
+    assert torch.equal(torch.bincount(evaluator.train_sample[1]), torch.full((10,), 1000))
+    assert "class 0 (980), 4 (982), 5 (892), 6 (958), 8 (974)" in caplog.text
+    real = evaluator.real_metrics()
+    assert 0 < real["real/fid"] < 5 and real["real/recall"] > 0.8
 
 
 @pytest.fixture(scope="module")

@@ -144,6 +144,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         **record,
         "num_per_class": cfg.num_per_class,
+        "reference_images": len(evaluator.reference[1]),
         "samples": str(cfg.samples) if cfg.samples else None,
         "classifier/test_accuracy": evaluator.classifier_test_accuracy,
         "clip/status": clip_status,
@@ -156,7 +157,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     save_figure(per_class_chart(metrics, dataset), output / "per_class.png")
     save_png(class_grid(images, cfg.num_per_class, GRID_COLUMNS), output / "generated.png")
-    save_png(class_grid(evaluator.reference[0], cfg.num_per_class, GRID_COLUMNS), output / "real.png")
+    columns = min(GRID_COLUMNS, cfg.num_per_class)
+    shown = first_per_class(evaluator.reference[1], columns, pipe.num_classes, "num_per_class", "test images")
+    save_png(class_grid(evaluator.reference[0][shown], columns, columns), output / "real.png")
     save_samples(images, labels, output / "samples", nrow=cfg.num_per_class, meta=record)
     atomic_write_text(output / "report.md", report_markdown(metrics, dataset))
     atomic_write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -1,8 +1,8 @@
 """Sample-quality metrics of generated images, each beside the same metric on real images.
 
 An :class:`Evaluator` holds, for one dataset, a class-balanced *reference* sample of real test
-images and a same-sized sample of real training images, and scores any set of images of
-requested classes with:
+images (all of a class the test set has too few of) and a class-balanced sample of real training
+images, and scores any set of images of requested classes with:
 
 * ``classifier_accuracy``: the fraction the held-out reference classifier
   (:mod:`diffusion_lab.evaluation.classifier`) reads as the requested class, overall and per class;
@@ -54,13 +54,19 @@ warnings.filterwarnings("ignore", message=".*was called before the ``update`` me
 CACHE_VERSION = 1
 
 
-def balanced_subset(images: Tensor, labels: Tensor, per_class: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """``per_class`` random images of every class, class by class (the order generated sets come in)."""
+def balanced_subset(
+    images: Tensor, labels: Tensor, per_class: int, seed: int = 0, whole_short_classes: bool = False
+) -> tuple[Tensor, Tensor]:
+    """``per_class`` random images of every class, class by class (the order generated sets come in).
+
+    A class with fewer images is refused, or with ``whole_short_classes`` taken whole (MNIST's test
+    set has 892 fives: a reference of 1,000 per class holds all of them).
+    """
     generator = torch.Generator().manual_seed(seed)
     picks = []
     for index in range(int(labels.max()) + 1):
         members = torch.nonzero(labels == index).squeeze(1)
-        if len(members) < per_class:
+        if len(members) < per_class and not whole_short_classes:
             raise ValueError(f"num_per_class={per_class} but class {index} has {len(members)} real images")
         picks.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
     chosen = torch.cat(picks)
@@ -109,7 +115,8 @@ class Evaluator:
     Args:
         dataset: ``mnist`` or ``fashion_mnist``.
         data_dir: prepared data, the classifier cache and the Inception weights.
-        num_per_class: size of the real reference (and training) sample per class.
+        num_per_class: size of the real reference (and training) sample per class; a class the test set
+            has fewer of is in the reference whole, with a warning.
         clip: a :class:`ClipScorer` for the dataset, or None to skip the CLIP metrics.
         inception: also compute the standard Inception FID (slower: 299 x 299 inputs).
         device: where the classifier and Inception run.
@@ -136,7 +143,16 @@ class Evaluator:
         self.device = torch.device(device)
         arrays = load_arrays(dataset, data_dir)
 
-        self.reference = balanced_subset(*split_images(arrays, "test"), num_per_class, seed)
+        self.num_per_class = num_per_class
+        #: The held-out test images everything is compared with: ``num_per_class`` of each class, or
+        #: all of a class the test set has fewer of.
+        self.reference = balanced_subset(*split_images(arrays, "test"), num_per_class, seed, whole_short_classes=True)
+        counts = torch.bincount(self.reference[1], minlength=len(self.keys))
+        if short := [f"{key} ({int(n)})" for key, n in zip(self.keys, counts, strict=True) if n < num_per_class]:
+            log.warning(
+                "The test set has fewer than %d images of class %s: the reference holds all of them, %d images in all",
+                num_per_class, ", ".join(short), len(self.reference[1]),
+            )  # fmt: skip
         self.train_sample = balanced_subset(*split_images(arrays, "train"), num_per_class, seed + 1)
         self.classifier, self.classifier_test_accuracy = load_classifier(dataset, data_dir, self.device, progress)
         features = ClassifierFeatures(self.classifier)
@@ -170,7 +186,7 @@ class Evaluator:
         real samples, the larger part of an evaluation on a CPU.
         """
         assert self.inception_fid is not None
-        n = len(self.reference[1]) // len(self.keys)
+        n = self.num_per_class
         path = data_dir / "eval_cache" / f"inception_{self.dataset}_{n}per_class_seed{seed}_v{CACHE_VERSION}.pt"
         if path.is_file():
             try:

@@ -92,7 +92,8 @@ def report_markdown(metrics: dict[str, Any], dataset: str) -> str:
     lines = [
         f"# Evaluation of {metrics['ckpt']}",
         "",
-        f"{dataset}, {metrics['num_per_class']} images per class; {metrics['settings']}.",
+        f"{dataset}, {metrics['num_per_class']} images per class against {metrics['reference_images']} held-out "
+        f"test images; {metrics['settings']}.",
         f"Reference classifier: {metrics['classifier/test_accuracy']:.2%} on the full test set. "
         f"CLIP: {metrics['clip/status']}.",
         "`real` scores real images the same way: accuracy and CLIP on held-out test images, distances of "
