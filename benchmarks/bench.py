@@ -16,6 +16,9 @@ where the arithmetic is negligible and what is left is the host's work per step 
 dispatch, kernel launches on a GPU): the bound of a GPU step. Sampling: seconds for 100 samples (10
 per class, guidance 2) with DDPM over all T steps and DDIM with 50 steps, and for ``--sample-count``
 (1,000) at the default sampling settings, from untrained small models (time does not depend on the weights).
+The limit: the FLOPs of a training step per image (``FlopCounterMode`` on the preset's U-Net), the GFLOP/s each
+run reaches, and the roofline: every convolution of the step timed alone in the trainer's precision, the rate
+the step can approach; beside it, a 3x3 convolution's GFLOP/s alone at the U-Nets' widths and map sizes.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ import argparse
 import contextlib
 import inspect
 import json
+import math
 import os
 import platform
 import resource
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -41,6 +47,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion_lab.config import CONF_DIR, project_root
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
@@ -181,6 +189,167 @@ def best_of(repeats: int, runs: dict[str, Callable[[], float]]) -> dict[str, flo
     return best
 
 
+def compute_dtype(precision: object) -> torch.dtype:
+    """The dtype convolutions and matrix products run in under a Trainer ``precision``."""
+    return torch.bfloat16 if "bf16" in str(precision) else torch.float32
+
+
+def autocast_for(precision: object, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast of a Trainer ``precision``, as the plain loop uses it: bf16 for ``bf16-mixed``, else none."""
+    dtype = compute_dtype(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """One convolution as a step runs it: its layer's settings, the input's size and dtype, and whether the
+    backward pass needs the gradient of the input (not for the stem, whose input is the data)."""
+
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str
+    groups: int
+    height: int
+    width: int
+    dtype: torch.dtype
+    input_grad: bool
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d, x: Tensor) -> ConvShape:
+        """The shape of ``conv`` applied to ``x``."""
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.groups,
+                   x.shape[-2], x.shape[-1], x.dtype, x.requires_grad)  # fmt: skip
+
+
+def count_step(
+    unet: nn.Module, objective: nn.Module, x0: Tensor, labels: Tensor, autocast: contextlib.AbstractContextManager
+) -> tuple[int, Counter[ConvShape]]:
+    """FLOPs of one training step's forward and backward pass of ``unet`` on the batch ``x0``, ``labels`` (as
+    ``FlopCounterMode`` counts them: matrix products, convolutions and attention), and how often the pass runs
+    each convolution shape."""
+    shapes: Counter[ConvShape] = Counter()
+    hooks = [
+        m.register_forward_hook(lambda m, inputs, _: shapes.update([ConvShape.of(m, inputs[0])]))
+        for m in unet.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            levels = objective.sample_levels(len(x0), x0.device)
+            noised = objective.training_batch(x0, levels, torch.randn_like(x0))
+            with autocast:
+                loss = objective.loss(unet(noised.x_in, noised.time, labels), noised, weighted=True)
+            loss.backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    unet.zero_grad(set_to_none=True)
+    return counter.get_total_flops(), shapes
+
+
+def time_conv(
+    shape: ConvShape, batch: int, device: torch.device, autocast: contextlib.AbstractContextManager, repeats: int
+) -> tuple[int, float]:
+    """FLOPs and best seconds of one forward and backward pass of ``shape`` alone at ``batch``, under
+    ``autocast``: the faster of contiguous and channels-last, each the best of ``repeats`` after a warm-up."""
+    conv = nn.Conv2d(shape.in_channels, shape.out_channels, shape.kernel, shape.stride, shape.padding,
+                     groups=shape.groups, device=device)  # fmt: skip
+    size = (batch, shape.in_channels, shape.height, shape.width)
+    flops, best = 0, math.inf
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        conv = conv.to(memory_format=memory_format)
+        x = torch.randn(size, device=device, dtype=shape.dtype).to(memory_format=memory_format)
+        x.requires_grad_(shape.input_grad)
+        grad = None
+        for i in range(repeats + 1):
+            conv.zero_grad(set_to_none=True)
+            x.grad = None
+            counter = FlopCounterMode(display=False) if i == 0 else nullcontext()
+            _sync()
+            start = time.perf_counter()
+            with counter:
+                with autocast:
+                    out = conv(x)
+                grad = torch.randn_like(out) if grad is None else grad
+                out.backward(grad)
+            _sync()
+            if i == 0:
+                flops = counter.get_total_flops()
+            else:
+                best = min(best, time.perf_counter() - start)
+    return flops, best
+
+
+def conv_roofline(
+    shapes: Counter[ConvShape], batch: int, device: torch.device, autocast: contextlib.AbstractContextManager,
+    repeats: int,
+) -> tuple[int, float]:  # fmt: skip
+    """Total FLOPs and seconds of every convolution of a step (``shapes``, with their counts), each timed alone."""
+    flops, seconds = 0, 0.0
+    for shape, count in shapes.items():
+        shape_flops, shape_seconds = time_conv(shape, batch, device, autocast, repeats)
+        flops += count * shape_flops
+        seconds += count * shape_seconds
+    return flops, seconds
+
+
+def preset_step_count(cfg: DictConfig) -> tuple[int, Counter[ConvShape]]:
+    """``count_step`` for ``cfg``'s U-Net, objective and precision on a batch of its training images."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    train, batch = datamodule.splits()[0], cfg.data.batch_size
+    x0, labels = train.images[:batch].to(device), train.labels[:batch].to(device)
+    unet, objective = instantiate(cfg.model.unet).to(device), instantiate(cfg.objective).to(device)
+    return count_step(unet, objective, x0, labels, autocast_for(cfg.trainer.precision, device))
+
+
+#: The achieved-GFLOP/s key of each run's img/s key.
+GFLOPS_KEYS = {"framework_img_s": "gflops", "plain_fp32_img_s": "plain_fp32_gflops",
+               "plain_same_precision_img_s": "plain_same_precision_gflops"}  # fmt: skip
+
+#: Channels and map sides of the table of a 3x3 convolution's throughput alone (the U-Nets' levels on MNIST).
+TABLE_CHANNELS = (16, 32, 64, 128)
+TABLE_SIDES = (28, 14, 7)
+
+
+def conv3x3_table(cfg: DictConfig, repeats: int) -> dict[str, float]:
+    """GFLOP/s of a 3x3 convolution (c -> c channels, stride 1, input gradient) alone, forward and backward, at
+    ``cfg``'s batch in its precision (input in the compute dtype), for each channel count and map side."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype, autocast = compute_dtype(cfg.trainer.precision), autocast_for(cfg.trainer.precision, device)
+    table = {}
+    for channels in TABLE_CHANNELS:
+        for side in TABLE_SIDES:
+            shape = ConvShape(channels, channels, (3, 3), (1, 1), (1, 1), 1, side, side, dtype, True)
+            flops, seconds = time_conv(shape, cfg.data.batch_size, device, autocast, repeats)
+            table[f"roofline/conv3x3/c{channels}_{side}x{side}_gflops"] = flops / seconds / 1e9
+    return table
+
+
+def limit_results(cfg: DictConfig, img_s: dict[str, float], roofline_repeats: int | None) -> dict[str, float]:
+    """FLOPs per image of a training step of ``cfg`` and the GFLOP/s each run reached (``img_s``, by the run's
+    img/s key), and unless ``roofline_repeats`` is None, the roofline: the step's convolutions timed alone."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    flops, shapes = preset_step_count(cfg)
+    batch = cfg.data.batch_size
+    result = {"mflop_per_image": flops / batch / 1e6}
+    result.update({GFLOPS_KEYS[name]: rate * flops / batch / 1e9 for name, rate in img_s.items()})
+    if roofline_repeats is not None:
+        autocast = autocast_for(cfg.trainer.precision, device)
+        conv_flops, conv_seconds = conv_roofline(shapes, batch, device, autocast, roofline_repeats)
+        bound = batch / conv_seconds
+        result.update({
+            "conv_mflop_per_image": conv_flops / batch / 1e6, "conv_roofline_gflops": conv_flops / conv_seconds / 1e9,
+            "conv_ms_per_image": 1000 * conv_seconds / batch, "conv_bound_images_per_s": bound,
+            "conv_share_of_step": img_s["framework_img_s"] / bound,
+        })  # fmt: skip
+    return result
+
+
 def untrained_pipeline(cfg: DictConfig) -> DiffusionPipeline:
     """A sampling pipeline over ``cfg``'s untrained model, on the GPU when there is one."""
     model = instantiate(cfg.model, objective=instantiate(cfg.objective))
@@ -222,6 +391,30 @@ def default_sampling_seconds(cfg: DictConfig, count: int) -> tuple[float, str]:
     return seconds, f"objective={pipe.model.objective.name}, {pipe.sampler().title}, w={DEFAULT_GUIDANCE:g}"
 
 
+def print_limits(limits: list[tuple[str, dict[str, float]]], results: dict[str, object]) -> None:
+    """The table of each preset's FLOPs and GFLOP/s against its convolutions' roofline, and the table of a 3x3
+    convolution's GFLOP/s alone (where the roofline was timed)."""
+    print("\n| preset | MFLOP/image (fwd+bwd) | framework GFLOP/s | plain same precision GFLOP/s | conv MFLOP/image "
+          "| conv roofline GFLOP/s | conv ms/image | conv-bound img/s | convs' share of the step |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")  # fmt: skip
+    for preset, limit in limits:
+        roofline = " | ".join(["-"] * 5)
+        if "conv_roofline_gflops" in limit:
+            roofline = (f"{limit['conv_mflop_per_image']:.0f} | {limit['conv_roofline_gflops']:.0f} "
+                        f"| {limit['conv_ms_per_image']:.2f} | {limit['conv_bound_images_per_s']:.0f} "
+                        f"| {limit['conv_share_of_step']:.0%}")  # fmt: skip
+        print(f"| {preset} | {limit['mflop_per_image']:.0f} | {limit['gflops']:.0f} "
+              f"| {limit['plain_same_precision_gflops']:.0f} | {roofline} |")  # fmt: skip
+    if any(key.startswith("roofline/conv3x3/") for key in results):
+        sides = " | ".join(f"{side}x{side}" for side in TABLE_SIDES)
+        print(f"\n3x3 convolution alone, forward and backward, GFLOP/s:\n| channels | {sides} |\n"
+              f"| --- |{' --- |' * len(TABLE_SIDES)}")  # fmt: skip
+        for channels in TABLE_CHANNELS:
+            cells = " | ".join(f"{results[f'roofline/conv3x3/c{channels}_{s}x{s}_gflops']:.0f}" for s in TABLE_SIDES)
+            print(f"| {channels} | {cells} |")
+    print()
+
+
 def machine() -> dict[str, object]:
     return {
         "cpu_cores": os.cpu_count(),
@@ -244,13 +437,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="config overrides (default: trainer=cpu, or experiment=gpu on a GPU)")  # fmt: skip
     parser.add_argument("--skip-ddpm", action="store_true", help="skip the slow 1000-step DDPM sampling")
     parser.add_argument("--sample-count", type=int, default=1000, help="images sampled at the default settings")
+    parser.add_argument("--skip-roofline", action="store_true", help="skip timing the convolutions alone")
+    parser.add_argument("--roofline-repeats", type=int, default=3, help="timed passes of each convolution alone")
     parser.add_argument("--output", default=str(project_root() / "outputs" / "bench" / "bench.json"))
     args = parser.parse_args(argv)
     if args.overrides is None:
         args.overrides = ["experiment=gpu"] if torch.cuda.is_available() else ["trainer=cpu"]
     output = Path(args.output)
     results: dict[str, object] = {"machine": machine(), "settings": vars(args)}
-    rows = []
+    rows, limits = [], []
     for preset in args.presets.split(","):
         cfg = steady_state(compose_config([f"model={preset}", *args.overrides], output.parent / "run"))
         L.seed_everything(0, verbose=False)
@@ -268,10 +463,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{key}/framework_step_ms": 1000 * cfg.data.batch_size / framework,
             f"{key}/host_step_ms": host_ms["framework"], f"{key}/plain_host_step_ms": host_ms["same"],
         })  # fmt: skip
+        img_s = {name: results[f"{key}/{name}"] for name in GFLOPS_KEYS}
+        limit = limit_results(cfg, img_s, None if args.skip_roofline else args.roofline_repeats)
+        results.update({f"{key}/{name}": value for name, value in limit.items()})
+        limits.append((preset, limit))
         host_text = f"{host_ms['framework']:.1f} / {host_ms['same']:.1f}"
         rows.append((preset, str(cfg.trainer.precision), cfg.data.batch_size, framework, fp32, same, host_text))
         print(f"{preset}: framework {framework:.0f} img/s, plain fp32 {fp32:.0f}, plain same precision {same:.0f}; "
               f"host ms/step, framework / plain: {host_text}", file=sys.stderr, flush=True)  # fmt: skip
+        roofline = f", conv roofline {limit['conv_roofline_gflops']:.0f}" if "conv_roofline_gflops" in limit else ""
+        print(f"{preset}: {limit['mflop_per_image']:.0f} MFLOP/image, framework {limit['gflops']:.0f} "
+              f"GFLOP/s{roofline}", file=sys.stderr, flush=True)  # fmt: skip
+    if not args.skip_roofline:
+        table_cfg = compose_config(["model=small", *args.overrides], output.parent / "run")
+        results.update(conv3x3_table(table_cfg, args.roofline_repeats))
     small = compose_config(["model=small", *args.overrides, "objective=eps"], output.parent / "run")
     results.update(sampling_seconds(small, args.skip_ddpm))
     default = compose_config(["model=small", *args.overrides], output.parent / "run")
@@ -287,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     for preset, precision, batch, framework, fp32, same, host_text in rows:
         print(f"| {preset} | {precision} | {batch} | {framework:.0f} | {fp32:.0f} | {framework / fp32:.2f}x "
               f"| {same:.0f} | {(same - framework) / same:+.1%} | {host_text} |")  # fmt: skip
+    print_limits(limits, results)
     for key in ("sample/ddpm_s", "sample/ddim50_s"):
         if key in results:
             print(f"{key}: {results[key]:.1f} s for 100 samples")

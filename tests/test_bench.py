@@ -1,26 +1,93 @@
-"""The benchmark script runs end to end and writes the keys the speed targets are read from."""
+"""The benchmark script runs end to end and writes the keys the speed targets are read from; its FLOP count
+and its roofline of the convolutions time the work a training step does."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import torch
+from hydra.utils import instantiate
+from torch import Tensor, nn
 
 from diffusion_lab.config import project_root
 
-#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
-pytestmark = pytest.mark.usefixtures("reference_classifiers")
+#: The runs and evaluations of the end-to-end tests score samples with the reference classifiers, trained once up
+#: front.
+SCORES_SAMPLES = pytest.mark.usefixtures("reference_classifiers")
 
 
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    """``benchmarks/bench.py`` as a module."""
+    spec = importlib.util.spec_from_file_location("bench", project_root() / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def forward_flops(module: nn.Module, out: Tensor) -> int:
+    """Multiply-adds x 2 of a convolution or linear layer's forward pass, from its shapes alone."""
+    if isinstance(module, nn.Conv2d):
+        per_output = 2 * module.in_channels // module.groups * math.prod(module.kernel_size)
+        return per_output * out.numel()
+    return 2 * module.in_features * out.numel()
+
+
+def test_step_flops_are_its_convolutions_and_linears(bench: ModuleType, tmp_path: Path) -> None:
+    cfg = bench.compose_config(["model=small", "trainer=cpu", "model.unet.down_chs=[4,8]",
+                                "model.unet.attention_levels=[]"], tmp_path)  # fmt: skip
+    torch.manual_seed(0)
+    unet, objective = instantiate(cfg.model.unet), instantiate(cfg.objective)
+    x0, labels = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    expected, convs = 0, 0
+
+    def count(module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
+        nonlocal expected, convs
+        # Backward: the weight's gradient costs what the forward pass does, and so does the input's where needed.
+        expected += forward_flops(module, out) * (3 if inputs[0].requires_grad else 2)
+        convs += isinstance(module, nn.Conv2d)
+
+    for module in unet.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.register_forward_hook(count)
+    flops, shapes = bench.count_step(unet, objective, x0, labels, bench.autocast_for("bf16-mixed", x0.device))
+    assert flops == pytest.approx(expected, rel=0.01)
+    assert sum(shapes.values()) == convs
+    stem = bench.ConvShape.of(unet.stem, x0)
+    assert shapes[stem] == 1 and not stem.input_grad, "the data needs no gradient"
+    assert all(shape.dtype == torch.bfloat16 for shape in shapes if shape != stem), "autocast's activations"
+    assert all(p.grad is None for p in unet.parameters()), "counting leaves no gradients behind"
+
+
+def test_roofline_times_the_step_convolutions(bench: ModuleType) -> None:
+    bf16, fp32 = torch.bfloat16, torch.float32
+    stem = bench.ConvShape(1, 8, (3, 3), (1, 1), (1, 1), 1, 28, 28, fp32, False)
+    down = bench.ConvShape(8, 8, (3, 3), (2, 2), (1, 1), 1, 28, 28, bf16, True)
+    shapes = Counter({stem: 1, down: 3})
+    autocast = bench.autocast_for("bf16-mixed", torch.device("cpu"))
+    flops, seconds = bench.conv_roofline(shapes, 4, torch.device("cpu"), autocast, repeats=1)
+    stem_fwd, down_fwd = 2 * 8 * 9 * 4 * 28 * 28, 2 * 8 * 8 * 9 * 4 * 14 * 14
+    assert flops == pytest.approx(2 * stem_fwd + 3 * 3 * down_fwd, rel=0.01)
+    assert math.isfinite(seconds) and seconds > 0
+
+
+@SCORES_SAMPLES
 @pytest.mark.slow
 def test_bench_writes_table_and_json(tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
     script = project_root() / "benchmarks" / "bench.py"
     cmd = [sys.executable, str(script), "--presets", "small", "--steps", "3", "--warmup", "1", "--repeats", "1",
-           "--host-steps", "3", "--sample-count", "20", "--skip-ddpm", "--output", str(output)]  # fmt: skip
+           "--host-steps", "3", "--roofline-repeats", "1", "--sample-count", "20", "--skip-ddpm", "--output",
+           str(output)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(output.read_text())
@@ -31,8 +98,23 @@ def test_bench_writes_table_and_json(tmp_path: Path) -> None:
     assert result["sample/default_settings"] == "objective=flow, flow Euler, 20 steps, w=0.3"
     assert result["machine"]["cpu_cores"] >= 1 and result["memory/peak_host_mib"] > 0
     assert "| small |" in proc.stdout and "framework img/s" in proc.stdout and "host ms/step (batch 2)" in proc.stdout
+    # The FLOPs and the limit: GFLOP/s are img/s x FLOPs per image, the roofline its convolutions timed alone.
+    mflop = result["train/small/mflop_per_image"]
+    for run, gflops in (("framework", "gflops"), ("plain_fp32", "plain_fp32_gflops"),
+                        ("plain_same_precision", "plain_same_precision_gflops")):  # fmt: skip
+        assert result[f"train/small/{gflops}"] == pytest.approx(result[f"train/small/{run}_img_s"] * mflop / 1000)
+    for key in ("conv_roofline_gflops", "conv_ms_per_image", "conv_bound_images_per_s", "conv_share_of_step"):
+        assert math.isfinite(result[f"train/small/{key}"]) and result[f"train/small/{key}"] > 0, key
+    assert 0.9 * mflop < result["train/small/conv_mflop_per_image"] <= mflop, "almost all of a step is convolutions"
+    bound = result["train/small/conv_bound_images_per_s"]
+    assert bound == pytest.approx(1000 / result["train/small/conv_ms_per_image"])
+    assert result["train/small/conv_share_of_step"] == pytest.approx(result["train/small/framework_img_s"] / bound)
+    table = [key for key in result if key.startswith("roofline/conv3x3/")]
+    assert len(table) == 12 and all(result[key] > 0 for key in table)
+    assert "conv roofline GFLOP/s" in proc.stdout and "| 128 |" in proc.stdout
 
 
+@SCORES_SAMPLES
 @pytest.mark.slow
 def test_time_to_quality_scores_snapshots_along_one_run(tmp_path: Path) -> None:
     output = tmp_path / "ttq.json"
