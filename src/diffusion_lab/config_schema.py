@@ -212,13 +212,23 @@ DEVICE = Rule(TEXT.test, "auto, cpu, cuda or a torch device such as cuda:1", "cp
 
 
 def _interval(value: Any) -> bool:
-    return value is None or (
-        isinstance(value, list) and len(value) == 2 and all(map(_is_number, value)) and 0 <= value[0] <= value[1]
-    )
+    if value is None:
+        return True
+    if not (isinstance(value, list) and len(value) == 2 and _is_number(value[0])):
+        return False
+    high = math.inf if value[1] is None else value[1]
+    return (_is_number(high) or high == math.inf) and 0 <= value[0] <= high
 
 
-#: ``guidance_interval``: null, or ``[SIGMA_LO, SIGMA_HI]`` with 0 <= SIGMA_LO <= SIGMA_HI.
-GUIDANCE_INTERVAL = Rule(_interval, "[SIGMA_LO, SIGMA_HI] with 0 <= SIGMA_LO <= SIGMA_HI, or null", [0.3, 5.0])
+#: ``guidance_interval``: null, or ``[SIGMA_LO, SIGMA_HI]`` with 0 <= SIGMA_LO <= SIGMA_HI; SIGMA_HI null or
+#: ``.inf``: no upper end (the flow objective's first step has sigma = infinity).
+GUIDANCE_INTERVAL = Rule(
+    _interval, "[SIGMA_LO, SIGMA_HI] with 0 <= SIGMA_LO <= SIGMA_HI (SIGMA_HI null: no upper end), or null", [0.3, 5.0]
+)
+#: ``autoguidance``: the weight of the guide's difference (0: off).
+AUTOGUIDANCE = number(0, example=1.0, what="a finite number >= 0 (0: no autoguidance)")
+#: ``guide``: autoguidance's guide, a checkpoint or exported folder, or null for the checkpoint's own snapshot.
+GUIDE = optional(Rule(PATH.test, "a checkpoint or model folder of the same data", "outputs/train/<run>/guide.ckpt"))
 GUIDANCE_RESCALE = number(0, 1, example=0.0)
 SAMPLER = {
     "sampler._target_": TARGET,
@@ -274,6 +284,8 @@ SAMPLING = {
     "guidance": GUIDANCE,
     "guidance_interval": GUIDANCE_INTERVAL,
     "guidance_rescale": GUIDANCE_RESCALE,
+    "autoguidance": AUTOGUIDANCE,
+    "guide": GUIDE,
     "batch_size": integer(1, example=128),
     "precision": SAMPLING_PRECISIONS,
     "device": DEVICE,
@@ -392,6 +404,9 @@ TRAIN: dict[str, Rule] = {
     "callbacks.*.guidance": GUIDANCE,
     "callbacks.*.guidance_interval": GUIDANCE_INTERVAL,
     "callbacks.*.guidance_rescale": GUIDANCE_RESCALE,
+    "callbacks.*.autoguidance": AUTOGUIDANCE,
+    "callbacks.*.guide": GUIDE,
+    "callbacks.guide_snapshot.fraction": number(0, 1, open_low=True, open_high=True, example=0.33),
     "callbacks.*.seed": SEED,
     "callbacks.*.sampler": Rule(_component, "a sampler config with _target_", "${sampler}"),
     "callbacks.sample_grid.output_dir": PATH,
@@ -463,6 +478,7 @@ EXPORT: dict[str, Rule] = {
     "seed": SEED,
     "steps": optional(integer(1, example=50)),
     "guidance": GUIDANCE,
+    "guide": GUIDE,
     "repo_id": Rule(lambda v: isinstance(v, str) and v.count("/") == 1 and all(v.split("/")), "OWNER/NAME",
                     "me/mnist-diffusion"),
 }  # fmt: skip

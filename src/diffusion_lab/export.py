@@ -1,7 +1,8 @@
 """Export a training checkpoint as a model folder people can share (:mod:`diffusion_lab.models.hub_format`).
 
 The folder holds ``model.safetensors``, ``config.json``, the model card ``README.md`` and its sample
-grid ``samples.png``. It is built in a temporary folder beside ``output`` and renamed into place, so
+grid ``samples.png``, and ``guide.safetensors``, the guide of autoguidance, where the checkpoint has one
+(its guide snapshot) or one is given. It is built in a temporary folder beside ``output`` and renamed into place, so
 an interrupted export leaves no half-written folder; an earlier export in ``output`` is replaced.
 """
 
@@ -15,8 +16,8 @@ from typing import Any
 
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
 from diffusion_lab.models.diffusion_module import DiffusionModule
-from diffusion_lab.models.hub_format import CONFIG_FILE, folder_config, save_model_folder
-from diffusion_lab.pipeline import DiffusionPipeline
+from diffusion_lab.models.hub_format import CONFIG_FILE, folder_config, guide_entry, save_model_folder
+from diffusion_lab.pipeline import DiffusionPipeline, Guide, load_guide, snapshot_guide
 from diffusion_lab.reports.images import class_grid, save_png
 from diffusion_lab.reports.model_card import SAMPLES_FILE, model_card
 from diffusion_lab.training.checkpointing import read_checkpoint
@@ -67,6 +68,20 @@ def evaluation_metrics(path: str | Path | None, ckpt: Path, log_dir: Path) -> tu
     return None, None
 
 
+def _guide_config(guide: Guide) -> dict[str, Any]:
+    """The guide's own ``config.json``: the one of its model folder, or made from its training config."""
+    if guide.config is not None:
+        return guide.config
+    return folder_config(guide.module, {"global_step": guide.step}, {})
+
+
+def _guide_source(guide: Guide, path: Path | None) -> str:
+    """Where the folder's guide came from, without the exporting machine's paths."""
+    if path is None:
+        return f"the run's guide snapshot at step {guide.step}"
+    return f"{Path(path).name} at step {guide.step}"
+
+
 def check_output(output: Path) -> None:
     """Refuse an ``output`` that holds anything but an earlier export (which would be replaced)."""
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / CONFIG_FILE).is_file())):
@@ -82,26 +97,34 @@ def export_model(
     steps: int | None = None,
     guidance: float = DEFAULT_GUIDANCE,
     repo_id: str = "USER/REPO",
+    guide: Path | None = None,
 ) -> dict[str, Any]:
     """Write the model folder of checkpoint ``ckpt`` to ``output``; returns its ``config.json``.
 
     ``metrics`` (an evaluation's ``metrics.json``) go into the card; the card's grid shows
     ``grid_per_class`` samples of each class drawn with the objective's default sampler at
     ``steps``, ``guidance`` and ``seed``;
-    ``repo_id`` is the Hub repository the card's usage lines download.
+    ``repo_id`` is the Hub repository the card's usage lines download. The folder carries the guide of
+    autoguidance: ``guide`` (a checkpoint or model folder of the same data), else the checkpoint's guide
+    snapshot where it has one.
     """
     check_output(output)
     checkpoint = read_checkpoint(ckpt)
     module = DiffusionModule.load_checkpoint(ckpt)
     config = folder_config(module, checkpoint, training_record(module.run_config or {}, ckpt))
     pipe = DiffusionPipeline(module)
+    carried = load_guide(guide) if guide is not None else snapshot_guide(module, ckpt)
+    if carried is not None:
+        pipe.set_guide(carried)
+        config["guide"] = guide_entry(_guide_config(carried), _guide_source(carried, guide))
     images = pipe(pipe.labels("all", grid_per_class), seed=seed, steps=steps, guidance=guidance)
     params = sum(p.numel() for p in module.parameters())
     card = model_card(config, params, metrics, repo_id)
     staging = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        save_model_folder(module.state_dict(), config, staging, card)
+        guide_state = None if carried is None else carried.module.state_dict()
+        save_model_folder(module.state_dict(), config, staging, card, guide_state)
         save_png(class_grid(images, grid_per_class, grid_per_class), staging / SAMPLES_FILE)
         replaced = output.with_name(f".{output.name}.old-{os.getpid()}")
         if output.exists():

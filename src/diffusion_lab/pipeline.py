@@ -10,12 +10,20 @@ request (labels, styles, guidance, sampler, seed) goes one way, to images. In a 
     images = generate_number(model, 7, n=16)          # [16, 1, 28, 28] in [0, 1]
     image = generate_with_seed(model, "trouser", 42)   # the same image for the same seed
     slanted = generate_number(model, 7, n=8, style={"slant": 20, "thickness": "bold"})  # style-conditioned models
+    sharper = generate_number(model, 7, n=16, autoguidance=1.0)  # guided by the run's earlier EMA snapshot
+
+Autoguidance (Karras et al. 2024) guides the model with a weaker version of itself: by default the
+snapshot its training run kept (``callbacks.guide_snapshot``), or any checkpoint or exported folder of
+the same data given as ``load_model(ckpt, guide=PATH)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,10 +31,14 @@ from torch import Tensor
 from diffusion_lab.data.labels import Label, label_index, resolve_labels
 from diffusion_lab.data.sources import IMAGE_SHAPE, dataset_info
 from diffusion_lab.data.styles import StyleStats
+from diffusion_lab.diffusion.objectives import Objective
+from diffusion_lab.diffusion.objectives.base import DiscreteObjective
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, check_guidance, sample
 from diffusion_lab.diffusion.samplers import Sampler, make_sampler
 from diffusion_lab.models.diffusion_module import DiffusionModule
-from diffusion_lab.models.hub_format import load_model_folder
+from diffusion_lab.models.hub_format import load_folder_guide, load_model_folder
+from diffusion_lab.training.checkpointing import read_checkpoint
+from diffusion_lab.training.guide_snapshot import checkpoint_snapshot
 
 #: Precisions of the network pass while sampling.
 PRECISIONS = ("32", "bf16")
@@ -45,6 +57,90 @@ def network_precision(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def module_dataset(module: DiffusionModule) -> str | None:
+    """The dataset a module's training run records (None when unknown)."""
+    return (module.run_config or {}).get("data", {}).get("name")
+
+
+def image_shape(module: DiffusionModule, dataset: str | None) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the images of a module trained on ``dataset`` (None: the datasets' shape)."""
+    info = dataset_info(dataset) if dataset else None
+    return (module.unet.in_channels, *(info.image_shape if info else IMAGE_SHAPE)[1:])
+
+
+@dataclass
+class Guide:
+    """The guide network of autoguidance: a weaker model of the same data, and where it came from.
+
+    Attributes:
+        module: the guide (in eval mode).
+        dataset: the dataset it was trained on (None: unknown).
+        source: where it came from, for messages (``the snapshot at step 40 of PATH``, or a path).
+        step: the optimizer step of its weights, where known.
+        config: its ``config.json`` when it came from a model folder (what an export records of it).
+    """
+
+    module: DiffusionModule
+    dataset: str | None
+    source: str
+    step: int | None = None
+    config: dict[str, Any] | None = None
+
+
+def _objective_key(objective: Objective) -> tuple[Any, ...]:
+    """What makes two objectives' outputs comparable: the kind, and its noise levels (betas) or EDM's sigma_data."""
+    betas = objective.schedule.betas.tolist() if isinstance(objective, DiscreteObjective) else None
+    return objective.name, getattr(objective, "sigma_data", None), betas
+
+
+def check_guide(model: DiffusionModule, dataset: str | None, guide: Guide) -> None:
+    """Refuse a guide of another dataset, class count, image shape, objective or style conditioning (one line)."""
+    other = guide.module
+    fix = "pass guide= a checkpoint or exported folder trained like the model, only shorter or smaller"
+    if dataset and guide.dataset and dataset != guide.dataset:
+        raise ValueError(f"the guide {guide.source} was trained on {guide.dataset}, the model on {dataset}: {fix}")
+    if other.unet.num_classes != model.unet.num_classes:
+        raise ValueError(
+            f"the guide {guide.source} has {other.unet.num_classes} classes, the model {model.unet.num_classes}: {fix}"
+        )
+    shapes = image_shape(other, guide.dataset or dataset), image_shape(model, dataset)
+    if shapes[0] != shapes[1]:
+        raise ValueError(f"the guide {guide.source} draws images of shape {list(shapes[0])}, the model "
+                         f"{list(shapes[1])}: {fix}")  # fmt: skip
+    if _objective_key(other.objective) != _objective_key(model.objective):
+        theirs, ours = other.objective.describe(), model.objective.describe()
+        if theirs == ours:
+            theirs, ours = f"{theirs} on other noise levels (timesteps or sigma_data)", "the model's"
+        raise ValueError(f"the guide {guide.source} has objective {theirs}, the model {ours}: {fix}")
+    if other.style_conditioning != model.style_conditioning:
+        raise ValueError(f"the guide {guide.source} has model.style_conditioning={other.style_conditioning}, the "
+                         f"model {model.style_conditioning}: {fix}")  # fmt: skip
+
+
+def load_guide(path: str | Path, device: str | torch.device = "cpu") -> Guide:
+    """The guide ``guide=PATH`` names: a checkpoint (its EMA weights) or a model folder of ``diffusion-lab-export``."""
+    path = Path(path)
+    if not (path.is_file() or path.is_dir()):
+        raise ValueError(f"guide not found: {path} (pass guide=PATH to a checkpoint or exported model folder)")
+    if path.is_dir():
+        module, config = load_model_folder(path, map_location=device)
+        step = config.get("training", {}).get("global_step")
+        return Guide(module, config["dataset"]["name"], str(path), step, config)
+    module = DiffusionModule.load_checkpoint(path, map_location=device).to(device)
+    return Guide(module, module_dataset(module), str(path), read_checkpoint(path).get("global_step"))
+
+
+def snapshot_guide(model: DiffusionModule, ckpt: str | Path, device: str | torch.device = "cpu") -> Guide | None:
+    """The guide snapshot a training checkpoint carries (``callbacks.guide_snapshot``) as a copy of ``model``."""
+    snapshot = checkpoint_snapshot(read_checkpoint(ckpt, map_location=device))
+    if snapshot is None:
+        return None
+    weights, step = snapshot
+    guide = copy.deepcopy(model)
+    guide.load_state_dict(weights)
+    return Guide(guide.to(device).eval(), module_dataset(model), f"(the snapshot at step {step} of {ckpt})", step)
+
+
 class DiffusionPipeline:
     """A trained :class:`DiffusionModule` and what it knows, turning requests into images.
 
@@ -52,31 +148,80 @@ class DiffusionPipeline:
         model: the module (in eval mode from here on).
         dataset: the dataset it was trained on (None: the one its checkpoint records, if any). Without
             one the classes are named by their indices and images have the datasets' shape.
+        guide: the guide of autoguidance (a weaker model of the same data), or None.
     """
 
-    def __init__(self, model: DiffusionModule, dataset: str | None = None) -> None:
+    def __init__(self, model: DiffusionModule, dataset: str | None = None, guide: Guide | None = None) -> None:
         self.model = model.eval()
         #: Name of the dataset the model was trained on (None when unknown).
-        self.dataset = dataset or (model.run_config or {}).get("data", {}).get("name")
+        self.dataset = dataset or module_dataset(model)
         info = dataset_info(self.dataset) if self.dataset else None
         #: Class names, index by index.
         self.class_names: tuple[str, ...] = (
             info.class_names if info else tuple(str(i) for i in range(model.unet.num_classes))
         )
         #: ``(C, H, W)`` of one image.
-        self.image_shape: tuple[int, int, int] = (
-            model.unet.in_channels,
-            *(info.image_shape if info else IMAGE_SHAPE)[1:],
-        )
+        self.image_shape: tuple[int, int, int] = image_shape(model, self.dataset)
+        self._guide: Guide | None = None
+        #: Loads the model's own guide (a checkpoint's snapshot, a model folder's guide) when first asked for.
+        self._own_guide: Callable[[], Guide | None] | None = None
+        #: Why there is no guide, and what to do: the one line :attr:`guide` raises.
+        self._no_guide = "this model has no guide for autoguidance: load it with load_model(ckpt, guide=PATH)"
+        if guide is not None:
+            self.set_guide(guide)
 
     @classmethod
-    def from_checkpoint(cls, ckpt: str | Path, device: str | torch.device = "cpu") -> DiffusionPipeline:
+    def from_checkpoint(
+        cls, ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None
+    ) -> DiffusionPipeline:
         """The pipeline of a ``diffusion-lab-train`` checkpoint, with its EMA weights when trained with EMA,
-        or of a model folder written by ``diffusion-lab-export`` (:mod:`diffusion_lab.models.hub_format`)."""
-        if Path(ckpt).is_dir():
+        or of a model folder written by ``diffusion-lab-export`` (:mod:`diffusion_lab.models.hub_format`).
+
+        ``guide`` is the checkpoint or model folder of autoguidance's guide (loaded and checked now); None
+        leaves it to the model's own: the checkpoint's guide snapshot, or the folder's ``guide.safetensors``,
+        loaded on first use.
+        """
+        ckpt = Path(ckpt)
+        if ckpt.is_dir():
             module, config = load_model_folder(ckpt, map_location=device)
-            return cls(module, dataset=config["dataset"]["name"])
-        return cls(DiffusionModule.load_checkpoint(ckpt, map_location=device).to(device))
+            pipe = cls(module, dataset=config["dataset"]["name"])
+            pipe._own_guide = lambda: _folder_guide(ckpt, config, device)
+            pipe._no_guide = (
+                f"{ckpt} holds no guide for autoguidance: pass guide=PATH (a checkpoint or model folder of a weaker "
+                "model of the same data), or export it again from a checkpoint with a guide snapshot"
+            )
+        else:
+            pipe = cls(DiffusionModule.load_checkpoint(ckpt, map_location=device).to(device))
+            pipe._own_guide = lambda: snapshot_guide(pipe.model, ckpt, device)
+            pipe._no_guide = (
+                f"{ckpt} holds no guide snapshot for autoguidance (trained without callbacks.guide_snapshot, or "
+                "stopped before its fraction): pass guide=PATH, a checkpoint or model folder of a weaker model of "
+                "the same data"
+            )
+        if guide is not None:
+            pipe.set_guide(load_guide(guide, device))
+        return pipe
+
+    def set_guide(self, guide: Guide) -> None:
+        """Guide with ``guide`` from now on; a one-line ``ValueError`` for a guide of other data (``check_guide``)."""
+        check_guide(self.model, self.dataset, guide)
+        guide.module = guide.module.to(self.device).eval()
+        self._guide, self._own_guide = guide, None
+
+    @property
+    def guide(self) -> Guide:
+        """The guide of autoguidance: the one given, else the model's own (loaded on first use).
+
+        Raises:
+            ValueError: one line saying what to pass when the model has none.
+        """
+        if self._guide is None and self._own_guide is not None:
+            own, self._own_guide = self._own_guide(), None
+            if own is not None:
+                self.set_guide(own)
+        if self._guide is None:
+            raise ValueError(self._no_guide)
+        return self._guide
 
     @property
     def device(self) -> torch.device:
@@ -129,9 +274,13 @@ class DiffusionPipeline:
         precision: str,
         guidance_interval: Interval = None,
         guidance_rescale: float = 0.0,
+        autoguidance: float = 0.0,
     ) -> torch.autocast:
-        """Refuse a bad guidance setting, batch size or precision (one-line ``ValueError``); the autocast to use."""
-        check_guidance(guidance, guidance_interval, guidance_rescale)
+        """Refuse a bad guidance setting, batch size or precision, or autoguidance without a guide (one-line
+        ``ValueError``); the autocast to use. With ``autoguidance`` > 0 the guide is loaded here."""
+        check_guidance(guidance, guidance_interval, guidance_rescale, autoguidance)
+        if autoguidance > 0:
+            _ = self.guide
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
         return network_precision(self.device, precision)
@@ -165,6 +314,7 @@ class DiffusionPipeline:
         noise: Tensor | None = None,
         guidance_interval: Interval = None,
         guidance_rescale: float = 0.0,
+        autoguidance: float = 0.0,
         **sampler_kwargs: object,
     ) -> Tensor:
         """Generate one image per label, reproducibly.
@@ -189,15 +339,21 @@ class DiffusionPipeline:
                 attributes ``[N, 2]`` per image. None samples without style conditions.
             noise: ``[N, C, H, W]`` starting noise x_T (None: drawn from ``seed``), e.g. one noise repeated
                 to see only a condition change.
-            guidance_interval: ``(sigma_lo, sigma_hi)``: guide only while the noise level is in it (w = 0
-                outside; Kynkaanniemi et al. 2024); None guides every step.
+            guidance_interval: ``(sigma_lo, sigma_hi)``: guide only while the noise level is in it (both
+                weights 0 outside; Kynkaanniemi et al. 2024); None guides every step; ``sigma_hi`` None (or
+                infinity): no upper end.
             guidance_rescale: Lin et al.'s guidance rescale phi in [0, 1] (0: none).
+            autoguidance: autoguidance weight w_a (Karras et al. 2024): adds ``w_a (D - D_guide)`` with
+                :attr:`guide`'s output on the same labels and styles, one more network pass a step; 0: none.
 
         Returns:
             ``[N, C, H, W]`` float images in [0, 1] on the CPU.
         """
         labels = self.label_tensor(labels)
-        autocast = self.check_settings(guidance, batch_size, precision, guidance_interval, guidance_rescale)
+        autocast = self.check_settings(
+            guidance, batch_size, precision, guidance_interval, guidance_rescale, autoguidance
+        )
+        guide = self.guide.module.unet if autoguidance > 0 else None
         raw_styles = self.style_request(style, len(labels))
         styles = None if raw_styles is None else self.model.style_condition(raw_styles)
         built = self.sampler(sampler, steps, **sampler_kwargs)
@@ -208,6 +364,8 @@ class DiffusionPipeline:
             raise ValueError(f"noise must be {list(drawn.shape)}, got {list(noise.shape)}")
         noise = noise.to(drawn.device)
         self.model.eval()  # also after a caller switched it to training
+        if guide is not None:
+            guide.eval()
         with autocast:
             chunks = [
                 sample(
@@ -218,6 +376,8 @@ class DiffusionPipeline:
                     guidance=guidance,
                     guidance_interval=guidance_interval,
                     guidance_rescale=guidance_rescale,
+                    guide=guide,
+                    autoguidance=autoguidance,
                     noise=noise[i : i + batch_size],
                     generator=generator,
                     styles=None if styles is None else styles[i : i + batch_size],
@@ -227,14 +387,27 @@ class DiffusionPipeline:
         return ((torch.cat(chunks).float().cpu() + 1) / 2).clamp(0, 1)
 
 
-def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> DiffusionPipeline:
+def _folder_guide(folder: Path, config: dict[str, Any], device: str | torch.device) -> Guide | None:
+    """The guide a model folder carries (``guide.safetensors``), or None."""
+    loaded = load_folder_guide(folder, config, map_location=device)
+    if loaded is None:
+        return None
+    module, guide_config = loaded
+    step = guide_config.get("training", {}).get("global_step")
+    return Guide(module, config["dataset"]["name"], f"(the guide of {folder})", step, guide_config)
+
+
+def load_model(
+    ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None
+) -> DiffusionPipeline:
     """The :class:`DiffusionPipeline` of a ``diffusion-lab-train`` checkpoint, on ``device``, in eval mode.
 
     Its weights are the EMA weights when the run trained with EMA. ``ckpt`` may also be a model folder
     of ``diffusion-lab-export`` (``model.safetensors`` + ``config.json``), loaded without unpickling
-    anything, which samples the same images bit for bit.
+    anything, which samples the same images bit for bit. ``guide`` is autoguidance's guide, a checkpoint
+    or model folder of the same data; None: the checkpoint's own guide snapshot (or the folder's guide).
     """
-    return DiffusionPipeline.from_checkpoint(ckpt, device)
+    return DiffusionPipeline.from_checkpoint(ckpt, device, guide)
 
 
 def generate(pipe: DiffusionPipeline, labels: Tensor | Sequence[Label] | Label, **kwargs: object) -> Tensor:

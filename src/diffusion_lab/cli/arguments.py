@@ -1,7 +1,8 @@
-"""Arguments the commands that sample share: ``device=`` and the guidance settings."""
+"""Arguments the commands that sample share: ``device=`` and the guidance settings (autoguidance's among them)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -24,13 +25,26 @@ def resolve_device(device: str) -> torch.device:
 
 
 def guidance_settings(cfg: DictConfig) -> dict[str, Any]:
-    """``guidance_interval`` (a plain list or None) and ``guidance_rescale`` of a sampling command's config."""
+    """``guidance_interval`` (a plain list or None; an open upper end, ``.inf`` or null, as None),
+    ``guidance_rescale`` and ``autoguidance`` of a sampling command's config."""
     interval = cfg.get("guidance_interval")
     interval = OmegaConf.to_object(interval) if OmegaConf.is_config(interval) else interval
-    return {"guidance_interval": interval, "guidance_rescale": float(cfg.get("guidance_rescale") or 0.0)}
+    if isinstance(interval, list) and len(interval) == 2 and interval[1] == math.inf:
+        interval = [interval[0], None]
+    return {
+        "guidance_interval": interval,
+        "guidance_rescale": float(cfg.get("guidance_rescale") or 0.0),
+        "autoguidance": float(cfg.get("autoguidance") or 0.0),
+    }
 
 
-def settings_text(sampler: Sampler, guidance: float, interval: list[float] | None, seed: int) -> str:
-    """``DPM-Solver++(2M), 20 steps, w=2 for sigma in [0.3, 5], seed 0``: a run's sampling settings."""
-    where = "" if interval is None else f" for sigma in [{interval[0]:g}, {interval[1]:g}]"
-    return f"{sampler.title}, w={guidance:g}{where}, seed {seed}"
+def settings_text(
+    sampler: Sampler, guidance: float, interval: list[float | None] | None, seed: int, autoguidance: float = 0.0
+) -> str:
+    """``DPM-Solver++(2M), 20 steps, w=2, autoguidance 1 for sigma in [0.3, 5], seed 0``: a run's sampling settings."""
+    where = ""
+    if interval is not None:
+        low = f"{interval[0]:g}"
+        where = f" for sigma >= {low}" if interval[1] is None else f" for sigma in [{low}, {interval[1]:g}]"
+    auto = f", autoguidance {autoguidance:g}" if autoguidance > 0 else ""
+    return f"{sampler.title}, w={guidance:g}{auto}{where}, seed {seed}"

@@ -87,7 +87,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output = check_writable(cfg.output)
     device = resolve_device(cfg.device)
     path = checkpoint_file(cfg.ckpt)
-    pipe = load_model(path, device=device)
+    pipe = load_model(path, device=device, guide=cfg.get("guide"))
     dataset = pipe.dataset
     if dataset is None:
         raise ValueError(f"{path} does not record its dataset (data.name): it was not written by diffusion-lab-train")
@@ -105,9 +105,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "guidance": float(cfg.guidance),
         "guidance_interval": guidance["guidance_interval"],
         "guidance_rescale": guidance["guidance_rescale"],
+        "autoguidance": guidance["autoguidance"],
+        "guide": pipe.guide.source if guidance["autoguidance"] > 0 else None,
         "seed": cfg.seed,
         "precision": str(cfg.precision),
-        "settings": settings_text(sampler, cfg.guidance, guidance["guidance_interval"], cfg.seed),
+        "settings": settings_text(
+            sampler, cfg.guidance, guidance["guidance_interval"], cfg.seed, guidance["autoguidance"]
+        ),
     }
     loaded = _loaded(cfg, pipe, record) if cfg.samples else None
     clip, clip_status = clip_from_config(cfg.clip, dataset, device)

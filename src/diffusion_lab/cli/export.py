@@ -1,7 +1,8 @@
 """``diffusion-lab-export``: a training checkpoint as a model folder to share (:mod:`diffusion_lab.export`).
 
 ``diffusion-lab-export ckpt=PATH output=DIR`` writes ``model.safetensors``, ``config.json``, the model
-card ``README.md`` and ``samples.png``; see ``conf/export.yaml``.
+card ``README.md`` and ``samples.png``, and ``guide.safetensors`` (autoguidance's guide) where there is
+one; see ``conf/export.yaml``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ def run(cfg: DictConfig) -> Path:
     ckpt = checkpoint_file(cfg.ckpt, folders=False)
     metrics, metrics_path = evaluation_metrics(cfg.metrics, ckpt, Path(cfg.paths.log_dir))
     output = Path(cfg.output)
-    export_model(ckpt, output, metrics, cfg.grid_per_class, cfg.seed, cfg.steps, cfg.guidance, cfg.repo_id)
+    guide = Path(cfg.guide) if cfg.get("guide") else None
+    config = export_model(
+        ckpt, output, metrics, cfg.grid_per_class, cfg.seed, cfg.steps, cfg.guidance, cfg.repo_id, guide
+    )
+    if config.get("guide"):
+        log.info("The folder carries the guide of autoguidance: %s", config["guide"]["source"])
     if metrics_path is not None:
         log.info("The card shows the evaluation in %s", metrics_path)
     log.info("Wrote the model folder %s in %.1f s", output, time.perf_counter() - started)

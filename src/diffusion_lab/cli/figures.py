@@ -39,7 +39,9 @@ def make_figures(cfg: DictConfig) -> list[Path]:
     """Draw the figures ``cfg`` asks for and write them into ``cfg.output``; returns the written paths."""
     output = check_writable(cfg.output)
     device = resolve_device(cfg.device)
-    pipe = load_model(checkpoint_file(cfg.ckpt), device) if cfg.ckpt else None
+    pipe = load_model(checkpoint_file(cfg.ckpt), device, guide=cfg.get("guide")) if cfg.ckpt else None
+    if pipe is not None:
+        pipe.check_settings(cfg.guidance, 1, str(cfg.precision), **guidance_settings(cfg))  # loads the guide
     # The checkpoint's own dataset when it records one, else data=NAME.
     dataset = (pipe.dataset if pipe is not None else None) or cfg.data.name
     image = first_test_image(dataset, cfg.image_label, cfg.paths.data_dir)

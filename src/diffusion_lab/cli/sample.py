@@ -7,6 +7,9 @@ style-conditioned checkpoint draws that style; the NPZ then also holds the reque
 With ``select_top=N candidates=K`` it draws K candidates per class and keeps the N that CLIP
 scores highest against the class prompt (CLIP-guided selection); the NPZ then also holds
 ``clip_scores`` and ``OUTPUT.json`` lists them per class.
+
+With ``autoguidance=W`` it guides the model with a weaker one (Karras et al. 2024): the checkpoint's own
+guide snapshot, or ``guide=PATH``.
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
     if output.name in ("", ".", ".."):
         raise ValueError(f"output={cfg.output} names a folder: pass output=FOLDER/NAME (writes NAME.png and NAME.npz)")
     check_writable(output.parent)
-    pipe = load_model(checkpoint_file(cfg.ckpt), device=resolve_device(cfg.device))
+    pipe = load_model(checkpoint_file(cfg.ckpt), device=resolve_device(cfg.device), guide=cfg.get("guide"))
+    guidance = guidance_settings(cfg)
+    pipe.check_settings(cfg.guidance, cfg.batch_size, str(cfg.precision), **guidance)  # loads the guide
     names = pipe.class_names
     label = OmegaConf.to_object(cfg.label) if OmegaConf.is_config(cfg.label) else cfg.label
     per_class = selection[1] if selection else cfg.num_samples
@@ -77,7 +82,7 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
     images = pipe(
         labels, seed=cfg.seed, sampler=sampler, steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size,
         precision=str(cfg.precision), style=None if requested is None else requested.expand(len(labels), -1),
-        **guidance_settings(cfg),
+        **guidance,
     )  # fmt: skip
     extra: dict[str, np.ndarray] = {}
     kept = per_class
@@ -93,8 +98,9 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
     png, npz = save_samples(images, labels, cfg.output, nrow=nrow, extra=extra or None, meta=meta)
     drawn = ", ".join(names[i] for i in labels.unique_consecutive().tolist())
     styled = "".join(f", {name}={value}" for name, value in (style or {}).items())
-    log.info("%d images of %s (%s, w=%g, seed %d%s)", len(labels), drawn, sampler.title, cfg.guidance, cfg.seed,
-             styled)  # fmt: skip
+    auto = f", autoguidance {guidance['autoguidance']:g}" if guidance["autoguidance"] > 0 else ""
+    log.info("%d images of %s (%s, w=%g%s, seed %d%s)", len(labels), drawn, sampler.title, cfg.guidance, auto,
+             cfg.seed, styled)  # fmt: skip
     if selection:
         report = {
             "clip": scorer.name,

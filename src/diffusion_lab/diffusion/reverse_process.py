@@ -1,4 +1,5 @@
-"""The reverse-process loop p(x_{0:T}) with classifier-free guidance, shared by every sampler and objective."""
+"""The reverse-process loop p(x_{0:T}) with classifier-free guidance and autoguidance, shared by every sampler and
+objective."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from diffusion_lab.models.unet import ConditionalUNet
 #: chosen by the objective sweep of the default recipe (docs/objectives.md).
 DEFAULT_GUIDANCE = 0.3
 
-#: A guidance interval ``(sigma_lo, sigma_hi)``: guide while sigma is in it; None guides every step.
-Interval = Sequence[float] | None
+#: A guidance interval ``(sigma_lo, sigma_hi)``: guide while sigma is in it; None guides every step. A
+#: ``sigma_hi`` of None or infinity leaves it open above, so it also holds the flow objective's first step
+#: (sigma = t / (1 - t) is infinite at t = 1).
+Interval = Sequence[float | None] | None
 
 
 def guided_output(
@@ -30,18 +33,48 @@ def guided_output(
     guidance: float,
     styles: Tensor | None = None,
     rescale: float = 0.0,
+    guide: ConditionalUNet | None = None,
+    autoguidance: float = 0.0,
 ) -> Tensor:
-    """Classifier-free guided output ``(1 + w) F(x, y, s) - w F(x, null, no style)`` in float32, in one pass.
+    """The guided network output ``[B, C, H, W]`` in float32.
 
-    ``F`` is the network's raw output (noise, v, velocity or EDM's F: the guided mix is the same mix of
-    the two x_0 predictions for each). With ``guidance == 0`` this is the plain conditional output (one
-    pass of ``[B]``); otherwise one pass of ``[2B]`` over the conditional and unconditional halves.
-    ``styles`` (``[B, S]`` normalised, NaN = not given) is dropped in the unconditional half with the
-    label. ``rescale`` (Lin et al. 2023, diffusers' ``guidance_rescale``) pulls the guided output's
-    standard deviation back towards the conditional one's, undoing guidance's over-exposure.
+    ``F`` is the network's raw output (noise, v, velocity or EDM's F: a mix of outputs is the same mix of
+    their x_0 predictions for each). With ``autoguidance == 0`` this is classifier-free guidance,
+    ``(1 + w) F(x, y, s) - w F(x, null, no style)``: the plain conditional output (one pass of ``[B]``)
+    when ``guidance == 0``, else one pass of ``[2B]`` over the conditional and unconditional halves.
+    With ``autoguidance`` w_a > 0 (Karras et al. 2024) the ``guide`` network, a weaker version of the
+    model, adds ``w_a (F(x, y, s) - G(x, y, s))``: ``F + w (F - F_uncond) + w_a (F - G)``, one more pass
+    of ``[B]`` through the guide. ``styles`` (``[B, S]`` normalised, NaN = not given) is dropped in the
+    unconditional half with the label. ``rescale`` (Lin et al. 2023, diffusers' ``guidance_rescale``)
+    pulls the guided output's standard deviation back towards the conditional one's.
     """
-    if guidance == 0:
-        return (unet(x, time, labels) if styles is None else unet(x, time, labels, styles)).float()
+    if autoguidance == 0:
+        if guidance == 0:
+            return _network(unet, x, time, labels, styles).float()
+        cond, uncond = _cond_uncond(unet, x, time, labels, styles)
+        guided = (1 + guidance) * cond - guidance * uncond
+    else:
+        if guide is None:
+            raise ValueError("autoguidance needs a guide network: pass guide= (a weaker model of the same data)")
+        if guidance == 0:
+            cond = _network(unet, x, time, labels, styles).float()
+            guided = cond
+        else:
+            cond, uncond = _cond_uncond(unet, x, time, labels, styles)
+            guided = cond + guidance * (cond - uncond)
+        guided = guided + autoguidance * (cond - _network(guide, x, time, labels, styles).float())
+    return rescale_noise_cfg(guided, cond, rescale) if rescale > 0 else guided
+
+
+def _network(unet: ConditionalUNet, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None) -> Tensor:
+    """One pass of ``[B]``: the network's conditional output (with ``styles`` where given)."""
+    return unet(x, time, labels) if styles is None else unet(x, time, labels, styles)
+
+
+def _cond_uncond(
+    unet: ConditionalUNet, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The conditional and unconditional outputs ``[B, C, H, W]`` in float32, from one pass of ``[2B]``."""
     null = torch.full_like(labels, unet.null_class)
     x2, t2, labels2 = torch.cat([x, x]), torch.cat([time, time]), torch.cat([labels, null])
     if styles is None:
@@ -49,35 +82,57 @@ def guided_output(
     else:
         out = unet(x2, t2, labels2, torch.cat([styles, torch.full_like(styles, float("nan"))]))
     cond, uncond = out.float().chunk(2)
-    guided = (1 + guidance) * cond - guidance * uncond
-    return rescale_noise_cfg(guided, cond, rescale) if rescale > 0 else guided
+    return cond, uncond
 
 
-def check_guidance(guidance: float, interval: Interval = None, rescale: float = 0.0) -> None:
-    """Refuse a guidance weight that is not a finite number >= 0, a bad interval or rescale (one line)."""
-    if (
-        isinstance(guidance, bool)
-        or not isinstance(guidance, (int, float))
-        or not math.isfinite(guidance)
-        or guidance < 0
-    ):
+def _weight(value: object) -> bool:
+    """A guidance weight: a finite number >= 0 (not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+
+
+def check_guidance(guidance: float, interval: Interval = None, rescale: float = 0.0, autoguidance: float = 0.0) -> None:
+    """Refuse a (auto)guidance weight that is not a finite number >= 0, a bad interval or rescale (one line)."""
+    if not _weight(guidance):
         raise ValueError(f"guidance must be a finite number >= 0 (0 = no guidance), got {guidance!r}")
-    if interval is not None:
-        values = list(interval)
-        if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise ValueError(f"guidance_interval must be [SIGMA_LO, SIGMA_HI] or null, got {interval!r}")
-        if not 0 <= values[0] <= values[1]:
-            raise ValueError(f"guidance_interval must have 0 <= SIGMA_LO <= SIGMA_HI, got {values}")
+    if not _weight(autoguidance):
+        raise ValueError(f"autoguidance must be a finite number >= 0 (0 = no autoguidance), got {autoguidance!r}")
+    interval_bounds(interval)
     if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 <= rescale <= 1:
         raise ValueError(f"guidance_rescale must be a number in [0, 1], got {rescale!r}")
 
 
+def interval_bounds(interval: Interval) -> tuple[float, float] | None:
+    """``(sigma_lo, sigma_hi)`` of a guidance interval, an open upper end (None or infinity) as infinity.
+
+    Raises:
+        ValueError: one line, for anything but two numbers with 0 <= SIGMA_LO <= SIGMA_HI (SIGMA_HI may be null).
+    """
+    if interval is None:
+        return None
+    values = list(interval)
+    if len(values) == 2 and values[1] is None:
+        values[1] = math.inf
+    numbers = len(values) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) for v in values
+    )
+    if not numbers:
+        raise ValueError(
+            f"guidance_interval must be [SIGMA_LO, SIGMA_HI] (SIGMA_HI null: no upper end) or null, got {interval!r}"
+        )
+    if not 0 <= values[0] <= values[1]:
+        raise ValueError(f"guidance_interval must have 0 <= SIGMA_LO <= SIGMA_HI, got {list(interval)}")
+    return float(values[0]), float(values[1])
+
+
+def in_interval(interval: Interval, sigma: float) -> bool:
+    """Whether noise level ``sigma`` (infinity at the flow objective's first step) is in ``interval`` (None: always)."""
+    bounds = interval_bounds(interval)
+    return bounds is None or bounds[0] <= sigma <= bounds[1]
+
+
 def step_guidance(guidance: float, interval: Interval, sigma: float) -> float:
     """The guidance weight at noise level ``sigma``: ``guidance`` inside ``interval`` (or with none), else 0."""
-    if interval is None:
-        return guidance
-    low, high = interval
-    return guidance if low <= sigma <= high else 0.0
+    return guidance if in_interval(interval, sigma) else 0.0
 
 
 @torch.no_grad()
@@ -92,6 +147,8 @@ def sample_progressive(
     styles: Tensor | None = None,
     guidance_interval: Interval = None,
     guidance_rescale: float = 0.0,
+    guide: ConditionalUNet | None = None,
+    autoguidance: float = 0.0,
 ) -> Iterator[tuple[float, Tensor]]:
     """Run the reverse process from ``noise``, yielding ``(sigma, x)`` before the first step and after each.
 
@@ -108,10 +165,15 @@ def sample_progressive(
         guidance: classifier-free guidance weight w (0 = conditional only).
         generator: RNG of stochastic samplers (on the model's device).
         styles: ``[N, S]`` normalised style conditions (NaN = not given) of a style-conditioned U-Net.
-        guidance_interval: ``(sigma_lo, sigma_hi)``: guide only there (Kynkaanniemi et al. 2024); None: always.
+        guidance_interval: ``(sigma_lo, sigma_hi)``: guide only there (Kynkaanniemi et al. 2024; both guidance
+            kinds); None: always; ``sigma_hi`` None or infinity: no upper end.
         guidance_rescale: Lin et al.'s rescale phi in [0, 1] (0: none).
+        guide: the guide network of autoguidance (in eval mode; same classes, image shape and objective).
+        autoguidance: autoguidance weight w_a (0 = none; then ``guide`` is not run).
     """
-    check_guidance(guidance, guidance_interval, guidance_rescale)
+    check_guidance(guidance, guidance_interval, guidance_rescale, autoguidance)
+    if autoguidance > 0 and guide is None:
+        raise ValueError("autoguidance needs a guide network: pass guide= (a weaker model of the same data)")
     x = noise * sampler.init_noise_sigma
     timesteps = sampler.timesteps
     sigmas = objective.sigma(timesteps.float().cpu()).tolist()
@@ -119,8 +181,9 @@ def sample_progressive(
     for i, t in enumerate(timesteps):
         x_in = sampler.scale_model_input(x, t)
         time = objective.network_time(t.reshape(1).to(x.device)).expand(len(labels))
-        w = step_guidance(guidance, guidance_interval, sigmas[i])
-        output = guided_output(unet, x_in, time, labels, w, styles, guidance_rescale)
+        inside = in_interval(guidance_interval, sigmas[i])
+        w, w_auto = (guidance, autoguidance) if inside else (0.0, 0.0)
+        output = guided_output(unet, x_in, time, labels, w, styles, guidance_rescale, guide, w_auto)
         x = sampler.step(output, t, x, generator=generator)
         yield (sigmas[i + 1] if i + 1 < len(sigmas) else 0.0), x
 
@@ -139,6 +202,8 @@ def sample(
     styles: Tensor | None = None,
     guidance_interval: Interval = None,
     guidance_rescale: float = 0.0,
+    guide: ConditionalUNet | None = None,
+    autoguidance: float = 0.0,
     **sampler_options: object,
 ) -> Tensor:
     """Generate one image per label.
@@ -154,8 +219,10 @@ def sample(
         image_shape: ``(C, H, W)`` of the noise drawn when ``noise`` is None.
         generator: RNG for the noise and stochastic steps, for reproducible samples.
         styles: ``[N, S]`` normalised style conditions (NaN = not given) of a style-conditioned U-Net.
-        guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step).
+        guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
         guidance_rescale: Lin et al.'s guidance rescale phi (0: none).
+        guide: the guide network of autoguidance (a weaker version of ``unet``).
+        autoguidance: autoguidance weight w_a (0: none).
 
     Returns:
         ``[N, C, H, W]`` images in [-1, 1].
@@ -171,7 +238,7 @@ def sample(
     styles = None if styles is None else styles.to(device)
     steps_taken = sample_progressive(
         unet, objective, built, labels, noise.to(device), guidance=guidance, generator=generator, styles=styles,
-        guidance_interval=guidance_interval, guidance_rescale=guidance_rescale,
+        guidance_interval=guidance_interval, guidance_rescale=guidance_rescale, guide=guide, autoguidance=autoguidance,
     )  # fmt: skip
     _, x = deque(steps_taken, maxlen=1)[0]
     return x.clamp(-1, 1)

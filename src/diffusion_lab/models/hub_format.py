@@ -3,6 +3,7 @@
 ``diffusion-lab-export`` writes it from a training checkpoint::
 
     DIR/model.safetensors   the weights (the EMA weights when the run trained with EMA)
+    DIR/guide.safetensors   the guide of autoguidance, where the model has one (its U-Net in config.json ``guide``)
     DIR/config.json         what rebuilds the model: U-Net, schedule, dataset and class names,
                             style statistics of a styled model, and the training recipe
     DIR/README.md           the model card (:mod:`diffusion_lab.reports.model_card`)
@@ -35,6 +36,8 @@ from diffusion_lab.training.checkpointing import state_difference, upgrade_run_c
 from diffusion_lab.utils.files import atomic_write, atomic_write_text
 
 WEIGHTS_FILE = "model.safetensors"
+#: The weights of autoguidance's guide, beside the model's; ``config.json`` ``guide`` describes its network.
+GUIDE_FILE = "guide.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 #: Version of the ``config.json`` layout; a folder of a newer layout is refused.
@@ -88,11 +91,35 @@ def folder_config(module: DiffusionModule, checkpoint: dict[str, Any], training:
     }
 
 
-def save_model_folder(state_dict: dict[str, torch.Tensor], config: dict[str, Any], output: Path, card: str) -> None:
-    """Write the weights, ``config.json`` and the model card into ``output`` (each file atomically)."""
+def guide_entry(guide_config: dict[str, Any], source: str) -> dict[str, Any]:
+    """``config.json`` ``guide`` of a guide whose own ``config.json`` (as :func:`folder_config` makes it) is given:
+    what rebuilds its network (``unet``, ``model``), its training step, and ``source`` (where it came from)."""
+    return {
+        "unet": guide_config["unet"],
+        "model": guide_config["model"],
+        "global_step": guide_config.get("training", {}).get("global_step"),
+        "source": source,
+    }
+
+
+def _save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
     metadata = {"format": "pt", "library": "diffusion-lab"}
-    atomic_write(output / WEIGHTS_FILE, lambda file: file.write(save(tensors, metadata)))
+    atomic_write(path, lambda file: file.write(save(tensors, metadata)))
+
+
+def save_model_folder(
+    state_dict: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    output: Path,
+    card: str,
+    guide_state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write the weights, ``config.json`` and the model card into ``output`` (each file atomically), and the
+    guide's weights ``guide_state`` (``config["guide"]`` describes its network) where given."""
+    _save_weights(state_dict, output / WEIGHTS_FILE)
+    if guide_state is not None:
+        _save_weights(guide_state, output / GUIDE_FILE)
     atomic_write_text(output / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     atomic_write_text(output / CARD_FILE, card)
 
@@ -145,6 +172,24 @@ def build_module(config: dict[str, Any]) -> DiffusionModule:
     return module
 
 
+def _load_weights(module: DiffusionModule, weights: Path, map_location: str | torch.device) -> None:
+    """Load ``weights`` into ``module``; a one-line ``ValueError`` for a missing, unreadable or other model's file."""
+    if not weights.is_file():
+        raise ValueError(f"{weights.parent} has no {weights.name}: export it again with diffusion-lab-export")
+    try:
+        state = load_file(weights, device=str(map_location))
+    except (SafetensorError, OSError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(f"{weights} is not a readable safetensors file ({reason}): export it again") from None
+    differ = state_difference(module.state_dict(), state)
+    if differ is not None:
+        raise ValueError(
+            f"{weights} holds weights of another model than {CONFIG_FILE} describes (first difference: {differ}): "
+            "export the folder again from its checkpoint"
+        )
+    module.load_state_dict(state)
+
+
 def load_model_folder(
     folder: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[DiffusionModule, dict[str, Any]]:
@@ -160,19 +205,28 @@ def load_model_folder(
         dataset_info(config["dataset"]["name"])
     except (TypeError, KeyError) as err:
         raise ValueError(f"{folder / CONFIG_FILE} does not describe a model ({type(err).__name__}: {err})") from None
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ValueError(f"{folder} has no {WEIGHTS_FILE}: export it again with diffusion-lab-export")
-    try:
-        state = load_file(weights, device=str(map_location))
-    except (SafetensorError, OSError) as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
-        raise ValueError(f"{weights} is not a readable safetensors file ({reason}): export it again") from None
-    differ = state_difference(module.state_dict(), state)
-    if differ is not None:
-        raise ValueError(
-            f"{weights} holds weights of another model than {CONFIG_FILE} describes (first difference: {differ}): "
-            "export the folder again from its checkpoint"
-        )
-    module.load_state_dict(state)
+    _load_weights(module, folder / WEIGHTS_FILE, map_location)
     return module.to(map_location).eval(), config
+
+
+def load_folder_guide(
+    folder: str | Path, config: dict[str, Any], map_location: str | torch.device = "cpu"
+) -> tuple[DiffusionModule, dict[str, Any]] | None:
+    """The guide of autoguidance a model folder carries, in eval mode, and its own ``config.json`` (the folder's
+    with the guide's ``unet`` and ``model``); None when the folder has none. Refused in one line as the model's."""
+    folder = Path(folder)
+    entry = config.get("guide")
+    if entry is None:
+        return None
+    try:
+        guide_config = {
+            **config,
+            "unet": entry["unet"],
+            "model": entry["model"],
+            "training": {**config.get("training", {}), "global_step": entry.get("global_step")},
+        }
+        module = build_module(guide_config)
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"{folder / CONFIG_FILE} does not describe a guide ({type(err).__name__}: {err})") from None
+    _load_weights(module, folder / GUIDE_FILE, map_location)
+    return module.to(map_location).eval(), guide_config

@@ -162,6 +162,11 @@ def plot_schedules(timesteps: int = 1000, schedules: Sequence[NoiseSchedule] | N
     return fig
 
 
+def _auto(autoguidance: float) -> str:
+    """``, autoguidance 1`` for a figure's title; empty without autoguidance."""
+    return f", autoguidance {autoguidance:g}" if autoguidance > 0 else ""
+
+
 @torch.no_grad()
 def visualize_generation_steps(
     pipe: DiffusionPipeline,
@@ -174,6 +179,7 @@ def visualize_generation_steps(
     precision: str = "bf16",
     guidance_interval: Interval = None,
     guidance_rescale: float = 0.0,
+    autoguidance: float = 0.0,
     **sampler_kwargs: object,
 ) -> Figure:
     """Snapshots of x_t along the reverse process, from pure noise x_T to the final x_0.
@@ -194,17 +200,21 @@ def visualize_generation_steps(
         guidance: classifier-free guidance weight w.
         seed: seed of the starting noise and of stochastic steps.
         precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.DiffusionPipeline`.
-        guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step).
+        guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
         guidance_rescale: guidance rescale phi (0: none).
+        autoguidance: autoguidance weight w_a, guided by ``pipe.guide`` (0: none).
     """
     if isinstance(num_snapshots, bool) or not isinstance(num_snapshots, int) or num_snapshots < 2:
         raise ValueError(f"num_snapshots must be an integer >= 2 (noise and sample), got {num_snapshots!r}")
-    check_guidance(guidance, guidance_interval, guidance_rescale)
+    check_guidance(guidance, guidance_interval, guidance_rescale, autoguidance)
+    guide = pipe.guide.module if autoguidance > 0 else None
     label_idx = pipe.label_tensor(torch.arange(pipe.num_classes) if labels is None else labels)
     built = pipe.sampler(sampler, steps, **sampler_kwargs)
     device = pipe.device
     noise, generator = pipe.starting_noise(len(label_idx), seed)
     pipe.model.eval()
+    if guide is not None:
+        guide.eval()
     # Yield k is x after k evaluations (a second-order step's two count apart). A sampler that walks
     # x = x_0 + sigma eps (Euler, EDM: init_noise_sigma > 1) is shown scaled by 1 / sqrt(1 + sigma^2).
     scaled = built.init_noise_sigma > 1
@@ -215,6 +225,7 @@ def visualize_generation_steps(
     progress = sample_progressive(
         pipe.model.unet, pipe.model.objective, built, label_idx.to(device), noise, guidance=guidance,
         generator=generator, guidance_interval=guidance_interval, guidance_rescale=guidance_rescale,
+        guide=None if guide is None else guide.unet, autoguidance=autoguidance,
     )  # fmt: skip
     with network_precision(device, precision):
         for k, (sigma, x) in enumerate(progress):
@@ -232,7 +243,7 @@ def visualize_generation_steps(
         len(snapshots),
         [names[i] for i in label_idx.tolist()],
         titles,
-        f"Reverse process, noise to sample: {built.title}, guidance w = {guidance:g}, seed {seed}",
+        f"Reverse process, noise to sample: {built.title}, guidance w = {guidance:g}{_auto(autoguidance)}, seed {seed}",
     )
     for c, (_, _, images) in enumerate(snapshots):
         for r in range(len(label_idx)):
@@ -251,6 +262,7 @@ def guidance_sweep(
     precision: str = "bf16",
     guidance_interval: Interval = None,
     guidance_rescale: float = 0.0,
+    autoguidance: float = 0.0,
     **sampler_kwargs: object,
 ) -> Figure:
     """Samples of every class at each classifier-free guidance weight w, from the same noise.
@@ -268,12 +280,15 @@ def guidance_sweep(
             :class:`Sampler` fitted to the model's objective.
         steps: sampler steps (None: the sampler's default).
         precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.DiffusionPipeline`.
+        guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
+        guidance_rescale: guidance rescale phi (0: none).
+        autoguidance: autoguidance weight w_a of every panel, guided by ``pipe.guide`` (0: none).
     """
     weights = list(weights)
     if not weights:
         raise ValueError("guidance_sweep needs at least one guidance weight")
     for w in weights:
-        check_guidance(w, guidance_interval, guidance_rescale)
+        check_guidance(w, guidance_interval, guidance_rescale, autoguidance)
     if isinstance(num_per_class, bool) or not isinstance(num_per_class, int) or num_per_class <= 0:
         raise ValueError(f"num_per_class must be a positive integer, got {num_per_class!r}")
     names = pipe.class_names
@@ -291,7 +306,7 @@ def guidance_sweep(
     for i, (ax, w) in enumerate(zip(axes, weights, strict=True)):
         images = pipe(
             labels, seed=seed, sampler=built, guidance=w, precision=precision,
-            guidance_interval=guidance_interval, guidance_rescale=guidance_rescale,
+            guidance_interval=guidance_interval, guidance_rescale=guidance_rescale, autoguidance=autoguidance,
         )  # fmt: skip
         grid = image_grid(images, num_per_class)
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
@@ -303,7 +318,7 @@ def guidance_sweep(
         for spine in ax.spines.values():
             spine.set_visible(False)
     fig.suptitle(
-        f"Classifier-free guidance: {built.title}, the same noise for every w (seed {seed})",
+        f"Classifier-free guidance: {built.title}{_auto(autoguidance)}, the same noise for every w (seed {seed})",
         fontsize=11,
     )
     return fig
@@ -343,6 +358,7 @@ def style_grid(
     precision: str = "bf16",
     guidance_interval: Interval = None,
     guidance_rescale: float = 0.0,
+    autoguidance: float = 0.0,
     **sampler_kwargs: object,
 ) -> Figure:
     """One class drawn at every slant (columns) and thickness (rows), all from the same starting noise.
@@ -360,6 +376,9 @@ def style_grid(
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight w.
         precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.DiffusionPipeline`.
+        guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
+        guidance_rescale: guidance rescale phi (0: none).
+        autoguidance: autoguidance weight w_a, guided by ``pipe.guide`` (0: none).
     """
     stats = pipe.style_stats
     slants, thicknesses = list(slants), list(thicknesses)
@@ -372,7 +391,7 @@ def style_grid(
     images = pipe(
         [index] * len(asked), seed=seed, sampler=built, guidance=guidance, precision=precision,
         style=asked, noise=noise.expand(len(asked), -1, -1, -1), guidance_interval=guidance_interval,
-        guidance_rescale=guidance_rescale,
+        guidance_rescale=guidance_rescale, autoguidance=autoguidance,
     )  # fmt: skip
     measured = measure(images)
     name = pipe.class_names[index]
@@ -381,7 +400,7 @@ def style_grid(
         len(slants),
         [f"thickness\n{t}" + ("" if isinstance(t, str) else " px") for t in thicknesses],
         [f"slant {s}" + ("" if isinstance(s, str) else "°") for s in slants],
-        f"{name}: slant across, thickness down ({built.title}, w = {guidance:g}, seed {seed})",
+        f"{name}: slant across, thickness down ({built.title}, w = {guidance:g}{_auto(autoguidance)}, seed {seed})",
     )
     for k, ax in enumerate(axes.flat):
         _show(ax, images[k], (0.0, 1.0))

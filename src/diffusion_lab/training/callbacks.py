@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -19,8 +20,11 @@ from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, 
 from diffusion_lab.diffusion.samplers import SamplerFactory, make_sampler
 from diffusion_lab.evaluation.clip import ClipScorer, clip_from_config
 from diffusion_lab.evaluation.evaluator import Evaluator, class_keys
+from diffusion_lab.models.unet import ConditionalUNet
+from diffusion_lab.pipeline import check_guide, load_guide
 from diffusion_lab.reports.images import image_grid, save_png
 from diffusion_lab.reports.render import markdown_table
+from diffusion_lab.training.guide_snapshot import GuideSnapshot
 from diffusion_lab.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,9 @@ class FixedSamples(L.Callback):
 
     They draw after every ``every_n_epochs``-th validation epoch with the weights validation uses,
     so with EMA on they see the EMA model: list them before the EMA callback (``FusedEMA``).
+    With ``autoguidance`` > 0 they guide with ``guide`` (a checkpoint or model folder of the same data),
+    or with ``guide=None`` with the run's own guide snapshot (:class:`GuideSnapshot`) once it is taken;
+    before that they draw without autoguidance.
     """
 
     def __init__(
@@ -43,6 +50,8 @@ class FixedSamples(L.Callback):
         every_n_epochs: int,
         guidance_interval: Interval = None,
         guidance_rescale: float = 0.0,
+        autoguidance: float = 0.0,
+        guide: str | Path | None = None,
     ) -> None:
         self.num_per_class = num_per_class
         self.sampler = sampler
@@ -52,6 +61,47 @@ class FixedSamples(L.Callback):
         self.every_n_epochs = every_n_epochs
         self.guidance_interval = None if guidance_interval is None else tuple(guidance_interval)
         self.guidance_rescale = guidance_rescale
+        self.autoguidance = autoguidance
+        self.guide = guide
+        self._guide_unet: ConditionalUNet | None = None
+        #: The snapshot step of ``_guide_unet`` when it is the run's own (None: a given guide, or none yet).
+        self._guide_step: int | None = None
+        self._waiting_told = False
+
+    def guide_unet(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ConditionalUNet | None:
+        """The guide network of autoguidance now: None without autoguidance, or before the run's snapshot.
+
+        Raises:
+            ValueError: one line, for a guide of other data, or no guide at all (no ``guide`` and no snapshot callback).
+        """
+        if self.autoguidance == 0:
+            return None
+        if self.guide is not None:
+            if self._guide_unet is None:
+                loaded = load_guide(self.guide, pl_module.device)
+                check_guide(pl_module, trainer.datamodule.name, loaded)
+                self._guide_unet = loaded.module.unet.eval()
+            return self._guide_unet
+        snapshot = next((c for c in trainer.callbacks if isinstance(c, GuideSnapshot)), None)
+        if snapshot is None:
+            raise ValueError("the sample callbacks' autoguidance needs a guide: keep callbacks.guide_snapshot, or "
+                             "set their guide=PATH (a checkpoint or model folder of the same data)")  # fmt: skip
+        if snapshot.weights is None:
+            if not self._waiting_told:
+                log.info("%s: no autoguidance until the guide snapshot is taken", type(self).__name__)
+                self._waiting_told = True
+            return None
+        if self._guide_step != snapshot.step:
+            unet = copy.deepcopy(pl_module.unet)
+            unet.load_state_dict(
+                {k.removeprefix("unet."): v for k, v in snapshot.weights.items() if k.startswith("unet.")}
+            )
+            self._guide_unet, self._guide_step = unet.eval(), snapshot.step
+        return self._guide_unet
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Load and check a given guide now, not after the first epoch."""
+        self.guide_unet(trainer, pl_module)
 
     def due(self, trainer: L.Trainer) -> bool:
         """Whether this validation epoch end is one to draw at."""
@@ -74,10 +124,12 @@ class FixedSamples(L.Callback):
         pl_module.eval()
         objective = pl_module.objective
         sampler = make_sampler("ddim", objective) if self.sampler is None else self.sampler(objective=objective)
+        guide = self.guide_unet(trainer, pl_module)
+        autoguidance = 0.0 if guide is None else self.autoguidance
         images = sample(
             pl_module.unet, objective, labels.to(pl_module.device), sampler=sampler, steps=self.steps,
             guidance=self.guidance, noise=noise.to(pl_module.device), guidance_interval=self.guidance_interval,
-            guidance_rescale=self.guidance_rescale,
+            guidance_rescale=self.guidance_rescale, guide=guide, autoguidance=autoguidance,
         )  # fmt: skip
         pl_module.train(was_training)
         return ((images.float().cpu() + 1) / 2).clamp(0, 1)
@@ -97,8 +149,10 @@ class SampleGrid(FixedSamples):
             None: DDIM).
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight.
-        guidance_interval: ``[sigma_lo, sigma_hi]`` to guide in (None: every step).
+        guidance_interval: ``[sigma_lo, sigma_hi]`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
         guidance_rescale: guidance rescale phi (0: none).
+        autoguidance: autoguidance weight w_a (0: none).
+        guide: the guide of autoguidance, a checkpoint or model folder (None: the run's guide snapshot).
         seed: seed of the fixed starting noise.
         every_n_epochs: draw after every n-th validation epoch (the final grid is always drawn).
     """
@@ -114,12 +168,15 @@ class SampleGrid(FixedSamples):
         every_n_epochs: int = 1,
         guidance_interval: Interval = None,
         guidance_rescale: float = 0.0,
+        autoguidance: float = 0.0,
+        guide: str | Path | None = None,
     ) -> None:
         if num_per_class <= 0 or every_n_epochs <= 0:
             raise ValueError("callbacks.sample_grid.num_per_class and every_n_epochs must be positive")
         super().__init__(
-            num_per_class, sampler, steps, guidance, seed, every_n_epochs, guidance_interval, guidance_rescale
-        )
+            num_per_class, sampler, steps, guidance, seed, every_n_epochs, guidance_interval, guidance_rescale,
+            autoguidance, guide,
+        )  # fmt: skip
         self.output_dir = Path(output_dir)
         self.last_path: Path | None = None
 
@@ -163,8 +220,10 @@ class SampleQuality(FixedSamples):
             None: DDIM).
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight.
-        guidance_interval: ``[sigma_lo, sigma_hi]`` to guide in (None: every step).
+        guidance_interval: ``[sigma_lo, sigma_hi]`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
         guidance_rescale: guidance rescale phi (0: none).
+        autoguidance: autoguidance weight w_a (0: none).
+        guide: the guide of autoguidance, a checkpoint or model folder (None: the run's guide snapshot).
         seed: seed of the fixed starting noise.
         every_n_epochs: evaluate after every n-th validation epoch (the end of training always).
         clip: the ``clip`` config group (``conf/clip/``, instantiated or not), or None for no CLIP metrics.
@@ -184,12 +243,15 @@ class SampleQuality(FixedSamples):
         inception: bool = False,
         guidance_interval: Interval = None,
         guidance_rescale: float = 0.0,
+        autoguidance: float = 0.0,
+        guide: str | Path | None = None,
     ) -> None:
         if num_per_class < 2 or every_n_epochs <= 0:
             raise ValueError("callbacks.sample_quality: num_per_class must be >= 2 and every_n_epochs positive")
         super().__init__(
-            num_per_class, sampler, steps, guidance, seed, every_n_epochs, guidance_interval, guidance_rescale
-        )
+            num_per_class, sampler, steps, guidance, seed, every_n_epochs, guidance_interval, guidance_rescale,
+            autoguidance, guide,
+        )  # fmt: skip
         self.data_dir = str(data_dir)
         self.clip_config = clip
         self.inception = inception
