@@ -120,18 +120,28 @@ def test_time_to_quality_scores_snapshots_along_one_run(tmp_path: Path) -> None:
     output = tmp_path / "ttq.json"
     script = project_root() / "benchmarks" / "time_to_quality.py"
     cmd = [sys.executable, str(script), "--overrides", "experiment=smoke", "--every-s", "1", "--num-per-class", "2",
-           "--output", str(output)]  # fmt: skip
+           "--settings", "0.3", "0.3:0.5", "--guide-every", "2", "--output", str(output)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(output.read_text())
     points = result["points"]
     assert len(points) >= 2 and points[-1]["step"] == 20, "a snapshot along the way and one at the end"
     assert [p["seconds"] for p in points] == sorted(p["seconds"] for p in points)
-    assert all(0.0 <= p["accuracy"] <= 1.0 and p["fid"] > 0 for p in points)
-    floor = result["settings"]["fid_floor"]
-    assert floor > 0 and all(p["fid_over_floor"] == pytest.approx(p["fid"] / floor) for p in points)
-    assert result["final_accuracy"] == points[-1]["accuracy"]
-    reached = [p["minutes"] for p in points if p["accuracy"] >= 0.99 and p["fid_over_floor"] <= 1.5]
-    assert result["minutes_to_target"] == (reached[0] if reached else None), "both criteria at once"
-    assert "| training minutes |" in proc.stdout and "FID/floor |" in proc.stdout
+    names = ["CFG w=0.3", "CFG w=0.3 + auto w=0.5"]
+    assert result["settings"]["settings"] == names
+    # Every snapshot is scored with CFG; with autoguidance once weights a third of its steps old were kept.
+    assert all("CFG w=0.3" in p["scores"] for p in points)
+    assert names[1] in points[-1]["scores"], "the end point has its guide: the weights at step 6 or so"
+    for p in points:
+        assert set(p["scores"]) <= set(names)
+        for score in p["scores"].values():
+            assert 0.0 <= score["accuracy"] <= 1.0 and score["fid"] > 0
+            assert score["fid_over_floor"] == pytest.approx(score["fid"] / result["settings"]["fid_floor"])
+    assert result["final"] == points[-1]["scores"]
+    for name in names:
+        reached = [p["minutes"] for p in points if name in p["scores"] and p["scores"][name]["accuracy"] >= 0.99
+                   and p["scores"][name]["fid_over_floor"] <= 1.5]  # fmt: skip
+        assert result["minutes_to_target"][name] == (reached[0] if reached else None), "both criteria at once"
+    assert set(result["minutes_to_fid_ratio"]) == {f"{n} <= {r}x" for n in names for r in ("2", "1.5")}
+    assert "| training minutes |" in proc.stdout and "CFG w=0.3 + auto w=0.5: accuracy, FID/floor" in proc.stdout
     assert "99% class accuracy and FID <= 1.5x floor" in proc.stdout
