@@ -291,6 +291,12 @@ SAMPLING = {
     "device": DEVICE,
     "output": PATH,
 }
+#: A relative EMA length sigma_rel of post-hoc EMA, up to ``models.posthoc_ema.MAX_SIGMA_REL``.
+EMA_LENGTH = number(0, 0.25, open_low=True, example=0.1)
+SIGMA_RELS = Rule(
+    lambda value: isinstance(value, list) and all(map(EMA_LENGTH.test, value)) and len(set(value)) >= 2,
+    "a list of two or more different lengths in (0, 0.25]", [0.05, 0.1],
+)  # fmt: skip
 TASK = {"task_name": choice("train", "sample", "evaluate", "figures", "export", example="train")}
 
 # --------------------------------------------------------------------------- the commands
@@ -415,6 +421,9 @@ TRAIN: dict[str, Rule] = {
     "callbacks.sample_quality.inception": BOOLEAN,
     "callbacks.ema.decay": number(0, 1, open_low=True, open_high=True, example=0.995),
     "callbacks.ema.update_starting_at_step": integer(0, example=100),
+    "callbacks.posthoc_ema.dirpath": PATH,
+    "callbacks.posthoc_ema.sigma_rels": SIGMA_RELS,
+    "callbacks.posthoc_ema.every_n_steps": integer(1, example=100),
     "callbacks.model_checkpoint.dirpath": PATH,
     "callbacks.model_checkpoint.filename": TEXT,
     "callbacks.model_checkpoint.auto_insert_metric_name": BOOLEAN,
@@ -451,6 +460,7 @@ EVALUATE: dict[str, Rule] = {
     "style_control": BOOLEAN,
     "reference_seed": SEED,
     "model.style_conditioning": BOOLEAN,
+    "ema_length": optional(EMA_LENGTH),
 }  # fmt: skip
 
 FIGURES: dict[str, Rule] = {

@@ -37,6 +37,7 @@ from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, 
 from diffusion_lab.diffusion.samplers import Sampler, make_sampler
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.hub_format import load_folder_guide, load_model_folder
+from diffusion_lab.models.posthoc_ema import SynthesizedEMA, load_at_ema_length
 from diffusion_lab.training.checkpointing import read_checkpoint
 from diffusion_lab.training.guide_snapshot import checkpoint_snapshot
 
@@ -167,12 +168,18 @@ class DiffusionPipeline:
         self._own_guide: Callable[[], Guide | None] | None = None
         #: Why there is no guide, and what to do: the one line :attr:`guide` raises.
         self._no_guide = "this model has no guide for autoguidance: load it with load_model(ckpt, guide=PATH)"
+        #: Which post-hoc EMA the weights are (``load_model(ckpt, ema_length=...)``); None: the checkpoint's own.
+        self.posthoc_ema: SynthesizedEMA | None = None
         if guide is not None:
             self.set_guide(guide)
 
     @classmethod
     def from_checkpoint(
-        cls, ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None
+        cls,
+        ckpt: str | Path,
+        device: str | torch.device = "cpu",
+        guide: str | Path | None = None,
+        ema_length: float | None = None,
     ) -> DiffusionPipeline:
         """The pipeline of a ``diffusion-lab-train`` checkpoint, with its EMA weights when trained with EMA,
         or of a model folder written by ``diffusion-lab-export`` (:mod:`diffusion_lab.models.hub_format`).
@@ -180,8 +187,12 @@ class DiffusionPipeline:
         ``guide`` is the checkpoint or model folder of autoguidance's guide (loaded and checked now); None
         leaves it to the model's own: the checkpoint's guide snapshot, or the folder's ``guide.safetensors``,
         loaded on first use.
+
+        ``ema_length`` (a relative EMA length sigma_rel, for a checkpoint) synthesises the weights of that EMA
+        length from the run's post-hoc EMA snapshots (:mod:`diffusion_lab.models.posthoc_ema`) instead.
         """
         ckpt = Path(ckpt)
+        posthoc = None if ema_length is None else load_at_ema_length(ckpt, ema_length, device)  # refuses a folder
         if ckpt.is_dir():
             module, config = load_model_folder(ckpt, map_location=device)
             pipe = cls(module, dataset=config["dataset"]["name"])
@@ -191,7 +202,9 @@ class DiffusionPipeline:
                 "model of the same data), or export it again from a checkpoint with a guide snapshot"
             )
         else:
-            pipe = cls(DiffusionModule.load_checkpoint(ckpt, map_location=device).to(device))
+            module = DiffusionModule.load_checkpoint(ckpt, map_location=device) if posthoc is None else posthoc[0]
+            pipe = cls(module.to(device))
+            pipe.posthoc_ema = None if posthoc is None else posthoc[1]
             pipe._own_guide = lambda: snapshot_guide(pipe.model, ckpt, device)
             pipe._no_guide = (
                 f"{ckpt} holds no guide snapshot for autoguidance (trained without callbacks.guide_snapshot, or "
@@ -398,7 +411,10 @@ def _folder_guide(folder: Path, config: dict[str, Any], device: str | torch.devi
 
 
 def load_model(
-    ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None
+    ckpt: str | Path,
+    device: str | torch.device = "cpu",
+    guide: str | Path | None = None,
+    ema_length: float | None = None,
 ) -> DiffusionPipeline:
     """The :class:`DiffusionPipeline` of a ``diffusion-lab-train`` checkpoint, on ``device``, in eval mode.
 
@@ -406,8 +422,10 @@ def load_model(
     of ``diffusion-lab-export`` (``model.safetensors`` + ``config.json``), loaded without unpickling
     anything, which samples the same images bit for bit. ``guide`` is autoguidance's guide, a checkpoint
     or model folder of the same data; None: the checkpoint's own guide snapshot (or the folder's guide).
+    ``ema_length`` (sigma_rel, e.g. 0.1) chooses the EMA length after training: the weights are then
+    synthesised from the run's post-hoc EMA snapshots (``pipe.posthoc_ema`` says which average they are).
     """
-    return DiffusionPipeline.from_checkpoint(ckpt, device, guide)
+    return DiffusionPipeline.from_checkpoint(ckpt, device, guide, ema_length)
 
 
 def generate(pipe: DiffusionPipeline, labels: Tensor | Sequence[Label] | Label, **kwargs: object) -> Tensor:

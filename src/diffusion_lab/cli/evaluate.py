@@ -20,6 +20,9 @@ attributes measured on the samples against the asked ones, and ``style/classifie
 accuracy of these styled samples (``generated/*`` are sampled without styles); ``style/class_aware/*``
 the same for as many images again asked for styles between their own class's percentiles.
 
+``ema_length=SIGMA_REL`` samples with the weights of that relative EMA length, synthesised from the run's
+post-hoc EMA snapshots (``ema_length`` and ``ema_step`` in ``metrics.json``; null: the checkpoint's own EMA).
+
 Every file is written through a temporary name, and only after all metrics are computed.
 """
 
@@ -87,7 +90,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output = check_writable(cfg.output)
     device = resolve_device(cfg.device)
     path = checkpoint_file(cfg.ckpt)
-    pipe = load_model(path, device=device, guide=cfg.get("guide"))
+    pipe = load_model(path, device=device, guide=cfg.get("guide"), ema_length=cfg.get("ema_length"))
     dataset = pipe.dataset
     if dataset is None:
         raise ValueError(f"{path} does not record its dataset (data.name): it was not written by diffusion-lab-train")
@@ -109,10 +112,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "guide": pipe.guide.source if guidance["autoguidance"] > 0 else None,
         "seed": cfg.seed,
         "precision": str(cfg.precision),
+        "ema_length": None if pipe.posthoc_ema is None else pipe.posthoc_ema.sigma_rel,
+        "ema_step": None if pipe.posthoc_ema is None else pipe.posthoc_ema.step,
         "settings": settings_text(
             sampler, cfg.guidance, guidance["guidance_interval"], cfg.seed, guidance["autoguidance"]
         ),
     }
+    if pipe.posthoc_ema is not None:
+        record["settings"] += f", {pipe.posthoc_ema}"
     loaded = _loaded(cfg, pipe, record) if cfg.samples else None
     clip, clip_status = clip_from_config(cfg.clip, dataset, device)
     evaluator = Evaluator(
