@@ -25,7 +25,7 @@ OBJECTIVES = toy_objectives()
 #: Steps at which each named sampler's discretisation error is below the tolerance of the toy test.
 TOY_STEPS = {
     "ddim": 200, "ddpm": 1000, "dpm_solver": 50, "unipc": 50, "euler": 200, "euler_ancestral": 400, "heun": 50,
-    "edm_euler": 200, "flow_euler": 200,
+    "edm_euler": 200, "flow_euler": 200, "dpm_solver_sde": 100,
 }  # fmt: skip
 #: (objective, named sampler) for every pair that fits.
 FITTING = [(o, n) for o, objective in OBJECTIVES.items() for n in fitting_samplers(objective)[0]]
@@ -44,9 +44,9 @@ def draw_toy(objective_name: str, sampler: str, steps: int, **options: object) -
 
 def test_every_objective_has_its_named_samplers() -> None:
     fits = {o: set(fitting_samplers(objective)[0]) for o, objective in OBJECTIVES.items()}
-    vp = {"ddim", "ddpm", "dpm_solver", "unipc", "euler", "euler_ancestral", "heun"}
+    vp = {"ddim", "ddpm", "dpm_solver", "dpm_solver_sde", "unipc", "euler", "euler_ancestral", "heun"}
     assert fits["eps"] == fits["v"] == vp
-    assert fits["flow"] == {"flow_euler", "dpm_solver", "unipc"}
+    assert fits["flow"] == {"flow_euler", "dpm_solver", "dpm_solver_sde", "unipc"}
     assert fits["edm"] == {"edm_euler"}
     assert all(AUTO_SAMPLERS[o] in fits[o] for o in OBJECTIVES)
 

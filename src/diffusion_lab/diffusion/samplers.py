@@ -31,18 +31,20 @@ NAMED_SAMPLERS: dict[str, str] = {
     "heun": "HeunDiscreteScheduler",
     "edm_euler": "EDMEulerScheduler",
     "flow_euler": "FlowMatchEulerDiscreteScheduler",
+    "dpm_solver_sde": "DPMSolverMultistepScheduler",
 }
 #: Steps of each named sampler when none are asked for (``default_steps`` of ``conf/sampler/NAME.yaml``; None:
 #: every training timestep), at most the model's T.
 DEFAULT_STEPS: dict[str, int | None] = {
     "ddim": 50, "ddpm": None, "dpm_solver": 20, "unipc": 20, "euler": 20, "euler_ancestral": 20, "heun": 10,
-    "edm_euler": 20, "flow_euler": 20,
+    "edm_euler": 20, "flow_euler": 20, "dpm_solver_sde": 20,
 }  # fmt: skip
 #: Options a named sampler built in Python gets, as its ``conf/sampler/NAME.yaml`` sets them.
 NAMED_OPTIONS: dict[str, dict[str, Any]] = {
     "ddim": {"use_clipped_model_output": True},
     "dpm_solver": {"thresholding": True, "sample_max_value": 1.0},
     "unipc": {"thresholding": True, "sample_max_value": 1.0},
+    "dpm_solver_sde": {"algorithm_type": "sde-dpmsolver++", "thresholding": True, "sample_max_value": 1.0},
 }
 #: ``sampler=auto``: the named sampler each objective samples with by default.
 AUTO_SAMPLERS: dict[str, str] = {"eps": "ddim", "v": "ddim", "flow": "flow_euler", "edm": "edm_euler"}
@@ -140,8 +142,10 @@ class Sampler:
 
     @property
     def title(self) -> str:
-        """``DDIM, 50 steps``: for figures."""
-        return f"{TITLES.get(self.name, self.name)}, {self.num_steps} steps"
+        """``DDIM, 50 steps``; ``... (stochastic), 20 steps`` for a scheduler set to add noise: for figures."""
+        config = self.scheduler.config
+        noisy = config.get("stochastic_sampling") or str(config.get("algorithm_type", "")).startswith("sde")
+        return f"{TITLES.get(self.name, self.name)}{' (stochastic)' if noisy else ''}, {self.num_steps} steps"
 
     def set_timesteps(self, steps: int | None = None, device: torch.device | str = "cpu") -> None:
         """Walk ``steps`` steps (None: :attr:`default_steps`, at most T), and reset the scheduler's solver state."""
