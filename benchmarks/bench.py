@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import inspect
 import json
 import math
@@ -52,7 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion_lab.config import CONF_DIR, project_root
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
-from diffusion_lab.pipeline import DiffusionPipeline
+from diffusion_lab.pipeline import DiffusionPipeline, Guide
 from diffusion_lab.utils.files import atomic_write_text
 
 PRESETS = ("small", "base", "large")
@@ -375,20 +376,30 @@ def sampling_seconds(cfg: DictConfig, skip_ddpm: bool) -> dict[str, float]:
     return result
 
 
-def default_sampling_seconds(cfg: DictConfig, count: int) -> tuple[float, str]:
+def default_sampling_seconds(cfg: DictConfig, count: int) -> tuple[dict[str, float], str]:
     """Seconds for ``count`` samples (every class in turn) at the default sampling settings of ``cfg``'s objective
-    (its sampler, steps and guidance, as ``diffusion-lab-sample`` uses them), from an untrained U-Net; on a GPU in
-    one batch, on a CPU in batches of 128 (the fastest there). Also returns those settings, in words."""
+    (its sampler, steps, guidance and, with the run's guide snapshot, autoguidance: as ``diffusion-lab-sample``
+    uses them for a trained run), and with classifier-free guidance alone (the default before autoguidance),
+    from an untrained U-Net guided by a copy of itself; on a GPU in one batch, on a CPU in batches of 128 (the
+    fastest there). Also the network passes per image of each, and the settings in words."""
     pipe = untrained_pipeline(cfg)
+    pipe.set_guide(Guide(copy.deepcopy(pipe.model), pipe.dataset, "a copy of the model"))
     labels = torch.arange(count) % pipe.model.unet.num_classes
     batch_size = count if torch.cuda.is_available() else 128
-    pipe(labels[:batch_size], batch_size=batch_size)  # warm-up
-    _sync()
-    start = time.perf_counter()
-    pipe(labels, batch_size=batch_size)
-    _sync()
-    seconds = time.perf_counter() - start
-    return seconds, f"objective={pipe.model.objective.name}, {pipe.sampler().title}, w={DEFAULT_GUIDANCE:g}"
+    steps = pipe.sampler().num_evaluations
+    result = {}
+    for key, autoguidance in (("sample/default_s", None), ("sample/cfg_only_s", 0.0)):
+        pipe(labels[:batch_size], batch_size=batch_size, autoguidance=autoguidance)  # warm-up
+        _sync()
+        start = time.perf_counter()
+        pipe(labels, batch_size=batch_size, autoguidance=autoguidance)
+        _sync()
+        result[key] = time.perf_counter() - start
+    auto = pipe.default_autoguidance
+    result["sample/default_passes_per_image"] = steps * (1 + (DEFAULT_GUIDANCE > 0) + (auto > 0))
+    result["sample/cfg_only_passes_per_image"] = steps * (1 + (DEFAULT_GUIDANCE > 0))
+    title = pipe.sampler().title
+    return result, f"objective={pipe.model.objective.name}, {title}, w={DEFAULT_GUIDANCE:g}, autoguidance {auto:g}"
 
 
 def print_limits(limits: list[tuple[str, dict[str, float]]], results: dict[str, object]) -> None:
@@ -480,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     small = compose_config(["model=small", *args.overrides, "objective=eps"], output.parent / "run")
     results.update(sampling_seconds(small, args.skip_ddpm))
     default = compose_config(["model=small", *args.overrides], output.parent / "run")
-    results["sample/default_s"], default_settings = default_sampling_seconds(default, args.sample_count)
+    default_sampling, default_settings = default_sampling_seconds(default, args.sample_count)
+    results.update(default_sampling)
     results["sample/default_settings"] = default_settings
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["memory/peak_host_mib"] = peak
@@ -496,7 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("sample/ddpm_s", "sample/ddim50_s"):
         if key in results:
             print(f"{key}: {results[key]:.1f} s for 100 samples")
-    print(f"sample/default_s: {results['sample/default_s']:.2f} s for {args.sample_count} samples ({default_settings})")
+    print(
+        f"sample/default_s: {results['sample/default_s']:.2f} s for {args.sample_count} samples "
+        f"({default_settings}; {results['sample/default_passes_per_image']} network passes per image); "
+        f"CFG alone: {results['sample/cfg_only_s']:.2f} s ({results['sample/cfg_only_passes_per_image']} passes)"
+    )
     if "sample/ddpm_s" in results:
         print(f"DDIM-50 speed-up over DDPM: {results['sample/ddpm_s'] / results['sample/ddim50_s']:.1f}x")
     print(f"peak host memory: {peak:.0f} MiB; machine: {results['machine']}")

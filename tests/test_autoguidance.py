@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +17,11 @@ from safetensors.torch import load_file
 
 from diffusion_lab.config import CONF_DIR
 from diffusion_lab.config_schema import ConfigError, check_config
-from diffusion_lab.diffusion.reverse_process import check_guidance, guided_output, sample
+from diffusion_lab.diffusion.reverse_process import DEFAULT_AUTOGUIDANCE, check_guidance, guided_output, sample
 from diffusion_lab.export import export_model
 from diffusion_lab.models.hub_format import CONFIG_FILE, GUIDE_FILE
 from diffusion_lab.models.unet import ConditionalUNet
-from diffusion_lab.pipeline import load_model
+from diffusion_lab.pipeline import Guide, load_model
 from diffusion_lab.training.fit import train
 from diffusion_lab.training.guide_snapshot import SNAPSHOT_KEY, checkpoint_snapshot
 from tests.helpers import main_in_process, one_error_line, run_cli
@@ -171,6 +172,20 @@ def test_a_guide_of_other_data_is_refused_in_one_line(
     with pytest.raises(ValueError) as err:
         load_model(ckpt, guide=guide)
     assert message in str(err.value) and "pass guide=" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_request_without_a_weight_autoguides_when_the_model_has_a_guide(make_checkpoint: Callable[..., Path]) -> None:
+    """``autoguidance=None`` (the commands' null) is DEFAULT_AUTOGUIDANCE with a guide, and off without one."""
+    pipe = load_model(make_checkpoint())
+    assert pipe.default_autoguidance == 0.0, "no snapshot and no guide given: off, not refused"
+    assert torch.equal(pipe([3, 7], seed=1, steps=3), pipe([3, 7], seed=1, steps=3, autoguidance=0.0))
+    guide = copy.deepcopy(pipe.model)
+    guide.unet.load_state_dict(random_unet(1).state_dict())
+    pipe.set_guide(Guide(guide, pipe.dataset, "a weaker model"))
+    assert pipe.default_autoguidance == DEFAULT_AUTOGUIDANCE
+    default = pipe([3, 7], seed=1, steps=3)
+    assert torch.equal(default, pipe([3, 7], seed=1, steps=3, autoguidance=DEFAULT_AUTOGUIDANCE))
+    assert not torch.equal(default, pipe([3, 7], seed=1, steps=3, autoguidance=0.0))
 
 
 def test_a_checkpoint_without_a_snapshot_and_no_guide_is_refused_in_one_line(

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from diffusion_lab.config import CONF_DIR, run_id
 from diffusion_lab.data.datamodule import MNISTDataModule
 from diffusion_lab.diffusion.objectives import OBJECTIVES, EpsilonObjective, FlowObjective
-from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
+from diffusion_lab.diffusion.reverse_process import DEFAULT_AUTOGUIDANCE, DEFAULT_GUIDANCE
 from diffusion_lab.diffusion.samplers import AUTO_SAMPLERS, DEFAULT_STEPS, NAMED_SAMPLERS, Sampler, fitting_samplers
 from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine
 from diffusion_lab.evaluation.clip import load_clip_scorer
@@ -218,12 +218,15 @@ def test_the_local_example_is_a_config_that_changes_nothing() -> None:
 def test_commands_default_to_the_library_guidance(command: str) -> None:
     cfg = OmegaConf.load(CONF_DIR / f"{command}.yaml")
     assert cfg.guidance == DEFAULT_GUIDANCE
+    if command != "export":
+        assert cfg.autoguidance is None, "null: DEFAULT_AUTOGUIDANCE when the model has a guide"
 
 
 def test_training_callbacks_and_default_objective_sample_at_the_defaults(compose_train) -> None:
     cfg = compose_train()
     assert cfg.objective._target_.endswith("FlowObjective")
     assert cfg.callbacks.sample_grid.guidance == cfg.callbacks.sample_quality.guidance == DEFAULT_GUIDANCE
+    assert cfg.callbacks.sample_grid.autoguidance == cfg.callbacks.sample_quality.autoguidance == DEFAULT_AUTOGUIDANCE
     assert cfg.callbacks.sample_grid.steps is None  # flow Euler's own default
     assert instantiate(cfg.sampler)(objective=instantiate(cfg.objective)).name == "FlowMatchEulerDiscreteScheduler"
 

@@ -284,7 +284,7 @@ SAMPLING = {
     "guidance": GUIDANCE,
     "guidance_interval": GUIDANCE_INTERVAL,
     "guidance_rescale": GUIDANCE_RESCALE,
-    "autoguidance": AUTOGUIDANCE,
+    "autoguidance": optional(AUTOGUIDANCE),
     "guide": GUIDE,
     "batch_size": integer(1, example=128),
     "precision": SAMPLING_PRECISIONS,

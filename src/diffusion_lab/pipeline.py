@@ -33,7 +33,13 @@ from diffusion_lab.data.sources import IMAGE_SHAPE, dataset_info
 from diffusion_lab.data.styles import StyleStats
 from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.diffusion.objectives.base import DiscreteObjective
-from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, check_guidance, sample
+from diffusion_lab.diffusion.reverse_process import (
+    DEFAULT_AUTOGUIDANCE,
+    DEFAULT_GUIDANCE,
+    Interval,
+    check_guidance,
+    sample,
+)
 from diffusion_lab.diffusion.samplers import Sampler, make_sampler
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.hub_format import load_folder_guide, load_model_folder
@@ -237,6 +243,15 @@ class DiffusionPipeline:
         return self._guide
 
     @property
+    def default_autoguidance(self) -> float:
+        """The autoguidance weight of a request that names none: ``DEFAULT_AUTOGUIDANCE`` when the model has a
+        guide (its run's snapshot, its folder's guide, or one given), else 0 (a model trained without one)."""
+        try:
+            return DEFAULT_AUTOGUIDANCE if self.guide is not None else 0.0
+        except ValueError:
+            return 0.0
+
+    @property
     def device(self) -> torch.device:
         return self.model.device
 
@@ -327,7 +342,7 @@ class DiffusionPipeline:
         noise: Tensor | None = None,
         guidance_interval: Interval = None,
         guidance_rescale: float = 0.0,
-        autoguidance: float = 0.0,
+        autoguidance: float | None = None,
         **sampler_kwargs: object,
     ) -> Tensor:
         """Generate one image per label, reproducibly.
@@ -357,12 +372,15 @@ class DiffusionPipeline:
                 infinity): no upper end.
             guidance_rescale: Lin et al.'s guidance rescale phi in [0, 1] (0: none).
             autoguidance: autoguidance weight w_a (Karras et al. 2024): adds ``w_a (D - D_guide)`` with
-                :attr:`guide`'s output on the same labels and styles, one more network pass a step; 0: none.
+                :attr:`guide`'s output on the same labels and styles, one more network pass a step; 0: none;
+                None: :attr:`default_autoguidance` (on when the model has a guide).
 
         Returns:
             ``[N, C, H, W]`` float images in [0, 1] on the CPU.
         """
         labels = self.label_tensor(labels)
+        if autoguidance is None:
+            autoguidance = self.default_autoguidance
         autocast = self.check_settings(
             guidance, batch_size, precision, guidance_interval, guidance_rescale, autoguidance
         )

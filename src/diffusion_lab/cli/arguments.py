@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.diffusion.samplers import Sampler
+from diffusion_lab.pipeline import DiffusionPipeline
 
 
 def resolve_device(device: str) -> torch.device:
@@ -24,9 +25,10 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def guidance_settings(cfg: DictConfig) -> dict[str, Any]:
+def guidance_settings(cfg: DictConfig, pipe: DiffusionPipeline | None = None) -> dict[str, Any]:
     """``guidance_interval`` (a plain list or None; an open upper end, ``.inf`` or null, as None),
-    ``guidance_rescale`` and ``autoguidance`` of a sampling command's config."""
+    ``guidance_rescale`` and ``autoguidance`` of a sampling command's config; ``autoguidance: null`` is
+    ``pipe``'s default (on when its model has a guide), or 0 without a pipeline."""
     interval = cfg.get("guidance_interval")
     interval = OmegaConf.to_object(interval) if OmegaConf.is_config(interval) else interval
     if isinstance(interval, list) and len(interval) == 2 and interval[1] == math.inf:
@@ -34,7 +36,13 @@ def guidance_settings(cfg: DictConfig) -> dict[str, Any]:
     return {
         "guidance_interval": interval,
         "guidance_rescale": float(cfg.get("guidance_rescale") or 0.0),
-        "autoguidance": float(cfg.get("autoguidance") or 0.0),
+        "autoguidance": float(
+            cfg.get("autoguidance")
+            if cfg.get("autoguidance") is not None
+            else pipe.default_autoguidance
+            if pipe is not None
+            else 0.0
+        ),
     }
 
 

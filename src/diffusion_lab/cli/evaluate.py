@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"{path} does not record its dataset (data.name): it was not written by diffusion-lab-train")
     # Every setting is checked before the minutes of work below.
     sampler = pipe.sampler(instantiate(cfg.sampler)(objective=pipe.model.objective), cfg.steps)
-    guidance = guidance_settings(cfg)
+    guidance = guidance_settings(cfg, pipe)
     pipe.check_settings(cfg.guidance, cfg.batch_size, str(cfg.precision), **guidance)
     record: dict[str, Any] = {
         "ckpt": str(path),

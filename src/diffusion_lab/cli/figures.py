@@ -41,7 +41,7 @@ def make_figures(cfg: DictConfig) -> list[Path]:
     device = resolve_device(cfg.device)
     pipe = load_model(checkpoint_file(cfg.ckpt), device, guide=cfg.get("guide")) if cfg.ckpt else None
     if pipe is not None:
-        pipe.check_settings(cfg.guidance, 1, str(cfg.precision), **guidance_settings(cfg))  # loads the guide
+        pipe.check_settings(cfg.guidance, 1, str(cfg.precision), **guidance_settings(cfg, pipe))  # loads the guide
     # The checkpoint's own dataset when it records one, else data=NAME.
     dataset = (pipe.dataset if pipe is not None else None) or cfg.data.name
     image = first_test_image(dataset, cfg.image_label, cfg.paths.data_dir)
@@ -64,7 +64,7 @@ def make_figures(cfg: DictConfig) -> list[Path]:
             "steps": cfg.steps,
             "seed": cfg.seed,
             "precision": str(cfg.precision),
-            **guidance_settings(cfg),
+            **guidance_settings(cfg, pipe),
         }
         figures["generation_steps.png"] = visualize_generation_steps(
             pipe, num_snapshots=cfg.num_snapshots, guidance=cfg.guidance, **sampling

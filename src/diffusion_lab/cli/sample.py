@@ -62,7 +62,7 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
         raise ValueError(f"output={cfg.output} names a folder: pass output=FOLDER/NAME (writes NAME.png and NAME.npz)")
     check_writable(output.parent)
     pipe = load_model(checkpoint_file(cfg.ckpt), device=resolve_device(cfg.device), guide=cfg.get("guide"))
-    guidance = guidance_settings(cfg)
+    guidance = guidance_settings(cfg, pipe)
     pipe.check_settings(cfg.guidance, cfg.batch_size, str(cfg.precision), **guidance)  # loads the guide
     names = pipe.class_names
     label = OmegaConf.to_object(cfg.label) if OmegaConf.is_config(cfg.label) else cfg.label
