@@ -28,6 +28,7 @@ def options(group: str) -> list[str]:
 
 def test_groups_have_their_options() -> None:
     assert options("data") == ["fashion_mnist", "mnist"]
+    assert options("recipe") == options("data"), "every dataset has its recipe"
     assert options("model") == ["base", "large", "small"]
     assert options("model/lr_scheduler") == ["onecycle", "plateau"]
     assert options("objective") == ["edm", "eps", "flow", "v"]
@@ -220,6 +221,17 @@ def test_commands_default_to_the_library_guidance(command: str) -> None:
     assert cfg.guidance == DEFAULT_GUIDANCE
     if command != "export":
         assert cfg.autoguidance is None, "null: DEFAULT_AUTOGUIDANCE when the model has a guide"
+
+
+def test_each_dataset_trains_its_own_recipe(compose_train) -> None:
+    """data=NAME brings that dataset's recipe in one override; recipe=NAME picks another, values given win."""
+    mnist, fashion = compose_train(), compose_train("data=fashion_mnist")
+    assert (mnist.data.batch_size, fashion.data.batch_size) == (128, 64)
+    assert compose_train("data=fashion_mnist", "recipe=mnist").data.batch_size == 128
+    assert compose_train("data=fashion_mnist", "data.batch_size=32").data.batch_size == 32
+    assert compose_train("data=fashion_mnist", "model=base").model.unet.down_chs == [32, 64, 128]
+    without_data = {k: v for k, v in OmegaConf.to_container(fashion, resolve=False).items() if k != "data"}
+    assert without_data == {k: v for k, v in OmegaConf.to_container(mnist, resolve=False).items() if k != "data"}
 
 
 def test_training_callbacks_and_default_objective_sample_at_the_defaults(compose_train) -> None:
