@@ -376,30 +376,32 @@ def sampling_seconds(cfg: DictConfig, skip_ddpm: bool) -> dict[str, float]:
     return result
 
 
-def default_sampling_seconds(cfg: DictConfig, count: int) -> tuple[dict[str, float], str]:
-    """Seconds for ``count`` samples (every class in turn) at the default sampling settings of ``cfg``'s objective
-    (its sampler, steps, guidance and, with the run's guide snapshot, autoguidance: as ``diffusion-lab-sample``
-    uses them for a trained run), and with classifier-free guidance alone (the default before autoguidance),
-    from an untrained U-Net guided by a copy of itself; on a GPU in one batch, on a CPU in batches of 128 (the
-    fastest there). Also the network passes per image of each, and the settings in words."""
+def default_sampling_seconds(cfg: DictConfig, count: int, name: str) -> tuple[dict[str, float], str]:
+    """Seconds for ``count`` samples (every class in turn) at the default sampling settings of ``cfg``'s run
+    (its sampler, steps, guidance and its recipe's autoguidance, as ``diffusion-lab-sample`` uses them for a
+    trained run with its guide snapshot), from an untrained U-Net guided by a copy of itself; on a GPU in one
+    batch, on a CPU in batches of 128 (the fastest there). Keys ``sample/<name>_s`` and
+    ``sample/<name>_passes_per_image`` (network passes per image), and the settings in words."""
     pipe = untrained_pipeline(cfg)
     pipe.set_guide(Guide(copy.deepcopy(pipe.model), pipe.dataset, "a copy of the model"))
     labels = torch.arange(count) % pipe.model.unet.num_classes
     batch_size = count if torch.cuda.is_available() else 128
-    steps = pipe.sampler().num_evaluations
-    result = {}
-    for key, autoguidance in (("sample/default_s", None), ("sample/cfg_only_s", 0.0)):
-        pipe(labels[:batch_size], batch_size=batch_size, autoguidance=autoguidance)  # warm-up
-        _sync()
-        start = time.perf_counter()
-        pipe(labels, batch_size=batch_size, autoguidance=autoguidance)
-        _sync()
-        result[key] = time.perf_counter() - start
+    pipe(labels[:batch_size], batch_size=batch_size)  # warm-up
+    _sync()
+    start = time.perf_counter()
+    pipe(labels, batch_size=batch_size)
+    _sync()
     auto = pipe.default_autoguidance
-    result["sample/default_passes_per_image"] = steps * (1 + (DEFAULT_GUIDANCE > 0) + (auto > 0))
-    result["sample/cfg_only_passes_per_image"] = steps * (1 + (DEFAULT_GUIDANCE > 0))
+    result = {
+        f"sample/{name}_s": time.perf_counter() - start,
+        f"sample/{name}_passes_per_image": pipe.sampler().num_evaluations * (1 + (DEFAULT_GUIDANCE > 0) + (auto > 0)),
+    }
     title = pipe.sampler().title
-    return result, f"objective={pipe.model.objective.name}, {title}, w={DEFAULT_GUIDANCE:g}, autoguidance {auto:g}"
+    return (
+        result,
+        f"{pipe.dataset}, objective={pipe.model.objective.name}, {title}, w={DEFAULT_GUIDANCE:g}, "
+        f"autoguidance {auto:g}",
+    )
 
 
 def print_limits(limits: list[tuple[str, dict[str, float]]], results: dict[str, object]) -> None:
@@ -490,10 +492,12 @@ def main(argv: list[str] | None = None) -> int:
         results.update(conv3x3_table(table_cfg, args.roofline_repeats))
     small = compose_config(["model=small", *args.overrides, "objective=eps"], output.parent / "run")
     results.update(sampling_seconds(small, args.skip_ddpm))
-    default = compose_config(["model=small", *args.overrides], output.parent / "run")
-    default_sampling, default_settings = default_sampling_seconds(default, args.sample_count)
-    results.update(default_sampling)
-    results["sample/default_settings"] = default_settings
+    settings = {}
+    for name, data in (("default", []), ("fashion_default", ["data=fashion_mnist"])):
+        default = compose_config(["model=small", *data, *args.overrides], output.parent / "run")
+        timed, settings[name] = default_sampling_seconds(default, args.sample_count, name)
+        results.update(timed)
+        results[f"sample/{name}_settings"] = settings[name]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["memory/peak_host_mib"] = peak
     if torch.cuda.is_available():
@@ -508,11 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("sample/ddpm_s", "sample/ddim50_s"):
         if key in results:
             print(f"{key}: {results[key]:.1f} s for 100 samples")
-    print(
-        f"sample/default_s: {results['sample/default_s']:.2f} s for {args.sample_count} samples "
-        f"({default_settings}; {results['sample/default_passes_per_image']} network passes per image); "
-        f"CFG alone: {results['sample/cfg_only_s']:.2f} s ({results['sample/cfg_only_passes_per_image']} passes)"
-    )
+    for name, text in settings.items():
+        print(f"sample/{name}_s: {results[f'sample/{name}_s']:.2f} s for {args.sample_count} samples ({text}; "
+              f"{results[f'sample/{name}_passes_per_image']} network passes per image)")  # fmt: skip
     if "sample/ddpm_s" in results:
         print(f"DDIM-50 speed-up over DDPM: {results['sample/ddpm_s'] / results['sample/ddim50_s']:.1f}x")
     print(f"peak host memory: {peak:.0f} MiB; machine: {results['machine']}")

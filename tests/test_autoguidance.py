@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from diffusion_lab.config import CONF_DIR
 from diffusion_lab.config_schema import ConfigError, check_config
-from diffusion_lab.diffusion.reverse_process import DEFAULT_AUTOGUIDANCE, check_guidance, guided_output, sample
+from diffusion_lab.diffusion.reverse_process import check_guidance, guided_output, sample
 from diffusion_lab.export import export_model
 from diffusion_lab.models.hub_format import CONFIG_FILE, GUIDE_FILE
 from diffusion_lab.models.unet import ConditionalUNet
@@ -174,18 +174,21 @@ def test_a_guide_of_other_data_is_refused_in_one_line(
     assert message in str(err.value) and "pass guide=" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_request_without_a_weight_autoguides_when_the_model_has_a_guide(make_checkpoint: Callable[..., Path]) -> None:
-    """``autoguidance=None`` (the commands' null) is DEFAULT_AUTOGUIDANCE with a guide, and off without one."""
-    pipe = load_model(make_checkpoint())
-    assert pipe.default_autoguidance == 0.0, "no snapshot and no guide given: off, not refused"
-    assert torch.equal(pipe([3, 7], seed=1, steps=3), pipe([3, 7], seed=1, steps=3, autoguidance=0.0))
-    guide = copy.deepcopy(pipe.model)
-    guide.unet.load_state_dict(random_unet(1).state_dict())
-    pipe.set_guide(Guide(guide, pipe.dataset, "a weaker model"))
-    assert pipe.default_autoguidance == DEFAULT_AUTOGUIDANCE
-    default = pipe([3, 7], seed=1, steps=3)
-    assert torch.equal(default, pipe([3, 7], seed=1, steps=3, autoguidance=DEFAULT_AUTOGUIDANCE))
-    assert not torch.equal(default, pipe([3, 7], seed=1, steps=3, autoguidance=0.0))
+def test_a_request_without_a_weight_autoguides_as_the_recipe_does(make_checkpoint: Callable[..., Path]) -> None:
+    """``autoguidance=None`` (the commands' null) is the recipe's weight when the model has a guide, else off."""
+    mnist = load_model(make_checkpoint())
+    fashion = load_model(make_checkpoint("data=fashion_mnist", name="fashion.ckpt"))
+    assert (mnist.recipe_autoguidance, fashion.recipe_autoguidance) == (0.0, 0.5)
+    assert fashion.default_autoguidance == 0.0, "no snapshot and no guide given: off, not refused"
+    assert torch.equal(fashion([3, 7], seed=1, steps=3), fashion([3, 7], seed=1, steps=3, autoguidance=0.0))
+    for pipe in (mnist, fashion):
+        guide = copy.deepcopy(pipe.model)
+        guide.unet.load_state_dict(random_unet(1).state_dict())
+        pipe.set_guide(Guide(guide, pipe.dataset, "a weaker model"))
+    assert (mnist.default_autoguidance, fashion.default_autoguidance) == (0.0, 0.5)
+    default = fashion([3, 7], seed=1, steps=3)
+    assert torch.equal(default, fashion([3, 7], seed=1, steps=3, autoguidance=0.5))
+    assert not torch.equal(default, fashion([3, 7], seed=1, steps=3, autoguidance=0.0))
 
 
 def test_a_checkpoint_without_a_snapshot_and_no_guide_is_refused_in_one_line(
@@ -274,6 +277,7 @@ def test_the_exported_folder_carries_the_guide_and_samples_as_the_checkpoint(run
         assert torch.equal(a, b)
         assert not torch.equal(a, from_ckpt([2, 5, 9], seed=3, steps=4, guidance=kwargs["guidance"]))
     assert "guide" in (tmp_path / "model" / CONFIG_FILE).read_text()
+    assert from_folder.recipe_autoguidance == from_ckpt.recipe_autoguidance, "the folder records its recipe's weight"
 
 
 @pytest.mark.slow

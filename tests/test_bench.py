@@ -93,12 +93,13 @@ def test_bench_writes_table_and_json(tmp_path: Path) -> None:
     result = json.loads(output.read_text())
     for key in ("train/small/framework_img_s", "train/small/plain_fp32_img_s", "train/small/host_step_ms",
                 "train/small/plain_host_step_ms", "sample/ddim50_s", "sample/default_s",
-                "sample/cfg_only_s"):  # fmt: skip
+                "sample/fashion_default_s"):  # fmt: skip
         assert result[key] > 0, key
     assert result["train/small/framework_step_ms"] == pytest.approx(1000 * 128 / result["train/small/framework_img_s"])
-    assert result["sample/default_settings"] == "objective=flow, flow Euler, 20 steps, w=0.3, autoguidance 0.5"
-    # Three passes a step (the model's conditional and unconditional halves, the guide's) against CFG's two.
-    assert (result["sample/default_passes_per_image"], result["sample/cfg_only_passes_per_image"]) == (60, 40)
+    assert result["sample/default_settings"] == "mnist, objective=flow, flow Euler, 20 steps, w=0.3, autoguidance 0"
+    assert result["sample/fashion_default_settings"].startswith("fashion_mnist, objective=flow, flow Euler, 20 steps")
+    # CFG's two passes a step (conditional and unconditional halves) on MNIST; and the guide's on Fashion-MNIST.
+    assert (result["sample/default_passes_per_image"], result["sample/fashion_default_passes_per_image"]) == (40, 60)
     assert result["machine"]["cpu_cores"] >= 1 and result["memory/peak_host_mib"] > 0
     assert "| small |" in proc.stdout and "framework img/s" in proc.stdout and "host ms/step (batch 2)" in proc.stdout
     # The FLOPs and the limit: GFLOP/s are img/s x FLOPs per image, the roofline its convolutions timed alone.

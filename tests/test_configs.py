@@ -9,12 +9,12 @@ import lightning as L
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.config import CONF_DIR, run_id
 from diffusion_lab.data.datamodule import MNISTDataModule
 from diffusion_lab.diffusion.objectives import OBJECTIVES, EpsilonObjective, FlowObjective
-from diffusion_lab.diffusion.reverse_process import DEFAULT_AUTOGUIDANCE, DEFAULT_GUIDANCE
+from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
 from diffusion_lab.diffusion.samplers import AUTO_SAMPLERS, DEFAULT_STEPS, NAMED_SAMPLERS, Sampler, fitting_samplers
 from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine
 from diffusion_lab.evaluation.clip import load_clip_scorer
@@ -220,25 +220,30 @@ def test_commands_default_to_the_library_guidance(command: str) -> None:
     cfg = OmegaConf.load(CONF_DIR / f"{command}.yaml")
     assert cfg.guidance == DEFAULT_GUIDANCE
     if command != "export":
-        assert cfg.autoguidance is None, "null: DEFAULT_AUTOGUIDANCE when the model has a guide"
+        assert cfg.autoguidance is None, "null: the checkpoint's recipe's weight when it has a guide"
 
 
 def test_each_dataset_trains_its_own_recipe(compose_train) -> None:
     """data=NAME brings that dataset's recipe in one override; recipe=NAME picks another, values given win."""
     mnist, fashion = compose_train(), compose_train("data=fashion_mnist")
     assert (mnist.data.batch_size, fashion.data.batch_size) == (128, 64)
+    for callback in ("sample_grid", "sample_quality"):
+        assert (mnist.callbacks[callback].autoguidance, fashion.callbacks[callback].autoguidance) == (0.0, 0.5)
     assert compose_train("data=fashion_mnist", "recipe=mnist").data.batch_size == 128
     assert compose_train("data=fashion_mnist", "data.batch_size=32").data.batch_size == 32
     assert compose_train("data=fashion_mnist", "model=base").model.unet.down_chs == [32, 64, 128]
-    without_data = {k: v for k, v in OmegaConf.to_container(fashion, resolve=False).items() if k != "data"}
-    assert without_data == {k: v for k, v in OmegaConf.to_container(mnist, resolve=False).items() if k != "data"}
+
+    def rest(cfg: DictConfig) -> dict:
+        return {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("data", "callbacks")}
+
+    assert rest(fashion) == rest(mnist), "the recipe changes the batch and the callbacks' autoguidance only"
 
 
 def test_training_callbacks_and_default_objective_sample_at_the_defaults(compose_train) -> None:
     cfg = compose_train()
     assert cfg.objective._target_.endswith("FlowObjective")
     assert cfg.callbacks.sample_grid.guidance == cfg.callbacks.sample_quality.guidance == DEFAULT_GUIDANCE
-    assert cfg.callbacks.sample_grid.autoguidance == cfg.callbacks.sample_quality.autoguidance == DEFAULT_AUTOGUIDANCE
+    assert cfg.callbacks.sample_grid.autoguidance == cfg.callbacks.sample_quality.autoguidance == 0.0
     assert cfg.callbacks.sample_grid.steps is None  # flow Euler's own default
     assert instantiate(cfg.sampler)(objective=instantiate(cfg.objective)).name == "FlowMatchEulerDiscreteScheduler"
 

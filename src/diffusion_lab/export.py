@@ -17,19 +17,21 @@ from typing import Any
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.hub_format import CONFIG_FILE, folder_config, guide_entry, save_model_folder
-from diffusion_lab.pipeline import DiffusionPipeline, Guide, load_guide, snapshot_guide
+from diffusion_lab.pipeline import DiffusionPipeline, Guide, load_guide, recipe_autoguidance, snapshot_guide
 from diffusion_lab.reports.images import class_grid, save_png
 from diffusion_lab.reports.model_card import SAMPLES_FILE, model_card
 from diffusion_lab.training.checkpointing import read_checkpoint
 
 
 def training_record(run_config: dict[str, Any], ckpt: Path) -> dict[str, Any]:
-    """What the card says of the training: batch size, precision, EMA decay, and the fit time of the run's
-    ``metrics.json`` (``time/fit_s``, beside ``checkpoints/``) when it is there."""
+    """What the card says of the training: batch size, precision, EMA decay, the autoguidance weight its recipe
+    samples with, and the fit time of the run's ``metrics.json`` (``time/fit_s``, beside ``checkpoints/``)
+    when it is there."""
     record: dict[str, Any] = {
         "batch_size": run_config.get("data", {}).get("batch_size"),
         "precision": run_config.get("trainer", {}).get("precision"),
         "ema_decay": (run_config.get("callbacks", {}).get("ema") or {}).get("decay"),
+        "autoguidance": recipe_autoguidance(run_config.get("callbacks")),
     }
     run_metrics = ckpt.resolve().parent.parent / "metrics.json"
     if run_metrics.is_file():

@@ -33,13 +33,7 @@ from diffusion_lab.data.sources import IMAGE_SHAPE, dataset_info
 from diffusion_lab.data.styles import StyleStats
 from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.diffusion.objectives.base import DiscreteObjective
-from diffusion_lab.diffusion.reverse_process import (
-    DEFAULT_AUTOGUIDANCE,
-    DEFAULT_GUIDANCE,
-    Interval,
-    check_guidance,
-    sample,
-)
+from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, check_guidance, sample
 from diffusion_lab.diffusion.samplers import Sampler, make_sampler
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.hub_format import load_folder_guide, load_model_folder
@@ -148,6 +142,12 @@ def snapshot_guide(model: DiffusionModule, ckpt: str | Path, device: str | torch
     return Guide(guide.to(device).eval(), module_dataset(model), f"(the snapshot at step {step} of {ckpt})", step)
 
 
+def recipe_autoguidance(callbacks: dict[str, Any] | None) -> float:
+    """The autoguidance weight of a run's sample callbacks (``callbacks.sample_quality``), 0 without one."""
+    quality = (callbacks or {}).get("sample_quality") or {}
+    return float(quality.get("autoguidance") or 0.0)
+
+
 class DiffusionPipeline:
     """A trained :class:`DiffusionModule` and what it knows, turning requests into images.
 
@@ -176,6 +176,9 @@ class DiffusionPipeline:
         self._no_guide = "this model has no guide for autoguidance: load it with load_model(ckpt, guide=PATH)"
         #: Which post-hoc EMA the weights are (``load_model(ckpt, ema_length=...)``); None: the checkpoint's own.
         self.posthoc_ema: SynthesizedEMA | None = None
+        #: The autoguidance weight the model's training recipe samples with (its run's
+        #: ``callbacks.sample_quality.autoguidance``, or its model folder's record of it; 0 when it records none).
+        self.recipe_autoguidance = recipe_autoguidance((model.run_config or {}).get("callbacks"))
         if guide is not None:
             self.set_guide(guide)
 
@@ -202,6 +205,7 @@ class DiffusionPipeline:
         if ckpt.is_dir():
             module, config = load_model_folder(ckpt, map_location=device)
             pipe = cls(module, dataset=config["dataset"]["name"])
+            pipe.recipe_autoguidance = float(config.get("training", {}).get("autoguidance") or 0.0)
             pipe._own_guide = lambda: _folder_guide(ckpt, config, device)
             pipe._no_guide = (
                 f"{ckpt} holds no guide for autoguidance: pass guide=PATH (a checkpoint or model folder of a weaker "
@@ -244,10 +248,13 @@ class DiffusionPipeline:
 
     @property
     def default_autoguidance(self) -> float:
-        """The autoguidance weight of a request that names none: ``DEFAULT_AUTOGUIDANCE`` when the model has a
-        guide (its run's snapshot, its folder's guide, or one given), else 0 (a model trained without one)."""
+        """The autoguidance weight of a request that names none: the training recipe's
+        (:attr:`recipe_autoguidance`: 0.5 for Fashion-MNIST, 0 for MNIST) when the model has a guide (its
+        run's snapshot, its folder's guide, or one given), else 0 (a model trained without one)."""
+        if self.recipe_autoguidance == 0:
+            return 0.0
         try:
-            return DEFAULT_AUTOGUIDANCE if self.guide is not None else 0.0
+            return self.recipe_autoguidance if self.guide is not None else 0.0
         except ValueError:
             return 0.0
 

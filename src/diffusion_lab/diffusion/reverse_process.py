@@ -18,9 +18,6 @@ from diffusion_lab.models.unet import ConditionalUNet
 #: The guidance weight w of the sampling commands, the callbacks and the notebook API when none is given:
 #: chosen by the objective sweep of the default recipe (docs/objectives.md).
 DEFAULT_GUIDANCE = 0.3
-#: The autoguidance weight w_a of a request that names none, for a model that has a guide (its run's snapshot,
-#: its folder's guide, or one given): chosen by the guidance comparison of the default recipe (docs/recipe.md).
-DEFAULT_AUTOGUIDANCE = 0.5
 
 #: A guidance interval ``(sigma_lo, sigma_hi)``: guide while sigma is in it; None guides every step. A
 #: ``sigma_hi`` of None or infinity leaves it open above, so it also holds the flow objective's first step
