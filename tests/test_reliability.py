@@ -202,7 +202,10 @@ BAD_TRAIN_INPUT = [
     ("trainer.precision=8", "trainer.precision must be one of"),
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be a number >= 0 or null"),
     ("callbacks.ema.decay=1.5", "callbacks.ema.decay must be a number in (0, 1), got 1.5"),
-    ("sampler=eulr", "sampler=eulr is not an option: use one of auto, ddim, ddpm, diffusers, dpm_solver, dpm_solver_sde,"),
+    (
+        "sampler=eulr",
+        "sampler=eulr is not an option: use one of auto, ddim, ddpm, diffusers, dpm_solver, dpm_solver_sde, edm_euler",
+    ),
     ("sampler=diffusers sampler.name=NoScheduler", "unknown diffusers scheduler sampler.name=NoScheduler: use a class"),
     ("seed=abc", "seed must be an integer"),
     ("objective=eps schedule=linear schedule.beta_end=2.0", "schedule.beta_end must be a number in (0, 1), got 2.0"),
