@@ -39,7 +39,11 @@ def cases(objective: str) -> dict[str, dict[str, Any]]:
         "stochastic": {"sampler": third, "steps": 6, "guidance": 0.5, "seed": 7},
         "auto": {"sampler": first, "steps": 4, "guidance": 0.0, "autoguidance": 0.5},
         "auto_cfg_interval": {
-            "sampler": first, "steps": 4, "guidance": 0.3, "autoguidance": 1.0, "guidance_interval": (0.5, None),
+            "sampler": first,
+            "steps": 4,
+            "guidance": 0.3,
+            "autoguidance": 1.0,
+            "guidance_interval": (0.5, None),
         },
         "rescale": {"sampler": second, "steps": 4, "guidance": 2.0, "guidance_rescale": 0.7},
     }
