@@ -25,8 +25,8 @@ from tests.helpers import main_in_process, one_error_line
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CKPT = FIXTURES / "tiny_styled_v0.1.ckpt"
-#: The folder the export of version 0.1.0 (format 1: ``config.json``, ``model.safetensors``, ``guide.safetensors``)
-#: wrote from ``CKPT`` with ``guide=CKPT``.
+#: What loading reads of the folder the export of version 0.1.0 (format 1) wrote from ``CKPT`` with ``guide=CKPT``:
+#: ``config.json``, ``model.safetensors``, ``guide.safetensors`` (its card and grid left out).
 FORMAT_1_FOLDER = FIXTURES / "tiny_styled_v0.1_folder"
 UNET_WEIGHTS = Path(UNET_FOLDER) / SAFETENSORS_WEIGHTS_NAME
 
@@ -139,9 +139,7 @@ def test_the_diffusers_pipeline_calls_back_every_step_and_shows_its_progress(exp
 
 
 def test_a_folder_of_format_1_loads_and_samples_as_its_checkpoint() -> None:
-    assert sorted(p.name for p in FORMAT_1_FOLDER.iterdir()) == [
-        "README.md", "config.json", "guide.safetensors", "model.safetensors", "samples.png",
-    ]  # fmt: skip
+    assert sorted(p.name for p in FORMAT_1_FOLDER.iterdir()) == [CONFIG_NAME, "guide.safetensors", "model.safetensors"]
     from_ckpt, from_folder = load_model(CKPT, guide=CKPT), load_model(FORMAT_1_FOLDER)
     assert from_folder.dataset == "mnist" and from_folder.guide.step == 10
     for kwargs in ({"guidance": 2.0}, {"style": {"slant": 15, "thickness": "bold"}, "sampler": "dpm_solver"},
