@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,7 +22,7 @@ from diffusion_lab.config import CONF_DIR
 from diffusion_lab.config_schema import ConfigError, check_config
 from diffusion_lab.diffusion.reverse_process import check_guidance, guided_output, sample
 from diffusion_lab.export import export_model
-from diffusion_lab.models.hub_format import CONFIG_FILE, GUIDE_FILE
+from diffusion_lab.models.hub_format import GUIDE_FOLDER, INDEX_FILE
 from diffusion_lab.models.unet import ConditionalUNet
 from diffusion_lab.pipeline import Guide, load_model
 from diffusion_lab.training.fit import train
@@ -266,17 +269,24 @@ def test_the_snapshot_survives_resume_and_a_run_resumed_before_it_takes_it(run_d
 def test_the_exported_folder_carries_the_guide_and_samples_as_the_checkpoint(run_dir: Path, tmp_path: Path) -> None:
     last = run_dir / "checkpoints" / "last.ckpt"
     config = export_model(last, tmp_path / "model", grid_per_class=1, steps=2)
-    assert (tmp_path / "model" / GUIDE_FILE).is_file() and config["guide"]["global_step"] == 2
+    assert config["guide"]["global_step"] == 2
     snapshot, _ = checkpoint_snapshot(torch.load(last, weights_only=True))
-    stored = load_file(tmp_path / "model" / GUIDE_FILE)
-    assert stored.keys() == snapshot.keys() and all(torch.equal(stored[k], v) for k, v in snapshot.items())
+    stored = load_file(tmp_path / "model" / GUIDE_FOLDER / SAFETENSORS_WEIGHTS_NAME)  # the guide's U-Net
+    assert {f"unet.{k}" for k in stored} == snapshot.keys()
+    assert all(torch.equal(stored[k.removeprefix("unet.")], v) for k, v in snapshot.items())
     from_ckpt, from_folder = load_model(last), load_model(tmp_path / "model")
+    diffusers_pipe = DiffusionPipeline.from_pretrained(tmp_path / "model", trust_remote_code=True)
+    diffusers_pipe.set_progress_bar_config(disable=True)
     for kwargs in ({"autoguidance": 2.0, "guidance": 0.0}, {"autoguidance": 1.0, "guidance": 0.5,
                                                              "guidance_interval": (0.5, None)}):  # fmt: skip
         a, b = from_ckpt([2, 5, 9], seed=3, steps=4, **kwargs), from_folder([2, 5, 9], seed=3, steps=4, **kwargs)
         assert torch.equal(a, b)
         assert not torch.equal(a, from_ckpt([2, 5, 9], seed=3, steps=4, guidance=kwargs["guidance"]))
-    assert "guide" in (tmp_path / "model" / CONFIG_FILE).read_text()
+        guidance_scale = 1 + kwargs.pop("guidance")
+        c = diffusers_pipe([2, 5, 9], generator=torch.Generator().manual_seed(3), num_inference_steps=4,
+                           guidance_scale=guidance_scale, output_type="pt", **kwargs).images  # fmt: skip
+        assert torch.equal(a, c), "diffusers' pipeline guides with the folder's guide/ as load_model does"
+    assert "guide" in json.loads((tmp_path / "model" / INDEX_FILE).read_text())["diffusion_lab"]
     assert from_folder.recipe_autoguidance == from_ckpt.recipe_autoguidance, "the folder records its recipe's weight"
 
 

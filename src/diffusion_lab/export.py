@@ -1,9 +1,10 @@
 """Export a training checkpoint as a model folder people can share (:mod:`diffusion_lab.models.hub_format`).
 
-The folder holds ``model.safetensors``, ``config.json``, the model card ``README.md`` and its sample
-grid ``samples.png``, and ``guide.safetensors``, the guide of autoguidance, where the checkpoint has one
-(its guide snapshot) or one is given. It is built in a temporary folder beside ``output`` and renamed into place, so
-an interrupted export leaves no half-written folder; an earlier export in ``output`` is replaced.
+The folder is a diffusers pipeline folder (``model_index.json``, ``pipeline.py``, ``unet/``, ``scheduler/``, and
+``guide/``, the guide of autoguidance, where the checkpoint has one (its guide snapshot) or one is given), with the
+model card ``README.md`` and its sample grid ``samples.png``. It is built in a temporary folder beside ``output``
+and renamed into place, so an interrupted export leaves no half-written folder; an earlier export in ``output`` is
+replaced.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from diffusion_lab.diffusers_pipeline import DiffusionLabPipeline
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
+from diffusion_lab.diffusion.samplers import make_sampler
 from diffusion_lab.models.diffusion_module import DiffusionModule
-from diffusion_lab.models.hub_format import CONFIG_FILE, folder_config, guide_entry, save_model_folder
+from diffusion_lab.models.hub_format import CARD_FILE, CONFIG_FILE, folder_config, guide_entry, is_pipeline_folder
 from diffusion_lab.pipeline import DiffusionPipeline, Guide, load_guide, recipe_autoguidance, snapshot_guide
 from diffusion_lab.reports.images import class_grid, save_png
 from diffusion_lab.reports.model_card import SAMPLES_FILE, model_card
 from diffusion_lab.training.checkpointing import read_checkpoint
+from diffusion_lab.utils.files import atomic_write_text
 
 
 def training_record(run_config: dict[str, Any], ckpt: Path) -> dict[str, Any]:
@@ -71,7 +75,7 @@ def evaluation_metrics(path: str | Path | None, ckpt: Path, log_dir: Path) -> tu
 
 
 def _guide_config(guide: Guide) -> dict[str, Any]:
-    """The guide's own ``config.json``: the one of its model folder, or made from its training config."""
+    """The guide's own config: the one of its model folder, or made from its training config."""
     if guide.config is not None:
         return guide.config
     return folder_config(guide.module, {"global_step": guide.step}, {})
@@ -86,7 +90,8 @@ def _guide_source(guide: Guide, path: Path | None) -> str:
 
 def check_output(output: Path) -> None:
     """Refuse an ``output`` that holds anything but an earlier export (which would be replaced)."""
-    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / CONFIG_FILE).is_file())):
+    earlier = output.is_dir() and (is_pipeline_folder(output) or (output / CONFIG_FILE).is_file())
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not earlier)):
         raise ValueError(f"output={output} exists and is not a model folder: pass a new folder")
 
 
@@ -101,7 +106,8 @@ def export_model(
     repo_id: str = "USER/REPO",
     guide: Path | None = None,
 ) -> dict[str, Any]:
-    """Write the model folder of checkpoint ``ckpt`` to ``output``; returns its ``config.json``.
+    """Write the model folder of checkpoint ``ckpt`` to ``output``; returns its config (``model_index.json``
+    ``diffusion_lab``).
 
     ``metrics`` (an evaluation's ``metrics.json``) go into the card; the card's grid shows
     ``grid_per_class`` samples of each class drawn with the objective's default sampler at
@@ -121,12 +127,18 @@ def export_model(
         config["guide"] = guide_entry(_guide_config(carried), _guide_source(carried, guide))
     images = pipe(pipe.labels("all", grid_per_class), seed=seed, steps=steps, guidance=guidance)
     params = sum(p.numel() for p in module.parameters())
-    card = model_card(config, params, metrics, repo_id)
+    card = model_card(config, dict(module.unet.config), params, metrics, repo_id)
+    folder = DiffusionLabPipeline(
+        unet=module.unet,
+        scheduler=make_sampler("auto", module.objective).scheduler,
+        guide=None if carried is None else carried.module.unet,
+        diffusion_lab=config,
+    )
     staging = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        guide_state = None if carried is None else carried.module.state_dict()
-        save_model_folder(module.state_dict(), config, staging, card, guide_state)
+        folder.save_pretrained(staging)
+        atomic_write_text(staging / CARD_FILE, card)
         save_png(class_grid(images, grid_per_class, grid_per_class), staging / SAMPLES_FILE)
         replaced = output.with_name(f".{output.name}.old-{os.getpid()}")
         if output.exists():

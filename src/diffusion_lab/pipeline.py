@@ -36,7 +36,7 @@ from diffusion_lab.diffusion.objectives.base import DiscreteObjective
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, check_guidance, sample
 from diffusion_lab.diffusion.samplers import Sampler, make_sampler
 from diffusion_lab.models.diffusion_module import DiffusionModule
-from diffusion_lab.models.hub_format import load_folder_guide, load_model_folder
+from diffusion_lab.models.hub_format import load_folder_guide, load_model_folder, recorded_autoguidance
 from diffusion_lab.models.posthoc_ema import SynthesizedEMA, load_at_ema_length
 from diffusion_lab.training.checkpointing import read_checkpoint
 from diffusion_lab.training.guide_snapshot import checkpoint_snapshot
@@ -78,7 +78,7 @@ class Guide:
         dataset: the dataset it was trained on (None: unknown).
         source: where it came from, for messages (``the snapshot at step 40 of PATH``, or a path).
         step: the optimizer step of its weights, where known.
-        config: its ``config.json`` when it came from a model folder (what an export records of it).
+        config: its config when it came from a model folder (what an export records of it).
     """
 
     module: DiffusionModule
@@ -205,7 +205,7 @@ class DiffusionPipeline:
         if ckpt.is_dir():
             module, config = load_model_folder(ckpt, map_location=device)
             pipe = cls(module, dataset=config["dataset"]["name"])
-            pipe.recipe_autoguidance = float(config.get("training", {}).get("autoguidance") or 0.0)
+            pipe.recipe_autoguidance = recorded_autoguidance(config)
             pipe._own_guide = lambda: _folder_guide(ckpt, config, device)
             pipe._no_guide = (
                 f"{ckpt} holds no guide for autoguidance: pass guide=PATH (a checkpoint or model folder of a weaker "
@@ -444,7 +444,7 @@ def load_model(
     """The :class:`DiffusionPipeline` of a ``diffusion-lab-train`` checkpoint, on ``device``, in eval mode.
 
     Its weights are the EMA weights when the run trained with EMA. ``ckpt`` may also be a model folder
-    of ``diffusion-lab-export`` (``model.safetensors`` + ``config.json``), loaded without unpickling
+    of ``diffusion-lab-export`` (a diffusers pipeline folder, or one of format 1), loaded without unpickling
     anything, which samples the same images bit for bit. ``guide`` is autoguidance's guide, a checkpoint
     or model folder of the same data; None: the checkpoint's own guide snapshot (or the folder's guide).
     ``ema_length`` (sigma_rel, e.g. 0.1) chooses the EMA length after training: the weights are then

@@ -1,8 +1,8 @@
 """``diffusion-lab-export``: a training checkpoint as a model folder to share (:mod:`diffusion_lab.export`).
 
-``diffusion-lab-export ckpt=PATH output=DIR`` writes ``model.safetensors``, ``config.json``, the model
-card ``README.md`` and ``samples.png``, and ``guide.safetensors`` (autoguidance's guide) where there is
-one; see ``conf/export.yaml``.
+``diffusion-lab-export ckpt=PATH output=DIR`` writes a diffusers pipeline folder (``model_index.json``,
+``pipeline.py``, ``unet/``, ``scheduler/``, and ``guide/``, autoguidance's guide, where there is one), the model
+card ``README.md`` and ``samples.png``; see ``conf/export.yaml``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,22 @@
-"""The model folder: a trained model in the Hugging Face Hub layout, loaded without unpickling anything.
+"""The model folder: a trained model as a diffusers pipeline folder, loaded without unpickling anything.
 
-``diffusion-lab-export`` writes it from a training checkpoint::
+``diffusion-lab-export`` writes it from a training checkpoint (``save_pretrained`` of
+:class:`diffusion_lab.diffusers_pipeline.DiffusionLabPipeline`)::
 
-    DIR/model.safetensors   the weights (the EMA weights when the run trained with EMA)
-    DIR/guide.safetensors   the guide of autoguidance, where the model has one (its U-Net in config.json ``guide``)
-    DIR/config.json         what rebuilds the model: U-Net, schedule, dataset and class names,
-                            style statistics of a styled model, and the training recipe
-    DIR/README.md           the model card (:mod:`diffusion_lab.reports.model_card`)
+    DIR/model_index.json   diffusers' index of the pipeline (its class and components) and, under ``diffusion_lab``,
+                           what rebuilds the model around its U-Net: objective, schedule, module settings, dataset
+                           and class names, style statistics of a styled model, the training recipe, the guide's record
+    DIR/pipeline.py        the module ``diffusers.DiffusionPipeline.from_pretrained`` takes the pipeline class from
+    DIR/unet/              the U-Net: ``config.json`` and ``diffusion_pytorch_model.safetensors`` (the EMA weights
+                           when the run trained with EMA)
+    DIR/scheduler/         ``scheduler_config.json``: the objective's default sampler, fitted to its noise levels
+    DIR/guide/             the guide of autoguidance, where the model has one: a U-Net folder like ``unet/``
+    DIR/README.md          the model card (:mod:`diffusion_lab.reports.model_card`)
 
-:func:`load_model_folder` rebuilds the :class:`DiffusionModule` from ``config.json`` with the
-project's own classes (no ``_target_`` is instantiated, no pickle is read) and loads the weights with
-``safetensors``; its samples are bit-identical to the checkpoint's.
+Folders of format 1 (``config.json`` with the U-Net's settings, ``model.safetensors`` and ``guide.safetensors``)
+load as well. :func:`load_model_folder` rebuilds the :class:`DiffusionModule` from the JSON with the project's own
+classes (no ``_target_`` is instantiated, no pickle is read) and loads the weights with ``safetensors``; its
+samples are bit-identical to the checkpoint's.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
+from torch import nn
 
 from diffusion_lab import __version__
 from diffusion_lab.data.sources import dataset_info
@@ -33,16 +41,22 @@ from diffusion_lab.diffusion.objectives.base import DiscreteObjective
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.unet import ConditionalUNet
 from diffusion_lab.training.checkpointing import state_difference, upgrade_run_config
-from diffusion_lab.utils.files import atomic_write, atomic_write_text
 
-WEIGHTS_FILE = "model.safetensors"
-#: The weights of autoguidance's guide, beside the model's; ``config.json`` ``guide`` describes its network.
-GUIDE_FILE = "guide.safetensors"
-CONFIG_FILE = "config.json"
+#: diffusers' index of a pipeline folder; its :data:`INDEX_KEY` entry is the project's config of the model.
+INDEX_FILE = "model_index.json"
+INDEX_KEY = "diffusion_lab"
+#: The folders of the U-Net and of autoguidance's guide (each a diffusers model folder), and of the scheduler.
+UNET_FOLDER = "unet"
+GUIDE_FOLDER = "guide"
+SCHEDULER_FOLDER = "scheduler"
 CARD_FILE = "README.md"
-#: Version of the ``config.json`` layout; a folder of a newer layout is refused.
-FORMAT_VERSION = 1
-#: The schedules a folder may name (``config.json`` ``schedule.name``).
+#: Version of the layout; a folder of a newer layout is refused.
+FORMAT_VERSION = 2
+#: Format 1: the config (with the U-Net's settings), the weights and the guide's weights, all beside the card.
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+GUIDE_FILE = "guide.safetensors"
+#: The schedules a folder may name (``schedule.name``).
 SCHEDULES = {fn.__name__: fn for fn in (schedules.linear, schedules.quadratic, schedules.cosine)}
 #: Training-time settings of ``DiffusionModule`` that say nothing about the trained model.
 RUNTIME_SETTINGS = ("channels_last", "compile", "compile_mode")
@@ -58,9 +72,11 @@ def _target_name(node: dict[str, Any]) -> str:
 
 
 def folder_config(module: DiffusionModule, checkpoint: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
-    """``config.json`` of a module loaded from ``checkpoint``, with ``training`` (recipe, time) recorded as given.
+    """The project's config of a module loaded from ``checkpoint`` (``model_index.json`` ``diffusion_lab``), with
+    ``training`` (recipe, time) recorded as given.
 
-    The keys rebuild the model (``unet``, ``objective``, ``schedule``, ``model``, ``dataset``, ``style_stats``).
+    The keys rebuild the model around its U-Net (``objective``, ``schedule``, ``model``, ``dataset``,
+    ``style_stats``); the U-Net's own settings are its ``config`` (``unet/config.json``).
     """
     run = upgrade_run_config(module.run_config or {})
     schedule = run.get("schedule", {})
@@ -76,7 +92,6 @@ def folder_config(module: DiffusionModule, checkpoint: dict[str, Any], training:
         "library": "diffusion-lab",
         "library_version": __version__,
         "format_version": FORMAT_VERSION,
-        "unet": _plain(run["model"]["unet"]),
         "objective": {"name": module.objective.name, **_plain(run["objective"])},
         "schedule": {"name": _target_name(schedule), **_plain(schedule)},
         "model": model,
@@ -92,49 +107,63 @@ def folder_config(module: DiffusionModule, checkpoint: dict[str, Any], training:
 
 
 def guide_entry(guide_config: dict[str, Any], source: str) -> dict[str, Any]:
-    """``config.json`` ``guide`` of a guide whose own ``config.json`` (as :func:`folder_config` makes it) is given:
-    what rebuilds its network (``unet``, ``model``), its training step, and ``source`` (where it came from)."""
+    """``diffusion_lab`` ``guide`` of a guide whose own config (as :func:`folder_config` makes it) is given: its
+    module settings, its training step, and ``source`` (where it came from); its U-Net is ``guide/``."""
     return {
-        "unet": guide_config["unet"],
         "model": guide_config["model"],
         "global_step": guide_config.get("training", {}).get("global_step"),
         "source": source,
     }
 
 
-def _save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
-    metadata = {"format": "pt", "library": "diffusion-lab"}
-    atomic_write(path, lambda file: file.write(save(tensors, metadata)))
+def guide_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The guide's own config: the folder's, with the guide's module settings and training step (and in format 1
+    its U-Net's settings) from ``config["guide"]``."""
+    entry = config["guide"]
+    return {
+        **config,
+        **({"unet": entry["unet"]} if "unet" in entry else {}),
+        "model": entry["model"],
+        "training": {**config.get("training", {}), "global_step": entry.get("global_step")},
+    }
 
 
-def save_model_folder(
-    state_dict: dict[str, torch.Tensor],
-    config: dict[str, Any],
-    output: Path,
-    card: str,
-    guide_state: dict[str, torch.Tensor] | None = None,
-) -> None:
-    """Write the weights, ``config.json`` and the model card into ``output`` (each file atomically), and the
-    guide's weights ``guide_state`` (``config["guide"]`` describes its network) where given."""
-    _save_weights(state_dict, output / WEIGHTS_FILE)
-    if guide_state is not None:
-        _save_weights(guide_state, output / GUIDE_FILE)
-    atomic_write_text(output / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-    atomic_write_text(output / CARD_FILE, card)
+def recorded_autoguidance(config: dict[str, Any]) -> float:
+    """The autoguidance weight the folder's training recipe samples with (0 when it records none)."""
+    return float(config.get("training", {}).get("autoguidance") or 0.0)
+
+
+def _read_json(path: Path, again: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): {again}") from None
+
+
+def _again(folder: Path) -> str:
+    return f"export it again with diffusion-lab-export ckpt=PATH output={folder}"
+
+
+def is_pipeline_folder(folder: Path) -> bool:
+    """Whether ``folder`` has the diffusers layout (``model_index.json``), not format 1's ``config.json``."""
+    return (folder / INDEX_FILE).is_file()
 
 
 def read_folder_config(folder: Path) -> dict[str, Any]:
-    """``config.json`` of a model folder, or a one-line ``ValueError`` saying what is wrong and what to do."""
-    path = folder / CONFIG_FILE
-    again = f"export it again with diffusion-lab-export ckpt=PATH output={folder}"
-    if not path.is_file():
-        raise ValueError(f"{folder} has no {CONFIG_FILE}, so it is not a diffusion-lab model folder: {again}")
-    try:
-        config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}): {again}") from None
-    keys = ("format_version", "unet", "schedule", "model", "dataset")
+    """The project's config of a model folder (``model_index.json`` ``diffusion_lab``, or format 1's
+    ``config.json``), or a one-line ``ValueError`` saying what is wrong and what to do."""
+    again = _again(folder)
+    if is_pipeline_folder(folder):
+        path, keys = folder / INDEX_FILE, ("format_version", "schedule", "model", "dataset")
+        index = _read_json(path, again)
+        config = index.get(INDEX_KEY) if isinstance(index, dict) else None
+        if config is None:
+            raise ValueError(f"{path} has no {INDEX_KEY} entry, so it is not a diffusion-lab model folder: {again}")
+    elif (folder / CONFIG_FILE).is_file():
+        path, keys = folder / CONFIG_FILE, ("format_version", "unet", "schedule", "model", "dataset")
+        config = _read_json(path, again)
+    else:
+        raise ValueError(f"{folder} has no {INDEX_FILE}, so it is not a diffusion-lab model folder: {again}")
     missing = [key for key in keys if key not in config] if isinstance(config, dict) else list(keys)
     if missing:
         raise ValueError(f"{path} is not a diffusion-lab model config (missing {', '.join(missing)}): {again}")
@@ -145,24 +174,24 @@ def read_folder_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def build_module(config: dict[str, Any]) -> DiffusionModule:
-    """The untrained :class:`DiffusionModule` that ``config.json`` describes, built from the project's classes."""
+def build_module(config: dict[str, Any], unet: ConditionalUNet) -> DiffusionModule:
+    """The :class:`DiffusionModule` around ``unet`` that ``config`` describes, built from the project's classes."""
     schedule = dict(config["schedule"])
     build_schedule = SCHEDULES.get(schedule.pop("name", None))
     if build_schedule is None:
-        raise ValueError(f"unknown schedule in config.json: use one of {', '.join(SCHEDULES)}")
+        raise ValueError(f"unknown schedule in the model's config: use one of {', '.join(SCHEDULES)}")
     objective = dict(config.get("objective") or {"name": "eps"})  # folders from before objectives: eps
     objective_class = OBJECTIVES.get(objective.pop("name", None))
     if objective_class is None:
-        raise ValueError(f"unknown objective in config.json: use one of {', '.join(OBJECTIVES)}")
+        raise ValueError(f"unknown objective in the model's config: use one of {', '.join(OBJECTIVES)}")
     if issubclass(objective_class, DiscreteObjective):
         objective["schedule"] = build_schedule(**schedule)
     optimizer = dict(config.get("training", {}).get("optimizer") or {"name": "AdamW"})
     optimizer_class = getattr(torch.optim, optimizer.pop("name"), None)
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
-        raise ValueError("unknown optimizer in config.json: name one of torch.optim's")
+        raise ValueError("unknown optimizer in the model's config: name one of torch.optim's")
     module = DiffusionModule(
-        unet=ConditionalUNet(**config["unet"]),
+        unet=unet,
         objective=objective_class(**objective),
         optimizer=functools.partial(optimizer_class, **optimizer),
         **config["model"],
@@ -172,8 +201,22 @@ def build_module(config: dict[str, Any]) -> DiffusionModule:
     return module
 
 
-def _load_weights(module: DiffusionModule, weights: Path, map_location: str | torch.device) -> None:
-    """Load ``weights`` into ``module``; a one-line ``ValueError`` for a missing, unreadable or other model's file."""
+def _folder_unet(folder: Path, again: str) -> ConditionalUNet:
+    """The untrained U-Net that a diffusers model folder's ``config.json`` describes."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise ValueError(f"{folder} has no {CONFIG_NAME}: {again}")
+    config = _read_json(path, again)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a U-Net's config (not a JSON object): {again}")
+    try:
+        return ConditionalUNet.from_config(config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path} does not describe a U-Net ({err}): {again}") from None
+
+
+def _load_weights(model: nn.Module, weights: Path, described_by: str, map_location: str | torch.device) -> None:
+    """Load ``weights`` into ``model``; a one-line ``ValueError`` for a missing, unreadable or other model's file."""
     if not weights.is_file():
         raise ValueError(f"{weights.parent} has no {weights.name}: export it again with diffusion-lab-export")
     try:
@@ -181,52 +224,60 @@ def _load_weights(module: DiffusionModule, weights: Path, map_location: str | to
     except (SafetensorError, OSError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
         raise ValueError(f"{weights} is not a readable safetensors file ({reason}): export it again") from None
-    differ = state_difference(module.state_dict(), state)
+    differ = state_difference(model.state_dict(), state)
     if differ is not None:
         raise ValueError(
-            f"{weights} holds weights of another model than {CONFIG_FILE} describes (first difference: {differ}): "
+            f"{weights} holds weights of another model than {described_by} describes (first difference: {differ}): "
             "export the folder again from its checkpoint"
         )
-    module.load_state_dict(state)
+    model.load_state_dict(state)
+
+
+def _load(
+    folder: Path, config: dict[str, Any], unet_folder: str, weights_file: str, map_location: str | torch.device
+) -> DiffusionModule:
+    """The module ``config`` describes with the weights of the folder's ``unet_folder`` (diffusers layout) or
+    ``weights_file`` (format 1), in eval mode on ``map_location``."""
+    again = _again(folder)
+    pipeline_folder = is_pipeline_folder(folder)
+    try:
+        unet = _folder_unet(folder / unet_folder, again) if pipeline_folder else ConditionalUNet(**config["unet"])
+        module = build_module(config, unet)
+        dataset_info(config["dataset"]["name"])
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"{folder} does not describe a model ({type(err).__name__}: {err}): {again}") from None
+    if pipeline_folder:
+        weights, described_by = folder / unet_folder / SAFETENSORS_WEIGHTS_NAME, f"{unet_folder}/{CONFIG_NAME}"
+        _load_weights(module.unet, weights, described_by, map_location)
+    else:
+        _load_weights(module, folder / weights_file, CONFIG_FILE, map_location)
+    return module.to(map_location).eval()
 
 
 def load_model_folder(
     folder: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[DiffusionModule, dict[str, Any]]:
-    """The module of a model folder, in eval mode, and its ``config.json``; a one-line ``ValueError`` otherwise.
+    """The module of a model folder, in eval mode, and its config; a one-line ``ValueError`` otherwise.
 
-    Refused: a folder without ``config.json``, weights that are missing or whose safetensors header
-    does not parse, and weights of another model (other names or shapes than the config's U-Net).
+    Refused: a folder without ``model_index.json`` (or format 1's ``config.json``), weights that are missing or
+    whose safetensors header does not parse, and weights of another model (other names or shapes than the
+    config's U-Net).
     """
     folder = Path(folder)
     config = read_folder_config(folder)
-    try:
-        module = build_module(config)
-        dataset_info(config["dataset"]["name"])
-    except (TypeError, KeyError) as err:
-        raise ValueError(f"{folder / CONFIG_FILE} does not describe a model ({type(err).__name__}: {err})") from None
-    _load_weights(module, folder / WEIGHTS_FILE, map_location)
-    return module.to(map_location).eval(), config
+    return _load(folder, config, UNET_FOLDER, WEIGHTS_FILE, map_location), config
 
 
 def load_folder_guide(
     folder: str | Path, config: dict[str, Any], map_location: str | torch.device = "cpu"
 ) -> tuple[DiffusionModule, dict[str, Any]] | None:
-    """The guide of autoguidance a model folder carries, in eval mode, and its own ``config.json`` (the folder's
-    with the guide's ``unet`` and ``model``); None when the folder has none. Refused in one line as the model's."""
+    """The guide of autoguidance a model folder carries, in eval mode, and its own config (:func:`guide_config`);
+    None when the folder has none. Refused in one line as the model's."""
     folder = Path(folder)
-    entry = config.get("guide")
-    if entry is None:
+    if config.get("guide") is None:
         return None
     try:
-        guide_config = {
-            **config,
-            "unet": entry["unet"],
-            "model": entry["model"],
-            "training": {**config.get("training", {}), "global_step": entry.get("global_step")},
-        }
-        module = build_module(guide_config)
+        own = guide_config(config)
     except (TypeError, KeyError) as err:
-        raise ValueError(f"{folder / CONFIG_FILE} does not describe a guide ({type(err).__name__}: {err})") from None
-    _load_weights(module, folder / GUIDE_FILE, map_location)
-    return module.to(map_location).eval(), guide_config
+        raise ValueError(f"{folder} does not describe a guide ({type(err).__name__}: {err})") from None
+    return _load(folder, own, GUIDE_FOLDER, GUIDE_FILE, map_location), own

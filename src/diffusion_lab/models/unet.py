@@ -1,4 +1,5 @@
-"""Class-conditioned U-Net that predicts the noise added to an image."""
+"""Class-conditioned U-Net that predicts the noise added to an image, a diffusers model (``save_pretrained`` /
+``from_pretrained``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 
 
@@ -92,8 +95,12 @@ class StyleEmbedding(nn.Module):
         return self.mlp(torch.cat([values, given.to(values.dtype)], dim=-1))
 
 
-class ConditionalUNet(nn.Module):
+class ConditionalUNet(ModelMixin, ConfigMixin):
     """U-Net eps-predictor conditioned on a timestep, a class label and optionally style attributes.
+
+    A diffusers model: its constructor arguments are its ``config``, so ``save_pretrained(DIR)`` writes
+    ``config.json`` and ``diffusion_pytorch_model.safetensors`` and ``ConditionalUNet.from_pretrained(DIR)``
+    rebuilds it; its parameter names are those of a plain ``nn.Module``, as checkpoints hold them.
 
     Label ``num_classes`` is the null class: the unconditional model used by classifier-free
     guidance. With ``num_styles > 0`` the network also takes continuous style conditions
@@ -114,6 +121,7 @@ class ConditionalUNet(nn.Module):
         num_styles: continuous style conditions taken (0: none; 2 for slant and thickness).
     """
 
+    @register_to_config
     def __init__(
         self,
         down_chs: Sequence[int] = (32, 64, 128),
@@ -136,6 +144,8 @@ class ConditionalUNet(nn.Module):
         bad_levels = [lvl for lvl in attention_levels if not 0 <= lvl < len(down_chs)]
         if bad_levels:
             raise ValueError(f"model.unet.attention_levels {bad_levels} out of range 0..{len(down_chs) - 1}")
+        # The config as plain lists: Hydra passes ListConfig, which config.json cannot hold.
+        self.register_to_config(down_chs=list(down_chs), attention_levels=[int(lvl) for lvl in attention_levels])
         self.down_chs = down_chs
         self.num_classes = num_classes
         self.in_channels = in_channels

@@ -25,8 +25,8 @@ def _objective_text(objective: dict[str, Any]) -> str:
     return f"{objective['name']} ({args})" if args else str(objective["name"])
 
 
-def _recipe_rows(config: dict[str, Any], params: int) -> list[list[object]]:
-    training, unet, schedule = config["training"], config["unet"], config["schedule"]
+def _recipe_rows(config: dict[str, Any], unet: dict[str, Any], params: int) -> list[list[object]]:
+    training, schedule = config["training"], config["schedule"]
     schedule_args = ", ".join(f"{key}={value}" for key, value in schedule.items() if key != "name")
     optimizer = training.get("optimizer", {})
     optimizer_args = ", ".join(f"{key}={value}" for key, value in optimizer.items() if key != "name")
@@ -48,8 +48,11 @@ def _recipe_rows(config: dict[str, Any], params: int) -> list[list[object]]:
     ]
 
 
-def model_card(config: dict[str, Any], params: int, metrics: dict[str, Any] | None, repo_id: str) -> str:
-    """The card's Markdown for a folder with ``config`` (``config.json``) and ``params`` parameters.
+def model_card(
+    config: dict[str, Any], unet: dict[str, Any], params: int, metrics: dict[str, Any] | None, repo_id: str
+) -> str:
+    """The card's Markdown for a folder with ``config`` (``model_index.json`` ``diffusion_lab``), a U-Net of
+    settings ``unet`` (``unet/config.json``) and ``params`` parameters.
 
     ``repo_id`` names the model's Hub repository in the usage lines.
     """
@@ -72,12 +75,13 @@ def model_card(config: dict[str, Any], params: int, metrics: dict[str, Any] | No
         "",
         f"# A class-conditioned diffusion model of {dataset}",
         "",
-        "A class-conditioned U-Net with classifier-free guidance, trained with diffusion-lab. `model.safetensors` "
-        "holds its weights (the EMA weights when it trained with EMA), `config.json` everything that rebuilds it.",
+        "A class-conditioned U-Net with classifier-free guidance, trained with diffusion-lab, as a diffusers "
+        "pipeline folder: `unet/` holds the U-Net (the EMA weights when it trained with EMA), `scheduler/` its "
+        "default sampler, `model_index.json` the pipeline and everything else that rebuilds the model.",
         "",
         "## Recipe",
         "",
-        markdown_table(["", ""], _recipe_rows(config, params)),
+        markdown_table(["", ""], _recipe_rows(config, unet, params)),
         "",
         "## Evaluation",
         "",
@@ -107,7 +111,15 @@ def model_card(config: dict[str, Any], params: int, metrics: dict[str, Any] | No
         "images = generate_number(model, 0, n=16)  # [16, 1, 28, 28] in [0, 1]",
         "```",
         "",
-        "or `diffusion-lab-sample ckpt=FOLDER label=all`.",
+        "or `diffusion-lab-sample ckpt=FOLDER label=all`. With diffusers (diffusion-lab installed; "
+        "`pipeline.py` imports the pipeline class from it):",
+        "",
+        "```python",
+        "import torch",
+        "from diffusers import DiffusionPipeline",
+        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)',
+        "images = pipe([0] * 16, generator=torch.Generator().manual_seed(0)).images  # PIL images",
+        "```",
         "",
     ]
     return "\n".join(lines)
