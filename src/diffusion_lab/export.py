@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
+from diffusion_lab.models.checkpoints import read_checkpoint
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.hub_format import CONFIG_FILE, folder_config, guide_entry, save_model_folder
 from diffusion_lab.pipeline import DiffusionPipeline, Guide, load_guide, recipe_autoguidance, snapshot_guide
 from diffusion_lab.reports.images import class_grid, save_png
 from diffusion_lab.reports.model_card import SAMPLES_FILE, model_card
-from diffusion_lab.training.checkpointing import read_checkpoint
 
 
 def training_record(run_config: dict[str, Any], ckpt: Path) -> dict[str, Any]:

@@ -30,9 +30,9 @@ from diffusion_lab.data.styles import StyleStats
 from diffusion_lab.diffusion import schedules
 from diffusion_lab.diffusion.objectives import OBJECTIVES
 from diffusion_lab.diffusion.objectives.base import DiscreteObjective
+from diffusion_lab.models.checkpoints import state_difference, upgrade_run_config
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.unet import ConditionalUNet
-from diffusion_lab.training.checkpointing import state_difference, upgrade_run_config
 from diffusion_lab.utils.files import atomic_write, atomic_write_text
 
 WEIGHTS_FILE = "model.safetensors"
