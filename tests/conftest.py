@@ -19,7 +19,7 @@ from diffusion_lab.config import CONF_DIR, project_root
 from diffusion_lab.data.datamodule import MNISTDataModule
 from diffusion_lab.data.styles import StyleStats
 from diffusion_lab.evaluation.classifier import ReferenceClassifier, load_classifier
-from diffusion_lab.models.diffusion_module import CONFIG_KEY, STYLE_STATS_KEY
+from diffusion_lab.models.checkpoints import CONFIG_KEY, STYLE_STATS_KEY
 from tests.helpers import TINY_CLIP
 
 DATA_DIR = project_root() / "data"

@@ -22,11 +22,11 @@ from diffusion_lab.config import CONF_DIR
 from diffusion_lab.config_schema import ConfigError, check_config
 from diffusion_lab.diffusion.reverse_process import check_guidance, guided_output, sample
 from diffusion_lab.export import export_model
+from diffusion_lab.models.checkpoints import GUIDE_SNAPSHOT_KEY, checkpoint_snapshot
 from diffusion_lab.models.hub_format import GUIDE_FOLDER, INDEX_FILE
 from diffusion_lab.models.unet import ConditionalUNet
 from diffusion_lab.pipeline import Guide, load_model
 from diffusion_lab.training.fit import train
-from diffusion_lab.training.guide_snapshot import SNAPSHOT_KEY, checkpoint_snapshot
 from tests.helpers import main_in_process, one_error_line, run_cli
 from tests.toy_models import toy_objectives
 
@@ -257,7 +257,7 @@ def test_the_snapshot_survives_resume_and_a_run_resumed_before_it_takes_it(run_d
     assert after["global_step"] == 12 and step == 2 and all(torch.equal(weights[k], v) for k, v in kept.items())
 
     before = torch.load(last, weights_only=True)  # as if saved before the fraction: no snapshot yet
-    before["callbacks"][SNAPSHOT_KEY].update(step=None, weights=None)
+    before["callbacks"][GUIDE_SNAPSHOT_KEY].update(step=None, weights=None)
     torch.save(before, tmp_path / "before.ckpt")
     train(compose_run(tmp_path / "resumed", *more, "callbacks.guide_snapshot.fraction=0.75",
                       f"ckpt_path={tmp_path / 'before.ckpt'}"))  # fmt: skip

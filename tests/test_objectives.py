@@ -12,7 +12,8 @@ from diffusers import DDIMScheduler, EDMEulerScheduler, FlowMatchEulerDiscreteSc
 
 from diffusion_lab.diffusion.objectives import EDMObjective, EpsilonObjective, FlowObjective, VObjective
 from diffusion_lab.diffusion.schedules import cosine
-from diffusion_lab.models.diffusion_module import CONFIG_KEY, DiffusionModule
+from diffusion_lab.models.checkpoints import CONFIG_KEY
+from diffusion_lab.models.diffusion_module import DiffusionModule
 from tests.helpers import main_in_process
 from tests.toy_models import toy_objectives
 
@@ -30,29 +31,29 @@ def _scale(values: torch.Tensor) -> torch.Tensor:
     return values.view(-1, 1, 1, 1)
 
 
-def test_epsilon_target_and_x0(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_epsilon_training_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     x0, noise = batch
     objective = EpsilonObjective(SCHEDULE)
     t = torch.tensor([0, 10, 200, 500, 900, 999])
     ab = _scale(SCHEDULE.alphas_cumprod[t])
     b = objective.training_batch(x0, t, noise)
     torch.testing.assert_close(b.x_in, ab.sqrt() * x0 + (1 - ab).sqrt() * noise)
+    torch.testing.assert_close(b.x_in, SCHEDULE.q_sample(x0, t, noise), rtol=0, atol=0)  # the one forward process
     torch.testing.assert_close(b.target, noise)
     torch.testing.assert_close(b.snr, (ab / (1 - ab)).flatten())
-    torch.testing.assert_close(objective.predict_x0(b.target, b.x_in, t), x0, atol=2e-3, rtol=1e-3)
 
 
-def test_v_target_and_x0(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_v_training_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     x0, noise = batch
     objective = VObjective(SCHEDULE)
     t = torch.tensor([0, 10, 200, 500, 900, 999])
     ab = _scale(SCHEDULE.alphas_cumprod[t])
     b = objective.training_batch(x0, t, noise)
+    torch.testing.assert_close(b.x_in, SCHEDULE.q_sample(x0, t, noise), rtol=0, atol=0)
     torch.testing.assert_close(b.target, ab.sqrt() * noise - (1 - ab).sqrt() * x0)
-    torch.testing.assert_close(objective.predict_x0(b.target, b.x_in, t), x0, atol=1e-5, rtol=1e-5)
 
 
-def test_flow_target_and_x0(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_flow_training_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     x0, noise = batch
     objective = FlowObjective()
     t = torch.tensor([0.01, 0.2, 0.4, 0.5, 0.8, 0.99])
@@ -60,7 +61,6 @@ def test_flow_target_and_x0(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     torch.testing.assert_close(b.x_in, (1 - _scale(t)) * x0 + _scale(t) * noise)
     torch.testing.assert_close(b.target, noise - x0)
     torch.testing.assert_close(b.time, 1000 * t)
-    torch.testing.assert_close(objective.predict_x0(b.target, b.x_in, b.time), x0, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(objective.sigma(b.time), t / (1 - t))
 
 
@@ -78,48 +78,51 @@ def test_edm_preconditioning_and_target(batch: tuple[torch.Tensor, torch.Tensor]
     timestep = 0.25 * sigma.log()  # c_noise, the timestep diffusers' EDM schedulers pass
     torch.testing.assert_close(objective.sigma(timestep), sigma)
     torch.testing.assert_close(objective.network_time(timestep), b.time, atol=1e-3, rtol=1e-5)
-    torch.testing.assert_close(objective.predict_x0(b.target, b.x_in, timestep), x0, atol=1e-4, rtol=1e-4)
     low, high = math.log(0.002), math.log(80.0)
     torch.testing.assert_close(b.time, 1000 * (sigma.log() - low) / (high - low))
 
 
 @pytest.mark.parametrize("objective", [EpsilonObjective(SCHEDULE), VObjective(SCHEDULE)], ids=["eps", "v"])
-def test_x0_matches_diffusers_prediction_type(objective: EpsilonObjective, batch: tuple) -> None:
-    """The x_0 of an output equals DDIMScheduler's ``pred_original_sample`` for the same prediction_type."""
-    x_in, output = batch
-    scheduler = DDIMScheduler(
-        trained_betas=SCHEDULE.betas.double().numpy().tolist(), prediction_type=objective.prediction_type,
-        clip_sample=False,
-    )  # fmt: skip
+def test_the_target_is_the_output_the_fitted_ddim_expects(objective: EpsilonObjective, batch: tuple) -> None:
+    """DDIM fitted to the objective takes the training target at the training input for x_0 (its
+    ``pred_original_sample``), and gives the network the time it was trained with."""
+    x0, noise = batch
+    scheduler = DDIMScheduler(**objective.scheduler_config(DDIMScheduler), clip_sample=False)
     scheduler.set_timesteps(50)
     for t in scheduler.timesteps[[0, 10, 25, 49]]:
-        expected = scheduler.step(output, t, x_in).pred_original_sample
-        torch.testing.assert_close(objective.predict_x0(output, x_in, t.reshape(1)), expected, atol=1e-4, rtol=1e-4)
+        b = objective.training_batch(x0, t.repeat(len(x0)), noise)
+        torch.testing.assert_close(objective.network_time(t.repeat(len(x0))), b.time.float())
+        predicted = scheduler.step(b.target, t, b.x_in).pred_original_sample
+        torch.testing.assert_close(predicted, x0, atol=2e-3, rtol=1e-3)
 
 
-def test_flow_x0_matches_diffusers_flow_match_step(batch: tuple) -> None:
-    """FlowMatchEuler's step to sigma = 0 lands on x - t v, the objective's x_0."""
-    x, velocity = batch
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+def test_the_flow_target_is_the_velocity_flow_match_euler_steps_with(batch: tuple) -> None:
+    """FlowMatchEuler fitted to the objective steps from a training input with its target to sigma = 0: x_0."""
+    x0, noise = batch
+    objective = FlowObjective()
+    scheduler = FlowMatchEulerDiscreteScheduler(**objective.scheduler_config(FlowMatchEulerDiscreteScheduler))
     for t in (0.3, 0.6, 0.9):
         scheduler.set_timesteps(sigmas=[t])
         timestep = scheduler.timesteps[0]
-        expected = scheduler.step(velocity, timestep, x).prev_sample
-        torch.testing.assert_close(FlowObjective().predict_x0(velocity, x, timestep.reshape(1)), expected)
+        b = objective.training_batch(x0, torch.full((len(x0),), t), noise)
+        torch.testing.assert_close(objective.network_time(timestep.repeat(len(x0))), b.time)
+        torch.testing.assert_close(scheduler.step(b.target, timestep, b.x_in).prev_sample, x0, atol=1e-5, rtol=1e-5)
 
 
-def test_edm_matches_diffusers_preconditioning(batch: tuple) -> None:
-    x, output = batch
+def test_the_edm_target_is_the_output_diffusers_preconditions(batch: tuple) -> None:
+    """EDMEuler fitted to the objective scales the noisy image to the training input, and its preconditioned
+    output of the training target is x_0."""
+    x0, noise = batch
     objective = EDMObjective()
-    scheduler = EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, prediction_type="epsilon")
+    scheduler = EDMEulerScheduler(**objective.scheduler_config(EDMEulerScheduler))
     for sigma in (0.01, 0.7, 20.0):
         s = torch.tensor(sigma)
-        x_in = scheduler.precondition_inputs(x, s)
-        timestep = scheduler.precondition_noise(s)
-        expected = scheduler.precondition_outputs(x, output, s)
-        torch.testing.assert_close(objective.predict_x0(output, x_in, timestep.reshape(1)), expected)
-        c_in = objective.preconditioning(s.reshape(1))[2]
-        torch.testing.assert_close(x_in, x * c_in)
+        b = objective.training_batch(x0, s.repeat(len(x0)), noise)
+        x = x0 + s * noise
+        torch.testing.assert_close(scheduler.precondition_inputs(x, s), b.x_in)
+        timestep = scheduler.precondition_noise(s).reshape(1).repeat(len(x0))
+        torch.testing.assert_close(objective.network_time(timestep), b.time, atol=1e-3, rtol=1e-5)
+        torch.testing.assert_close(scheduler.precondition_outputs(x, b.target, s), x0, atol=1e-4, rtol=1e-4)
 
 
 def test_min_snr_weights() -> None:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from diffusion_lab.data.sources import dataset_info
-from diffusion_lab.models.diffusion_module import CONFIG_KEY
+from diffusion_lab.models.checkpoints import CONFIG_KEY
 from diffusion_lab.pipeline import DiffusionPipeline, generate, generate_number, generate_with_seed, load_model
 from diffusion_lab.reports.images import save_samples, to_uint8
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from diffusion_lab.cli.train import main as train_entry_main
-from diffusion_lab.training.checkpointing import read_checkpoint
+from diffusion_lab.models.checkpoints import read_checkpoint
 from diffusion_lab.utils.files import atomic_write, exclusive_lock
 from tests.helpers import main_in_process, one_error_line, run_cli, start_cli
 

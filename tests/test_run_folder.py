@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffusion_lab.models.checkpoints import read_checkpoint
 from diffusion_lab.training import checkpointing
-from diffusion_lab.training.checkpointing import read_checkpoint
 from diffusion_lab.training.fit import LOCK_FILE
 from tests.helpers import command, main_in_process, one_error_line, run_cli, start_cli, user_env
 

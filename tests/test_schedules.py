@@ -77,9 +77,3 @@ def test_q_sample_statistics() -> None:
         ab = s.alphas_cumprod[t_idx].item()
         assert xt.mean().item() == pytest.approx(0.5 * math.sqrt(ab), abs=0.01)
         assert xt.var().item() == pytest.approx(1 - ab, abs=0.01 + 0.02 * (1 - ab))
-
-
-def test_posterior_variance_bounded_by_beta() -> None:
-    s = schedules.cosine(1000)
-    assert s.posterior_variance[0] == 0
-    assert bool((s.posterior_variance[1:] <= s.betas[1:]).all())

@@ -18,12 +18,12 @@ from typing import Any
 from diffusion_lab.diffusers_pipeline import DiffusionLabPipeline
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
 from diffusion_lab.diffusion.samplers import make_sampler
+from diffusion_lab.models.checkpoints import read_checkpoint
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.hub_format import CARD_FILE, CONFIG_FILE, folder_config, guide_entry, is_pipeline_folder
 from diffusion_lab.pipeline import DiffusionPipeline, Guide, load_guide, recipe_autoguidance, snapshot_guide
 from diffusion_lab.reports.images import class_grid, save_png
 from diffusion_lab.reports.model_card import SAMPLES_FILE, model_card
-from diffusion_lab.training.checkpointing import read_checkpoint
 from diffusion_lab.utils.files import atomic_write_text
 
 

@@ -35,11 +35,10 @@ from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.diffusion.objectives.base import DiscreteObjective
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, check_guidance, sample
 from diffusion_lab.diffusion.samplers import Sampler, make_sampler
+from diffusion_lab.models.checkpoints import checkpoint_snapshot, read_checkpoint
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.hub_format import load_folder_guide, load_model_folder, recorded_autoguidance
 from diffusion_lab.models.posthoc_ema import SynthesizedEMA, load_at_ema_length
-from diffusion_lab.training.checkpointing import read_checkpoint
-from diffusion_lab.training.guide_snapshot import checkpoint_snapshot
 
 #: Precisions of the network pass while sampling.
 PRECISIONS = ("32", "bf16")

@@ -49,11 +49,11 @@ from diffusion_lab.evaluation.clip import clip_from_config
 from diffusion_lab.evaluation.evaluator import Evaluator, first_per_class
 from diffusion_lab.evaluation.inception import InceptionWeightsError
 from diffusion_lab.evaluation.style_control import style_control
+from diffusion_lab.models.checkpoints import checkpoint_file
 from diffusion_lab.pipeline import DiffusionPipeline, load_model
 from diffusion_lab.reports.evaluation_report import GRID_COLUMNS, per_class_chart, report_markdown
 from diffusion_lab.reports.images import class_grid, load_samples, save_png, save_samples
 from diffusion_lab.reports.render import save_figure
-from diffusion_lab.training.checkpointing import checkpoint_file
 from diffusion_lab.utils.files import atomic_write_text, check_writable
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from diffusion_lab.cli.app import hydra_app
 from diffusion_lab.cli.errors import fail
 from diffusion_lab.data.sources import DataError
 from diffusion_lab.export import evaluation_metrics, export_model
-from diffusion_lab.training.checkpointing import checkpoint_file
+from diffusion_lab.models.checkpoints import checkpoint_file
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from diffusion_lab.cli.arguments import guidance_settings, resolve_device
 from diffusion_lab.cli.errors import fail
 from diffusion_lab.data.datamodule import MNISTDataModule, first_test_image
 from diffusion_lab.data.sources import DataError
+from diffusion_lab.models.checkpoints import checkpoint_file
 from diffusion_lab.pipeline import load_model
 from diffusion_lab.reports.lab_figures import (
     default_schedules,
@@ -29,7 +30,6 @@ from diffusion_lab.reports.lab_figures import (
     visualize_generation_steps,
 )
 from diffusion_lab.reports.render import save_figure
-from diffusion_lab.training.checkpointing import checkpoint_file
 from diffusion_lab.utils.files import check_writable
 
 log = logging.getLogger(__name__)

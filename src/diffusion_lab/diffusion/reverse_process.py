@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import torch
 from diffusers.guiders.guider_utils import rescale_noise_cfg
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.diffusion.samplers import Sampler, make_sampler
-from diffusion_lab.models.unet import ConditionalUNet
 
 #: The guidance weight w of the sampling commands, the callbacks and the notebook API when none is given:
 #: chosen by the objective sweep of the default recipe (docs/objectives.md).
@@ -25,15 +25,27 @@ DEFAULT_GUIDANCE = 0.3
 Interval = Sequence[float | None] | None
 
 
+class ConditionalNetwork(Protocol):
+    """What the reverse process needs of a network (``ConditionalUNet`` is one): its output on noisy images ``x``
+    ``[B, C, H, W]`` at network times ``[B]``, for labels ``[B]`` and optional normalised styles ``[B, S]``, and the
+    index of its null class, the label of the unconditional output."""
+
+    null_class: int
+
+    def __call__(self, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None = None) -> Tensor: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+
 def guided_output(
-    unet: ConditionalUNet,
+    unet: ConditionalNetwork,
     x: Tensor,
     time: Tensor,
     labels: Tensor,
     guidance: float,
     styles: Tensor | None = None,
     rescale: float = 0.0,
-    guide: ConditionalUNet | None = None,
+    guide: ConditionalNetwork | None = None,
     autoguidance: float = 0.0,
 ) -> Tensor:
     """The guided network output ``[B, C, H, W]`` in float32.
@@ -66,13 +78,13 @@ def guided_output(
     return rescale_noise_cfg(guided, cond, rescale) if rescale > 0 else guided
 
 
-def _network(unet: ConditionalUNet, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None) -> Tensor:
+def _network(unet: ConditionalNetwork, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None) -> Tensor:
     """One pass of ``[B]``: the network's conditional output (with ``styles`` where given)."""
     return unet(x, time, labels) if styles is None else unet(x, time, labels, styles)
 
 
 def _cond_uncond(
-    unet: ConditionalUNet, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None
+    unet: ConditionalNetwork, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """The conditional and unconditional outputs ``[B, C, H, W]`` in float32, from one pass of ``[2B]``."""
     null = torch.full_like(labels, unet.null_class)
@@ -137,7 +149,7 @@ def step_guidance(guidance: float, interval: Interval, sigma: float) -> float:
 
 @torch.no_grad()
 def sample_progressive(
-    unet: ConditionalUNet,
+    unet: ConditionalNetwork,
     objective: Objective,
     sampler: Sampler,
     labels: Tensor,
@@ -147,7 +159,7 @@ def sample_progressive(
     styles: Tensor | None = None,
     guidance_interval: Interval = None,
     guidance_rescale: float = 0.0,
-    guide: ConditionalUNet | None = None,
+    guide: ConditionalNetwork | None = None,
     autoguidance: float = 0.0,
 ) -> Iterator[tuple[float, Tensor]]:
     """Run the reverse process from ``noise``, yielding ``(sigma, x)`` before the first step and after each.
@@ -190,7 +202,7 @@ def sample_progressive(
 
 @torch.no_grad()
 def sample(
-    unet: ConditionalUNet,
+    unet: ConditionalNetwork,
     objective: Objective,
     labels: Tensor,
     sampler: str | Sampler = "auto",
@@ -202,7 +214,7 @@ def sample(
     styles: Tensor | None = None,
     guidance_interval: Interval = None,
     guidance_rescale: float = 0.0,
-    guide: ConditionalUNet | None = None,
+    guide: ConditionalNetwork | None = None,
     autoguidance: float = 0.0,
     **sampler_options: object,
 ) -> Tensor:

@@ -35,18 +35,12 @@ class NoiseSchedule(nn.Module):
         if not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError(f"{name} schedule: every beta must lie in (0, 1); lower beta_end or raise timesteps")
         self.name = name
-        alphas = 1.0 - betas
-        alphas_cumprod = torch.cumprod(alphas, dim=0)
-        alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         buffers = {
             "betas": betas,
-            "alphas": alphas,
             "alphas_cumprod": alphas_cumprod,
-            "alphas_cumprod_prev": alphas_cumprod_prev,
             "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
             "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
-            # Variance of q(x_{t-1} | x_t, x_0).
-            "posterior_variance": betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
         }
         for key, value in buffers.items():
             self.register_buffer(key, value.to(torch.float32), persistent=False)
@@ -70,18 +64,27 @@ class NoiseSchedule(nn.Module):
         """``[T]`` log signal-to-noise ratio log(alpha_bar / (1 - alpha_bar))."""
         return torch.log(self.alphas_cumprod) - torch.log1p(-self.alphas_cumprod)
 
+    def scales(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``sqrt(alpha_bar_t)`` and ``sqrt(1 - alpha_bar_t)`` at integer timesteps ``t`` ``[B]``, shaped
+        ``[B, 1, ...]`` in ``like``'s dtype to scale images like ``like``."""
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        t = t.long()
+        return (
+            self.sqrt_alphas_cumprod[t].view(shape).to(like.dtype),
+            self.sqrt_one_minus_alphas_cumprod[t].view(shape).to(like.dtype),
+        )
+
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """Sample x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I).
+        """Sample x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I): the forward process of the
+        eps and v objectives, in training and in figures.
 
         Args:
             x0: ``[B, C, H, W]`` clean images.
             t: ``[B]`` integer timesteps in ``[0, T-1]``.
             noise: ``[B, C, H, W]`` standard normal noise.
         """
-        shape = (-1,) + (1,) * (x0.ndim - 1)
-        a = self.sqrt_alphas_cumprod[t].view(shape).to(x0.dtype)
-        s = self.sqrt_one_minus_alphas_cumprod[t].view(shape).to(x0.dtype)
-        return a * x0 + s * noise
+        alpha, sigma = self.scales(t, x0)
+        return alpha * x0 + sigma * noise
 
     def extra_repr(self) -> str:
         return f"name={self.name}, T={self.timesteps}, alpha_bar_T={float(self.alphas_cumprod[-1]):.3g}"

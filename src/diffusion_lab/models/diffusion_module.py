@@ -15,13 +15,8 @@ from torch.optim import Optimizer
 
 from diffusion_lab.data.styles import STYLE_NAMES, StyleStats
 from diffusion_lab.diffusion.objectives import Objective
+from diffusion_lab.models.checkpoints import CONFIG_KEY, STYLE_STATS_KEY, read_checkpoint, upgrade_run_config
 from diffusion_lab.models.unet import ConditionalUNet
-from diffusion_lab.training.checkpointing import read_checkpoint, upgrade_run_config
-
-#: Checkpoint key that holds the resolved run configuration, so a checkpoint rebuilds its model.
-CONFIG_KEY = "diffusion_lab_config"
-#: Checkpoint key of a style-conditioned model's training-set style distribution (:class:`StyleStats`).
-STYLE_STATS_KEY = "diffusion_lab_style_stats"
 
 
 class DiffusionModule(L.LightningModule):

@@ -38,9 +38,9 @@ from diffusion_lab.data.styles import StyleStats
 from diffusion_lab.diffusion import schedules
 from diffusion_lab.diffusion.objectives import OBJECTIVES
 from diffusion_lab.diffusion.objectives.base import DiscreteObjective
+from diffusion_lab.models.checkpoints import state_difference, upgrade_run_config
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.unet import ConditionalUNet
-from diffusion_lab.training.checkpointing import state_difference, upgrade_run_config
 
 #: diffusers' index of a pipeline folder; its :data:`INDEX_KEY` entry is the project's config of the model.
 INDEX_FILE = "model_index.json"

@@ -28,8 +28,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import Tensor
 
+from diffusion_lab.models.checkpoints import read_checkpoint
 from diffusion_lab.models.diffusion_module import DiffusionModule
-from diffusion_lab.training.checkpointing import read_checkpoint
 from diffusion_lab.utils.files import atomic_write
 
 #: The folder beside a run's checkpoints (``checkpoints/posthoc_ema/``) that holds its snapshots.

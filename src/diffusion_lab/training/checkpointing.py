@@ -1,11 +1,12 @@
-"""Checkpoints a kill or a diverged loss cannot break: atomic writes, a ``last.ckpt`` that is always the latest
-resume point, safe reading, and the stop at a NaN loss before it reaches a checkpoint."""
+"""Training's side of checkpoints: what may resume from one, atomic writes, a ``last.ckpt`` that is always the
+latest resume point, the random state in it, and the stop at a NaN loss before it reaches a checkpoint.
+
+The format itself (its keys, safe reading, older versions) is :mod:`diffusion_lab.models.checkpoints`.
+"""
 
 from __future__ import annotations
 
-import errno
 import functools
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -17,106 +18,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from diffusion_lab.diffusion.objectives import OBJECTIVES
+from diffusion_lab.models.checkpoints import CONFIG_KEY, read_checkpoint, state_difference, upgrade_run_config
 from diffusion_lab.utils.files import atomic_write
-
-
-def checkpoint_file(ckpt: str | Path | None, folders: bool = True) -> Path:
-    """The checkpoint named by ``ckpt=`` (or ``ckpt_path=``), or a one-line reason it cannot be used.
-
-    With ``folders`` a model folder of ``diffusion-lab-export`` is a checkpoint too (its contents are
-    checked when it is loaded).
-    """
-    either = " or a model folder of diffusion-lab-export" if folders else ""
-    if not ckpt:
-        raise ValueError(
-            f"ckpt=PATH is required: a checkpoint of diffusion-lab-train (its checkpoints/last.ckpt){either}"
-        )
-    path = Path(ckpt)
-    if path.is_dir() and not folders:
-        raise ValueError(f"{path} is a folder: pass ckpt=PATH to a .ckpt file written by training")
-    if not (path.is_file() or (folders and path.is_dir())):
-        raise ValueError(f"checkpoint not found: {path} (pass ckpt=PATH to a .ckpt file written by training{either})")
-    return path
-
-
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without unpickling code (``weights_only=True``).
-
-    Raises:
-        ValueError: one line naming the file and why it cannot be read (missing, truncated, not a
-            checkpoint, or holding objects outside torch's safe set).
-    """
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"checkpoint not found: {path}") from None
-    except Exception as err:
-        if isinstance(err, pickle.UnpicklingError):  # torch's text here is about weights_only, not the file
-            reason = "not a PyTorch checkpoint, or it holds objects weights-only loading refuses"
-        elif "zip archive" in str(err) or isinstance(err, EOFError) or getattr(err, "errno", None) == errno.EINVAL:
-            reason = "truncated or corrupt file"
-        else:
-            reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
-        raise ValueError(f"{path} is not a readable checkpoint ({reason}): pass a .ckpt written by training") from err
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} is not a training checkpoint: pass a .ckpt written by training")
-    return checkpoint
-
-
-#: Modules of version 0.1.0, whose paths the ``_target_`` keys of its checkpoints' configs name, and where
-#: they live now.
-MOVED_MODULES = {
-    "diffusion_lab.diffusion_module": "diffusion_lab.models.diffusion_module",
-    "diffusion_lab.unet": "diffusion_lab.models.unet",
-    "diffusion_lab.lr_schedules": "diffusion_lab.models.lr_schedules",
-    "diffusion_lab.schedules": "diffusion_lab.diffusion.schedules",
-    "diffusion_lab.datamodule": "diffusion_lab.data.datamodule",
-    "diffusion_lab.clip_score": "diffusion_lab.evaluation.clip",
-    "diffusion_lab.callbacks": "diffusion_lab.training.callbacks",
-    "diffusion_lab.checkpointing": "diffusion_lab.training.checkpointing",
-    "diffusion_lab.loggers": "diffusion_lab.training.loggers",
-}
-#: Classes that moved to another module of the new tree.
-MOVED_TARGETS = {
-    "diffusion_lab.callbacks.StopOnNonFiniteLoss": "diffusion_lab.training.checkpointing.StopOnNonFiniteLoss"
-}
-
-
-def upgrade_config(config: Any) -> Any:
-    """``config`` (a stored run config) with every ``_target_`` of version 0.1.0 mapped to its current path."""
-    if isinstance(config, dict):
-        return {
-            key: _current_target(value) if key == "_target_" else upgrade_config(value) for key, value in config.items()
-        }
-    if isinstance(config, list):
-        return [upgrade_config(item) for item in config]
-    return config
-
-
-#: The objective of checkpoints from before the ``objective`` group: noise prediction on their schedule.
-EPSILON_TARGET = "diffusion_lab.diffusion.objectives.EpsilonObjective"
-
-
-def upgrade_run_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored run config in today's form: :func:`upgrade_config`, and the ``objective`` of a checkpoint from
-    before objectives (eps on its ``schedule``, with the ``model.min_snr_gamma`` it had)."""
-    config = upgrade_config(config)
-    if "objective" not in config and "schedule" in config:
-        model = dict(config.get("model") or {})
-        objective = {"_target_": EPSILON_TARGET, "schedule": config["schedule"]}
-        objective["min_snr_gamma"] = model.pop("min_snr_gamma", None)
-        config = {**config, "model": model, "objective": objective}
-    return config
-
-
-def _current_target(target: Any) -> Any:
-    if not isinstance(target, str):
-        return target
-    if target in MOVED_TARGETS:
-        return MOVED_TARGETS[target]
-    module, _, name = target.rpartition(".")
-    return f"{MOVED_MODULES[module]}.{name}" if module in MOVED_MODULES else target
-
 
 #: What a run's config and its checkpoint must agree on to continue one another: the data the model
 #: learns, the shape of what it draws, and the objective and forward process it learns to reverse.
@@ -172,18 +75,9 @@ def config_difference(stored: dict[str, Any] | None, current: dict[str, Any] | N
     return None
 
 
-def state_difference(expected: dict[str, Any], found: dict[str, Any]) -> str | None:
-    """The first weight whose name or shape differs between two state dicts; None when they match."""
-    shapes = {key: tuple(value.shape) for key, value in expected.items()}
-    other = {key: tuple(value.shape) for key, value in found.items()}
-    return None if shapes == other else sorted(set(shapes.items()) ^ set(other.items()))[0][0]
-
-
 def check_resumable(path: str | Path, module: L.LightningModule) -> None:
     """Refuse, before training starts, a checkpoint that is unreadable, was trained on other data or with
     another forward process, or holds another model's weights; the line names the difference and the fix."""
-    from diffusion_lab.models.diffusion_module import CONFIG_KEY  # the module reads checkpoints with this module
-
     checkpoint = read_checkpoint(path)
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict):

@@ -23,8 +23,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.config_schema import check_config
+from diffusion_lab.models.checkpoints import checkpoint_file
 from diffusion_lab.training.callbacks import MetricsJson
-from diffusion_lab.training.checkpointing import check_resumable, checkpoint_file, load_initial_weights
+from diffusion_lab.training.checkpointing import check_resumable, load_initial_weights
 
 log = logging.getLogger(__name__)
 

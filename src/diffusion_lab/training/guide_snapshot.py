@@ -5,7 +5,7 @@ with a weaker one of the same data. An earlier snapshot of the same run is such 
 training. :class:`GuideSnapshot` keeps the weights validation uses (the EMA weights when the run trains with
 EMA) when the run reaches ``fraction`` of its optimizer steps, and stores them in every later checkpoint as
 its callback state, so ``last.ckpt`` carries its guide and a resumed run keeps (or, resumed earlier, takes)
-the snapshot. :func:`checkpoint_snapshot` reads it back.
+the snapshot. :func:`diffusion_lab.models.checkpoints.checkpoint_snapshot` reads it back.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
-log = logging.getLogger(__name__)
+from diffusion_lab.models.checkpoints import GUIDE_SNAPSHOT_KEY
 
-#: The callback's key in a checkpoint's ``callbacks`` (Lightning's default, the class name).
-SNAPSHOT_KEY = "GuideSnapshot"
+log = logging.getLogger(__name__)
 
 
 class GuideSnapshot(L.Callback):
@@ -71,17 +70,14 @@ class GuideSnapshot(L.Callback):
         log.info("Guide snapshot for autoguidance: the %s weights at step %d", "raw" if average is None else "EMA",
                  self.step)  # fmt: skip
 
+    @property
+    def state_key(self) -> str:
+        """Where a checkpoint keeps the snapshot: the key the checkpoint format reads it from."""
+        return GUIDE_SNAPSHOT_KEY
+
     def state_dict(self) -> dict[str, Any]:
         return {"fraction": self.fraction, "step": self.step, "weights": self.weights}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.step = state_dict.get("step")
         self.weights = state_dict.get("weights")
-
-
-def checkpoint_snapshot(checkpoint: dict[str, Any]) -> tuple[dict[str, Tensor], int] | None:
-    """The guide snapshot of a training checkpoint, ``(state dict, step)``, or None when it holds none."""
-    state = (checkpoint.get("callbacks") or {}).get(SNAPSHOT_KEY) or {}
-    if state.get("weights") is None:
-        return None
-    return state["weights"], int(state["step"])

@@ -102,10 +102,6 @@ class Objective(nn.Module, ABC):
         """A scheduler's timesteps -> the noise level sigma there (for ``guidance_interval``)."""
 
     @abstractmethod
-    def predict_x0(self, output: Tensor, x_in: Tensor, timestep: Tensor) -> Tensor:
-        """The clean image the network's ``output`` at input ``x_in`` and ``timestep`` predicts."""
-
-    @abstractmethod
     def add_noise(self, x0: Tensor, fraction: float, noise: Tensor) -> Tensor:
         """The forward process at ``fraction`` of the way from clean (0) to pure noise (1), for figures."""
 
@@ -147,13 +143,15 @@ class DiscreteObjective(Objective):
     def sample_levels(self, num: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
         return torch.randint(0, self.schedule.timesteps, (num,), device=device, generator=generator)
 
-    def _alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        """``sqrt(alpha_bar_t)`` and ``sqrt(1 - alpha_bar_t)`` at integer timesteps, shaped to scale ``like``."""
-        t = t.long()
-        return (
-            expand(self.schedule.sqrt_alphas_cumprod[t], like),
-            expand(self.schedule.sqrt_one_minus_alphas_cumprod[t], like),
-        )
+    def training_batch(self, x0: Tensor, levels: Tensor, noise: Tensor) -> TrainingBatch:
+        """``x_in = NoiseSchedule.q_sample(x0, t, noise)`` at the integer timesteps ``levels``, and :meth:`target`."""
+        ab = self.schedule.alphas_cumprod[levels.long()]
+        x_in = self.schedule.q_sample(x0, levels, noise)
+        return TrainingBatch(x_in, levels, self.target(x0, levels, noise), ab / (1 - ab))
+
+    @abstractmethod
+    def target(self, x0: Tensor, levels: Tensor, noise: Tensor) -> Tensor:
+        """What the network is trained to output at ``q_sample(x0, levels, noise)``."""
 
     def _vp_sigmas(self) -> Tensor:
         """``[T]`` sigma of every training timestep."""
@@ -172,15 +170,9 @@ class DiscreteObjective(Objective):
         frac = t - low
         return sigmas[low] * (1 - frac) + sigmas[high] * frac
 
-    def _alpha_sigma_at(self, timestep: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        sigma = self.sigma(timestep.reshape(-1)).to(like.device)
-        alpha = (1 / (1 + sigma**2)).sqrt()
-        return expand(alpha, like), expand(alpha * sigma, like)
-
     def add_noise(self, x0: Tensor, fraction: float, noise: Tensor) -> Tensor:
         t = torch.tensor([round(fraction * (self.timesteps - 1))], device=x0.device)
-        alpha, sigma = self._alpha_sigma(t, x0)
-        return alpha * x0 + sigma * noise
+        return self.schedule.q_sample(x0, t, noise)
 
     def scheduler_config(self, scheduler: type) -> dict[str, Any] | None:
         params = init_parameters(scheduler)

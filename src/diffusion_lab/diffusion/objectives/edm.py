@@ -75,10 +75,6 @@ class EDMObjective(Objective):
     def sigma(self, timestep: Tensor) -> Tensor:
         return (4 * timestep.float()).exp()
 
-    def predict_x0(self, output: Tensor, x_in: Tensor, timestep: Tensor) -> Tensor:
-        c_skip, c_out, c_in = (expand(c, x_in) for c in self.preconditioning(self.sigma(timestep.reshape(-1))))
-        return c_skip * (x_in / c_in) + c_out * output
-
     def add_noise(self, x0: Tensor, fraction: float, noise: Tensor) -> Tensor:
         """x_0 + sigma eps at sigma log-linearly between sigma_min and sigma_max, scaled by 1 / sqrt(1 + sigma^2)."""
         sigma = self.sigma_min ** (1 - fraction) * self.sigma_max**fraction if fraction > 0 else 0.0

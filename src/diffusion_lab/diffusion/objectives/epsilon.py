@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from diffusion_lab.diffusion.objectives.base import DiscreteObjective, TrainingBatch
+from diffusion_lab.diffusion.objectives.base import DiscreteObjective
 
 
 class EpsilonObjective(DiscreteObjective):
@@ -16,14 +16,8 @@ class EpsilonObjective(DiscreteObjective):
     name = "eps"
     prediction_type = "epsilon"
 
-    def training_batch(self, x0: Tensor, levels: Tensor, noise: Tensor) -> TrainingBatch:
-        alpha, sigma = self._alpha_sigma(levels, x0)
-        ab = self.schedule.alphas_cumprod[levels.long()]
-        return TrainingBatch(alpha * x0 + sigma * noise, levels, noise, ab / (1 - ab))
+    def target(self, x0: Tensor, levels: Tensor, noise: Tensor) -> Tensor:
+        return noise
 
     def min_snr_weight(self, snr: Tensor) -> Tensor:
         return snr.clamp(max=self.min_snr_gamma) / snr
-
-    def predict_x0(self, output: Tensor, x_in: Tensor, timestep: Tensor) -> Tensor:
-        alpha, sigma = self._alpha_sigma_at(timestep, x_in)
-        return (x_in - sigma * output) / alpha

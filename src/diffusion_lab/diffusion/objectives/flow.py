@@ -69,10 +69,6 @@ class FlowObjective(Objective):
         t = timestep.float() / NUM_TRAIN_TIMESTEPS
         return t / (1 - t)
 
-    def predict_x0(self, output: Tensor, x_in: Tensor, timestep: Tensor) -> Tensor:
-        t = expand(timestep.reshape(-1).float() / NUM_TRAIN_TIMESTEPS, x_in).to(x_in.device)
-        return x_in - t * output
-
     def add_noise(self, x0: Tensor, fraction: float, noise: Tensor) -> Tensor:
         return (1 - fraction) * x0 + fraction * noise
 

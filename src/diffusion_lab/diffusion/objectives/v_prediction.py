@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from diffusion_lab.diffusion.objectives.base import DiscreteObjective, TrainingBatch
+from diffusion_lab.diffusion.objectives.base import DiscreteObjective
 
 
 class VObjective(DiscreteObjective):
@@ -13,14 +13,9 @@ class VObjective(DiscreteObjective):
     name = "v"
     prediction_type = "v_prediction"
 
-    def training_batch(self, x0: Tensor, levels: Tensor, noise: Tensor) -> TrainingBatch:
-        alpha, sigma = self._alpha_sigma(levels, x0)
-        ab = self.schedule.alphas_cumprod[levels.long()]
-        return TrainingBatch(alpha * x0 + sigma * noise, levels, alpha * noise - sigma * x0, ab / (1 - ab))
+    def target(self, x0: Tensor, levels: Tensor, noise: Tensor) -> Tensor:
+        alpha, sigma = self.schedule.scales(levels, x0)
+        return alpha * noise - sigma * x0
 
     def min_snr_weight(self, snr: Tensor) -> Tensor:
         return snr.clamp(max=self.min_snr_gamma) / (snr + 1)
-
-    def predict_x0(self, output: Tensor, x_in: Tensor, timestep: Tensor) -> Tensor:
-        alpha, sigma = self._alpha_sigma_at(timestep, x_in)
-        return alpha * x_in - sigma * output
