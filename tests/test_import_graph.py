@@ -21,7 +21,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "data",  # datasets, labels, styles
         "diffusion",  # schedules, objectives, samplers, the reverse process
         "models",  # the network, the LightningModule, the checkpoint format, model folders
-        "pipeline",  # a loaded model that draws images
+        "pipeline diffusers_pipeline",  # a loaded model that draws images; its diffusers face
         "evaluation",  # metrics of images
         "reports",  # figures, tables, sample files, model cards
         "export",  # a checkpoint as a model folder
