@@ -12,7 +12,7 @@ from PIL import Image
 
 from diffusion_lab.data.sources import dataset_info
 from diffusion_lab.models.diffusion_module import CONFIG_KEY
-from diffusion_lab.pipeline import DiffusionPipeline, generate, generate_number, generate_with_seed, load_model
+from diffusion_lab.pipeline import ClassConditionalPipeline, generate, generate_number, generate_with_seed, load_model
 from diffusion_lab.reports.images import save_samples, to_uint8
 
 FASHION = dataset_info("fashion_mnist").class_names
@@ -20,7 +20,7 @@ DIGITS = dataset_info("mnist").class_names
 
 
 @pytest.fixture
-def model(make_checkpoint: Callable[..., Path]) -> DiffusionPipeline:
+def model(make_checkpoint: Callable[..., Path]) -> ClassConditionalPipeline:
     return load_model(make_checkpoint())
 
 
@@ -32,7 +32,7 @@ def test_class_names_come_from_the_checkpoint(make_checkpoint: Callable[..., Pat
 
 @pytest.mark.parametrize(("sampler", "steps"), [("ddim", 10), ("ddpm", None), ("dpm_solver", 8)])
 def test_same_seed_same_images_other_seed_other_images(
-    model: DiffusionPipeline, sampler: str, steps: int | None
+    model: ClassConditionalPipeline, sampler: str, steps: int | None
 ) -> None:
     labels = [0, 3, 7]
     a = generate(model, labels, seed=5, sampler=sampler, steps=steps)
@@ -44,14 +44,14 @@ def test_same_seed_same_images_other_seed_other_images(
     assert not torch.equal(a, c)
 
 
-def test_deterministic_samplers_do_not_depend_on_batch_size(model: DiffusionPipeline) -> None:
+def test_deterministic_samplers_do_not_depend_on_batch_size(model: ClassConditionalPipeline) -> None:
     labels = list(range(10))
     whole = generate(model, labels, seed=1, steps=10)
     batched = generate(model, labels, seed=1, steps=10, batch_size=3)
     torch.testing.assert_close(whole, batched)
 
 
-def test_lab_helpers(model: DiffusionPipeline) -> None:
+def test_lab_helpers(model: ClassConditionalPipeline) -> None:
     sevens = generate_number(model, 7, n=4, steps=5)
     assert sevens.shape == (4, 1, 28, 28)
     one = generate_with_seed(model, 7, seed=42, steps=5)
@@ -69,7 +69,7 @@ def test_lab_helpers(model: DiffusionPipeline) -> None:
      ({"labels": torch.tensor([10])}, r"labels must lie in 0\.\.9"), ({"labels": []}, "non-empty"),
      ({"precision": "fp16"}, "precision must be one of 32, bf16"), ({"batch_size": 0}, "batch_size must be positive")],
 )  # fmt: skip
-def test_bad_generation_settings_refused(model: DiffusionPipeline, kwargs: dict, message: str) -> None:
+def test_bad_generation_settings_refused(model: ClassConditionalPipeline, kwargs: dict, message: str) -> None:
     kwargs = {"labels": [1], **kwargs}
     with pytest.raises(ValueError, match=message):
         generate(model, **kwargs)
@@ -116,7 +116,7 @@ def test_unreadable_checkpoints_refused(tmp_path: Path, make_checkpoint: Callabl
         load_model(plain)
 
 
-def test_precision_sets_autocast_and_stays_deterministic(model: DiffusionPipeline, monkeypatch) -> None:
+def test_precision_sets_autocast_and_stays_deterministic(model: ClassConditionalPipeline, monkeypatch) -> None:
     seen: list[bool] = []
     forward = model.model.unet.forward
 

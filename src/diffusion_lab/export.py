@@ -17,7 +17,7 @@ from typing import Any
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.hub_format import CONFIG_FILE, folder_config, guide_entry, save_model_folder
-from diffusion_lab.pipeline import DiffusionPipeline, Guide, load_guide, recipe_autoguidance, snapshot_guide
+from diffusion_lab.pipeline import ClassConditionalPipeline, Guide, load_guide, recipe_autoguidance, snapshot_guide
 from diffusion_lab.reports.images import class_grid, save_png
 from diffusion_lab.reports.model_card import SAMPLES_FILE, model_card
 from diffusion_lab.training.checkpointing import read_checkpoint
@@ -114,7 +114,7 @@ def export_model(
     checkpoint = read_checkpoint(ckpt)
     module = DiffusionModule.load_checkpoint(ckpt)
     config = folder_config(module, checkpoint, training_record(module.run_config or {}, ckpt))
-    pipe = DiffusionPipeline(module)
+    pipe = ClassConditionalPipeline(module)
     carried = load_guide(guide) if guide is not None else snapshot_guide(module, ckpt)
     if carried is not None:
         pipe.set_guide(carried)

@@ -1,12 +1,12 @@
 """The sampling pipeline: a trained model with what it knows, a request in, images out.
 
-Every command and the notebook API sample through :class:`DiffusionPipeline`, in the manner of
+Every command and the notebook API sample through :class:`ClassConditionalPipeline`, in the manner of
 diffusers' pipelines: it holds the loaded model, the dataset it was trained on, that dataset's class
 names and image shape, and (for a style-conditioned model) the training set's style statistics, so a
 request (labels, styles, guidance, sampler, seed) goes one way, to images. In a notebook::
 
     from diffusion_lab import load_model, generate, generate_number, generate_with_seed
-    model = load_model("outputs/train/.../checkpoints/last.ckpt")  # a DiffusionPipeline (or an exported folder)
+    model = load_model("outputs/train/.../checkpoints/last.ckpt")  # a ClassConditionalPipeline (or an exported folder)
     images = generate_number(model, 7, n=16)          # [16, 1, 28, 28] in [0, 1]
     image = generate_with_seed(model, "trouser", 42)   # the same image for the same seed
     slanted = generate_number(model, 7, n=8, style={"slant": 20, "thickness": "bold"})  # style-conditioned models
@@ -148,7 +148,7 @@ def recipe_autoguidance(callbacks: dict[str, Any] | None) -> float:
     return float(quality.get("autoguidance") or 0.0)
 
 
-class DiffusionPipeline:
+class ClassConditionalPipeline:
     """A trained :class:`DiffusionModule` and what it knows, turning requests into images.
 
     Args:
@@ -189,7 +189,7 @@ class DiffusionPipeline:
         device: str | torch.device = "cpu",
         guide: str | Path | None = None,
         ema_length: float | None = None,
-    ) -> DiffusionPipeline:
+    ) -> ClassConditionalPipeline:
         """The pipeline of a ``diffusion-lab-train`` checkpoint, with its EMA weights when trained with EMA,
         or of a model folder written by ``diffusion-lab-export`` (:mod:`diffusion_lab.models.hub_format`).
 
@@ -440,8 +440,8 @@ def load_model(
     device: str | torch.device = "cpu",
     guide: str | Path | None = None,
     ema_length: float | None = None,
-) -> DiffusionPipeline:
-    """The :class:`DiffusionPipeline` of a ``diffusion-lab-train`` checkpoint, on ``device``, in eval mode.
+) -> ClassConditionalPipeline:
+    """The :class:`ClassConditionalPipeline` of a ``diffusion-lab-train`` checkpoint, on ``device``, in eval mode.
 
     Its weights are the EMA weights when the run trained with EMA. ``ckpt`` may also be a model folder
     of ``diffusion-lab-export`` (``model.safetensors`` + ``config.json``), loaded without unpickling
@@ -450,19 +450,19 @@ def load_model(
     ``ema_length`` (sigma_rel, e.g. 0.1) chooses the EMA length after training: the weights are then
     synthesised from the run's post-hoc EMA snapshots (``pipe.posthoc_ema`` says which average they are).
     """
-    return DiffusionPipeline.from_checkpoint(ckpt, device, guide, ema_length)
+    return ClassConditionalPipeline.from_checkpoint(ckpt, device, guide, ema_length)
 
 
-def generate(pipe: DiffusionPipeline, labels: Tensor | Sequence[Label] | Label, **kwargs: object) -> Tensor:
-    """One image per label from ``pipe``: ``[N, C, H, W]`` in [0, 1] (see :meth:`DiffusionPipeline.__call__`)."""
+def generate(pipe: ClassConditionalPipeline, labels: Tensor | Sequence[Label] | Label, **kwargs: object) -> Tensor:
+    """One image per label from ``pipe``: ``[N, C, H, W]`` in [0, 1] (see :meth:`ClassConditionalPipeline.__call__`)."""
     return pipe(labels, **kwargs)
 
 
-def generate_number(pipe: DiffusionPipeline, digit: Label, n: int = 16, **kwargs: object) -> Tensor:
+def generate_number(pipe: ClassConditionalPipeline, digit: Label, n: int = 16, **kwargs: object) -> Tensor:
     """``n`` images of one class (a digit, or a garment name on Fashion-MNIST): ``[n, C, H, W]`` in [0, 1]."""
     return pipe(pipe.labels(digit, n), **kwargs)
 
 
-def generate_with_seed(pipe: DiffusionPipeline, digit: Label, seed: int, n: int = 1, **kwargs: object) -> Tensor:
+def generate_with_seed(pipe: ClassConditionalPipeline, digit: Label, seed: int, n: int = 1, **kwargs: object) -> Tensor:
     """``n`` images of one class from a given seed: the same seed gives the same images."""
     return pipe(pipe.labels(digit, n), seed=seed, **kwargs)

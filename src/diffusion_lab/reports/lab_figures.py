@@ -28,7 +28,7 @@ from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, check_guidance, sample_progressive
 from diffusion_lab.diffusion.samplers import Sampler
 from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine, linear, quadratic
-from diffusion_lab.pipeline import DiffusionPipeline, network_precision
+from diffusion_lab.pipeline import ClassConditionalPipeline, network_precision
 from diffusion_lab.reports.images import image_grid
 
 #: Width and height, in inches, of one 28x28 image cell in the image-grid figures.
@@ -169,7 +169,7 @@ def _auto(autoguidance: float) -> str:
 
 @torch.no_grad()
 def visualize_generation_steps(
-    pipe: DiffusionPipeline,
+    pipe: ClassConditionalPipeline,
     labels: Tensor | Sequence[Label] | None = None,
     num_snapshots: int = 8,
     sampler: str | Sampler = "auto",
@@ -199,7 +199,7 @@ def visualize_generation_steps(
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight w.
         seed: seed of the starting noise and of stochastic steps.
-        precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.DiffusionPipeline`.
+        precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.ClassConditionalPipeline`.
         guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
         guidance_rescale: guidance rescale phi (0: none).
         autoguidance: autoguidance weight w_a, guided by ``pipe.guide`` (0: none).
@@ -253,7 +253,7 @@ def visualize_generation_steps(
 
 @torch.no_grad()
 def guidance_sweep(
-    pipe: DiffusionPipeline,
+    pipe: ClassConditionalPipeline,
     weights: Sequence[float] = GUIDANCE_WEIGHTS,
     num_per_class: int = 4,
     seed: int = 0,
@@ -279,7 +279,7 @@ def guidance_sweep(
         sampler: a sampler name (``auto``, ``ddim``, ``dpm_solver``... built with ``sampler_kwargs``), or a
             :class:`Sampler` fitted to the model's objective.
         steps: sampler steps (None: the sampler's default).
-        precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.DiffusionPipeline`.
+        precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.ClassConditionalPipeline`.
         guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
         guidance_rescale: guidance rescale phi (0: none).
         autoguidance: autoguidance weight w_a of every panel, guided by ``pipe.guide`` (0: none).
@@ -347,7 +347,7 @@ def style_distributions(styles: Tensor, stats: StyleStats, dataset: str) -> Figu
 
 @torch.no_grad()
 def style_grid(
-    pipe: DiffusionPipeline,
+    pipe: ClassConditionalPipeline,
     label: Label = 7,
     slants: Sequence[float | str] = (-30, -15, 0, 15, 30),
     thicknesses: Sequence[float | str] = ("thin", "regular", "bold"),
@@ -375,7 +375,7 @@ def style_grid(
         sampler: a sampler name (``auto``, ``ddim``, ``dpm_solver``...), or a :class:`Sampler`.
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight w.
-        precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.DiffusionPipeline`.
+        precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.ClassConditionalPipeline`.
         guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
         guidance_rescale: guidance rescale phi (0: none).
         autoguidance: autoguidance weight w_a, guided by ``pipe.guide`` (0: none).
