@@ -352,10 +352,12 @@ def limit_results(cfg: DictConfig, img_s: dict[str, float], roofline_repeats: in
 
 
 def untrained_pipeline(cfg: DictConfig) -> ClassConditionalPipeline:
-    """A sampling pipeline over ``cfg``'s untrained model, on the GPU when there is one."""
+    """A sampling pipeline over ``cfg``'s untrained model, on the GPU when there is one (no progress bar)."""
     model = instantiate(cfg.model, objective=instantiate(cfg.objective))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    return ClassConditionalPipeline(model.cuda() if torch.cuda.is_available() else model)
+    pipe = ClassConditionalPipeline(model.cuda() if torch.cuda.is_available() else model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def sampling_seconds(cfg: DictConfig, skip_ddpm: bool) -> dict[str, float]:
