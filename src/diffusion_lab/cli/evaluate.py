@@ -130,8 +130,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
 
     sampling = {
-        "sampler": sampler, "steps": cfg.steps, "guidance": cfg.guidance, "batch_size": cfg.batch_size,
-        "precision": str(cfg.precision), **guidance,
+        "sampler": sampler, "guidance": cfg.guidance, "batch_size": cfg.batch_size, "precision": str(cfg.precision),
+        **guidance,
     }  # fmt: skip
     sampling_started = time.perf_counter()
     if loaded is None:
