@@ -183,6 +183,9 @@ class ClassConditionalPipeline:
         guide: the guide of autoguidance (a weaker model of the same data), or None.
     """
 
+    #: The tensors a ``callback_on_step_end`` may ask for (diffusers' ``_callback_tensor_inputs``).
+    _callback_tensor_inputs = ("latents", "labels")
+
     def __init__(self, model: DiffusionModule, dataset: str | None = None, guide: Guide | None = None) -> None:
         self.model = model.eval()
         #: Name of the dataset the model was trained on (None when unknown).
@@ -207,9 +210,6 @@ class ClassConditionalPipeline:
         self._progress_bar_config: dict[str, Any] = {}
         if guide is not None:
             self.set_guide(guide)
-
-    #: The tensors a ``callback_on_step_end`` may ask for (diffusers' ``_callback_tensor_inputs``).
-    _callback_tensor_inputs = ("latents", "labels")
 
     @classmethod
     def from_checkpoint(
