@@ -53,7 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion_lab.config import CONF_DIR, project_root
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
-from diffusion_lab.pipeline import DiffusionPipeline, Guide
+from diffusion_lab.pipeline import ClassConditionalPipeline, Guide
 from diffusion_lab.utils.files import atomic_write_text
 
 PRESETS = ("small", "base", "large")
@@ -351,11 +351,13 @@ def limit_results(cfg: DictConfig, img_s: dict[str, float], roofline_repeats: in
     return result
 
 
-def untrained_pipeline(cfg: DictConfig) -> DiffusionPipeline:
-    """A sampling pipeline over ``cfg``'s untrained model, on the GPU when there is one."""
+def untrained_pipeline(cfg: DictConfig) -> ClassConditionalPipeline:
+    """A sampling pipeline over ``cfg``'s untrained model, on the GPU when there is one (no progress bar)."""
     model = instantiate(cfg.model, objective=instantiate(cfg.objective))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    return DiffusionPipeline(model.cuda() if torch.cuda.is_available() else model)
+    pipe = ClassConditionalPipeline(model.cuda() if torch.cuda.is_available() else model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def sampling_seconds(cfg: DictConfig, skip_ddpm: bool) -> dict[str, float]:

@@ -39,7 +39,7 @@ from omegaconf import OmegaConf
 
 from diffusion_lab.config import project_root
 from diffusion_lab.evaluation.evaluator import Evaluator
-from diffusion_lab.pipeline import DiffusionPipeline, Guide
+from diffusion_lab.pipeline import ClassConditionalPipeline, Guide
 from diffusion_lab.training.fit import build
 from diffusion_lab.utils.files import atomic_write_text
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer.callbacks.append(snapshots)
     trainer.fit(model, datamodule=datamodule)
 
-    pipe = DiffusionPipeline(model.cpu())
+    pipe = ClassConditionalPipeline(model.cpu())
     guide_module = copy.deepcopy(model)
     quality = cfg.callbacks.sample_quality
     sampler = pipe.sampler(instantiate(cfg.sampler)(objective=model.objective), quality.steps)

@@ -25,7 +25,7 @@ def test_the_site_builds_strictly_with_api_pages(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     api = (site / "api" / "pipeline" / "index.html").read_text()
-    assert "DiffusionPipeline" in api and "generate_with_seed" in api, "the API pages come from the docstrings"
+    assert "ClassConditionalPipeline" in api and "generate_with_seed" in api, "the API pages come from the docstrings"
     assert (site / "guidance_sweep.png").is_file() and (site / "sampling" / "index.html").is_file()
 
 

@@ -16,7 +16,7 @@ from diffusion_lab.cli import evaluate as evaluate_cli
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
 from diffusion_lab.evaluation import cas as cas_module
 from diffusion_lab.evaluation.classifier import load_classifier
-from diffusion_lab.pipeline import DiffusionPipeline
+from diffusion_lab.pipeline import ClassConditionalPipeline
 from diffusion_lab.reports.images import save_samples
 from tests.helpers import main_in_process, one_error_line, run_cli
 
@@ -167,7 +167,7 @@ def test_scores_precision_recall_and_cas_and_rescores_its_samples_file(
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampled again")
 
-    monkeypatch.setattr(DiffusionPipeline, "__call__", no_sampling)
+    monkeypatch.setattr(ClassConditionalPipeline, "__call__", no_sampling)
     samples = first / "samples.npz"
     main_in_process(monkeypatch, "evaluate", f"ckpt={ckpt}", "num_per_class=4", *common, f"samples={samples}",
                     "guidance=7", f"output={second}", f"hydra.run.dir={tmp_path / 'run2'}")  # fmt: skip

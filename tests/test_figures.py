@@ -20,7 +20,7 @@ from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
 from diffusion_lab.diffusion.schedules import cosine, linear, quadratic
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.unet import ConditionalUNet
-from diffusion_lab.pipeline import DiffusionPipeline, generate
+from diffusion_lab.pipeline import ClassConditionalPipeline, generate
 from diffusion_lab.reports.lab_figures import (
     guidance_sweep,
     plot_schedules,
@@ -156,7 +156,7 @@ def test_plot_schedules_follows_timesteps() -> None:
 
 
 @pytest.fixture(scope="module")
-def model() -> DiffusionPipeline:
+def model() -> ClassConditionalPipeline:
     """A tiny randomly initialised model on MNIST's ten classes (weights spread so labels and guidance matter)."""
     torch.manual_seed(0)
     module = DiffusionModule(
@@ -167,12 +167,12 @@ def model() -> DiffusionPipeline:
     for p in module.parameters():
         torch.nn.init.normal_(p, std=0.05)
     torch.nn.init.normal_(module.unet.class_emb.weight, std=1.0)
-    return DiffusionPipeline(module, dataset="mnist")
+    return ClassConditionalPipeline(module, dataset="mnist")
 
 
 @pytest.mark.parametrize(("sampler", "steps"), [("ddim", 8), ("dpm_solver", 6)])
 def test_generation_steps_go_from_the_seeded_noise_to_the_sample(
-    model: DiffusionPipeline, sampler: str, steps: int
+    model: ClassConditionalPipeline, sampler: str, steps: int
 ) -> None:
     fig = visualize_generation_steps(model, num_snapshots=5, sampler=sampler, steps=steps, seed=3)
     grid = image_grid(fig)
@@ -190,16 +190,16 @@ def test_generation_steps_go_from_the_seeded_noise_to_the_sample(
         assert pixels(grid[(r, 2)]).min() >= 0 and pixels(grid[(r, 2)]).max() <= 1
 
 
-def test_generation_steps_snapshots_are_capped_by_the_steps(model: DiffusionPipeline) -> None:
+def test_generation_steps_snapshots_are_capped_by_the_steps(model: ClassConditionalPipeline) -> None:
     grid = image_grid(visualize_generation_steps(model, labels=[7, "3"], num_snapshots=20, steps=4))
     assert grid_shape(grid) == (2, 5), "4 steps give 5 states: the noise and one after each step"
     assert [grid[(r, 0)].get_ylabel() for r in range(2)] == ["7", "3"]
 
 
 def test_generation_steps_label_rows_with_the_dataset_class_names(
-    model: DiffusionPipeline, monkeypatch: pytest.MonkeyPatch
+    model: ClassConditionalPipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fashion = DiffusionPipeline(model.model, dataset="fashion_mnist")
+    fashion = ClassConditionalPipeline(model.model, dataset="fashion_mnist")
     grid = image_grid(visualize_generation_steps(fashion, labels=["trouser", "ankle_boot"], num_snapshots=2, steps=2))
     assert [grid[(r, 0)].get_ylabel() for r in range(2)] == ["Trouser", "Ankle boot"]
 
@@ -214,12 +214,12 @@ def test_generation_steps_label_rows_with_the_dataset_class_names(
         ({"labels": [10]}, "out of range"),
     ],
 )
-def test_generation_steps_refuse_bad_arguments(model: DiffusionPipeline, kwargs: dict, message: str) -> None:
+def test_generation_steps_refuse_bad_arguments(model: ClassConditionalPipeline, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         visualize_generation_steps(model, **kwargs)
 
 
-def test_guidance_sweep_changes_only_the_weight(model: DiffusionPipeline) -> None:
+def test_guidance_sweep_changes_only_the_weight(model: ClassConditionalPipeline) -> None:
     fig = guidance_sweep(model, num_per_class=2, steps=5, seed=1)
     assert [ax.get_title() for ax in fig.axes] == ["w = 0", "w = 0.5", "w = 1", "w = 2", "w = 4"]
     panels = [pixels(ax) for ax in fig.axes]
@@ -233,7 +233,7 @@ def test_guidance_sweep_changes_only_the_weight(model: DiffusionPipeline) -> Non
     assert np.abs(panels[0] - panels[4]).mean() > 1e-3
 
 
-def test_guidance_sweep_refuses_a_negative_weight(model: DiffusionPipeline) -> None:
+def test_guidance_sweep_refuses_a_negative_weight(model: ClassConditionalPipeline) -> None:
     with pytest.raises(ValueError, match="guidance must be a finite number >= 0"):
         guidance_sweep(model, weights=(0, -1), steps=2)
 
@@ -245,7 +245,7 @@ def test_guidance_sweep_refuses_a_negative_weight(model: DiffusionPipeline) -> N
 
 
 @pytest.fixture(scope="module")
-def styled_model(style_stats) -> DiffusionPipeline:
+def styled_model(style_stats) -> ClassConditionalPipeline:
     """A tiny randomly initialised style-conditioned model with MNIST's style distribution."""
     torch.manual_seed(0)
     unet = ConditionalUNet(down_chs=(8, 16), num_classes=10, num_styles=2)
@@ -255,10 +255,12 @@ def styled_model(style_stats) -> DiffusionPipeline:
     for p in module.unet.style_emb.parameters():
         torch.nn.init.normal_(p, std=1.0)
     module.style_stats = style_stats("mnist")
-    return DiffusionPipeline(module, dataset="mnist")
+    return ClassConditionalPipeline(module, dataset="mnist")
 
 
-def test_style_grid_draws_one_class_across_slant_and_thickness_from_one_noise(styled_model: DiffusionPipeline) -> None:
+def test_style_grid_draws_one_class_across_slant_and_thickness_from_one_noise(
+    styled_model: ClassConditionalPipeline,
+) -> None:
     slants, thicknesses = [-20, 0, "right"], ["thin", 4.0]
     fig = style_grid(styled_model, "7", slants, thicknesses, steps=4, precision="32")
     grid = image_grid(fig)
@@ -274,7 +276,7 @@ def test_style_grid_draws_one_class_across_slant_and_thickness_from_one_noise(st
 
 
 def test_style_grid_needs_a_styled_model_and_good_values(
-    model: DiffusionPipeline, styled_model: DiffusionPipeline
+    model: ClassConditionalPipeline, styled_model: ClassConditionalPipeline
 ) -> None:
     with pytest.raises(ValueError, match="trained without style conditions"):
         style_grid(model, 7, steps=2)

@@ -60,7 +60,7 @@ def test_the_notebook_api_is_one_import_away() -> None:
     )  # fmt: skip
     assert proc.stdout.split() == ["False", str(len(diffusion_lab.__all__))], "import diffusion_lab stays light"
     for name in ("load_model", "generate", "generate_number", "generate_with_seed", "show_noise_progression",
-                 "visualize_generation_steps", "DiffusionPipeline"):  # fmt: skip
+                 "visualize_generation_steps", "ClassConditionalPipeline"):  # fmt: skip
         assert callable(getattr(diffusion_lab, name))
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from PIL import Image
 
 from diffusion_lab.data.sources import dataset_info
 from diffusion_lab.models.checkpoints import CONFIG_KEY
-from diffusion_lab.pipeline import DiffusionPipeline, generate, generate_number, generate_with_seed, load_model
+from diffusion_lab.pipeline import ClassConditionalPipeline, generate, generate_number, generate_with_seed, load_model
 from diffusion_lab.reports.images import save_samples, to_uint8
 
 FASHION = dataset_info("fashion_mnist").class_names
@@ -20,7 +23,7 @@ DIGITS = dataset_info("mnist").class_names
 
 
 @pytest.fixture
-def model(make_checkpoint: Callable[..., Path]) -> DiffusionPipeline:
+def model(make_checkpoint: Callable[..., Path]) -> ClassConditionalPipeline:
     return load_model(make_checkpoint())
 
 
@@ -32,7 +35,7 @@ def test_class_names_come_from_the_checkpoint(make_checkpoint: Callable[..., Pat
 
 @pytest.mark.parametrize(("sampler", "steps"), [("ddim", 10), ("ddpm", None), ("dpm_solver", 8)])
 def test_same_seed_same_images_other_seed_other_images(
-    model: DiffusionPipeline, sampler: str, steps: int | None
+    model: ClassConditionalPipeline, sampler: str, steps: int | None
 ) -> None:
     labels = [0, 3, 7]
     a = generate(model, labels, seed=5, sampler=sampler, steps=steps)
@@ -44,14 +47,14 @@ def test_same_seed_same_images_other_seed_other_images(
     assert not torch.equal(a, c)
 
 
-def test_deterministic_samplers_do_not_depend_on_batch_size(model: DiffusionPipeline) -> None:
+def test_deterministic_samplers_do_not_depend_on_batch_size(model: ClassConditionalPipeline) -> None:
     labels = list(range(10))
     whole = generate(model, labels, seed=1, steps=10)
     batched = generate(model, labels, seed=1, steps=10, batch_size=3)
     torch.testing.assert_close(whole, batched)
 
 
-def test_lab_helpers(model: DiffusionPipeline) -> None:
+def test_lab_helpers(model: ClassConditionalPipeline) -> None:
     sevens = generate_number(model, 7, n=4, steps=5)
     assert sevens.shape == (4, 1, 28, 28)
     one = generate_with_seed(model, 7, seed=42, steps=5)
@@ -69,7 +72,7 @@ def test_lab_helpers(model: DiffusionPipeline) -> None:
      ({"labels": torch.tensor([10])}, r"labels must lie in 0\.\.9"), ({"labels": []}, "non-empty"),
      ({"precision": "fp16"}, "precision must be one of 32, bf16"), ({"batch_size": 0}, "batch_size must be positive")],
 )  # fmt: skip
-def test_bad_generation_settings_refused(model: DiffusionPipeline, kwargs: dict, message: str) -> None:
+def test_bad_generation_settings_refused(model: ClassConditionalPipeline, kwargs: dict, message: str) -> None:
     kwargs = {"labels": [1], **kwargs}
     with pytest.raises(ValueError, match=message):
         generate(model, **kwargs)
@@ -116,7 +119,7 @@ def test_unreadable_checkpoints_refused(tmp_path: Path, make_checkpoint: Callabl
         load_model(plain)
 
 
-def test_precision_sets_autocast_and_stays_deterministic(model: DiffusionPipeline, monkeypatch) -> None:
+def test_precision_sets_autocast_and_stays_deterministic(model: ClassConditionalPipeline, monkeypatch) -> None:
     seen: list[bool] = []
     forward = model.model.unet.forward
 
@@ -131,3 +134,62 @@ def test_precision_sets_autocast_and_stays_deterministic(model: DiffusionPipelin
     assert seen[4:] == [True] * 4
     assert torch.equal(half, generate(model, [2, 5], seed=3, steps=4, precision="bf16"))
     assert (full - half).abs().mean() < 0.05
+
+
+def test_the_step_callback_sees_every_step_of_every_batch_and_reads_the_latents(
+    model: ClassConditionalPipeline,
+) -> None:
+    seen: list[tuple[int, int, list[int], torch.Tensor]] = []
+
+    def callback(pipe: ClassConditionalPipeline, step: int, timestep: torch.Tensor, tensors: dict) -> dict:
+        assert pipe is model
+        seen.append((step, int(timestep), tensors["labels"].tolist(), tensors["latents"].clone()))
+        return tensors
+
+    images = model([3, 5, 7], seed=2, sampler="ddim", steps=4, batch_size=2, callback_on_step_end=callback,
+                   callback_on_step_end_tensor_inputs=["latents", "labels"])  # fmt: skip
+    timesteps = [75, 50, 25, 0]
+    assert [(s, t, y) for s, t, y, _ in seen] == [
+        *((s, t, [3, 5]) for s, t in enumerate(timesteps)),
+        *((s, t, [7]) for s, t in enumerate(timesteps)),
+    ]
+    last = torch.cat([seen[3][3], seen[7][3]])
+    assert torch.equal(images, ((last.clamp(-1, 1) + 1) / 2).clamp(0, 1)), "the last latents are the images"
+    assert torch.equal(images, generate(model, [3, 5, 7], seed=2, sampler="ddim", steps=4, batch_size=2))
+
+    def flatten(pipe: ClassConditionalPipeline, step: int, timestep: torch.Tensor, tensors: dict) -> dict:
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    assert torch.equal(generate(model, [3], steps=2, callback_on_step_end=flatten), torch.full((1, 1, 28, 28), 0.5))
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs has 'noise_pred': use latents, labels"):
+        generate(model, [3], callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["noise_pred"])
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_shows_on_a_terminal_only_and_can_be_silenced(
+    model: ClassConditionalPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    generate(model, [1, 2, 3], steps=3, batch_size=2)
+    shown = terminal.getvalue()
+    assert "sampling 3 images" in shown and "6/6" in shown and "batch 2/2" in shown
+    assert re.search(r"\d\d:\d\d<\d\d:\d\d", shown), "elapsed<remaining: the ETA"
+    piped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", piped)
+    generate(model, [1, 2, 3], steps=3, batch_size=2)
+    assert piped.getvalue() == "", "quiet when stderr is not a terminal"
+    monkeypatch.setattr(sys, "stderr", terminal := Terminal())
+    model.set_progress_bar_config(disable=True)
+    generate(model, [1], steps=3)
+    assert terminal.getvalue() == ""
+    shown_anywhere = io.StringIO()
+    model.set_progress_bar_config(disable=False, file=shown_anywhere)
+    generate(model, [1], steps=3)
+    assert "sampling 1 image:" in shown_anywhere.getvalue()

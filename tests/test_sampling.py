@@ -1,4 +1,4 @@
-"""The sampling loop: classifier-free guidance, its interval and rescale, seeds and progressive snapshots."""
+"""The sampling loop: classifier-free guidance, its interval and rescale, seeds, per-step hooks, any denoiser."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from diffusers.guiders.guider_utils import rescale_noise_cfg
 
 from diffusion_lab.diffusion.objectives import EpsilonObjective
-from diffusion_lab.diffusion.reverse_process import guided_output, sample, sample_progressive, step_guidance
+from diffusion_lab.diffusion.reverse_process import denoise, guided_output, noise_levels, sample, step_guidance
 from diffusion_lab.diffusion.samplers import make_sampler
 from diffusion_lab.diffusion.schedules import cosine
 from diffusion_lab.models.unet import ConditionalUNet
@@ -88,19 +88,61 @@ def test_sample_is_seeded(unet: ConditionalUNet, sampler: str, steps: int | None
     assert not torch.equal(a, c)
 
 
-def test_progressive_sampling_yields_every_evaluation(unet: ConditionalUNet) -> None:
+def test_the_step_hook_sees_every_evaluation_and_can_replace_x(unet: ConditionalUNet) -> None:
     objective = OBJECTIVES["eps"]
     sampler = make_sampler("ddim", objective)
     sampler.set_timesteps(5)
     noise = torch.randn(2, 1, 28, 28)
-    steps = list(sample_progressive(unet, objective, sampler, torch.tensor([1, 2]), noise, guidance=1.0))
-    sigmas = [s for s, _ in steps]
-    assert len(steps) == 6 and sigmas[-1] == 0.0 and sigmas == sorted(sigmas, reverse=True)
+    seen: list[tuple[int, int, torch.Tensor]] = []
+
+    def record(i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        seen.append((i, int(t), x.clone()))
+        return x
+
+    final = denoise(unet, objective, sampler, torch.tensor([1, 2]), noise, guidance=1.0, on_step=record)
+    assert [(i, t) for i, t, _ in seen] == [(0, 80), (1, 60), (2, 40), (3, 20), (4, 0)]
+    assert torch.equal(seen[-1][2], final)
+    sigmas = noise_levels(objective, sampler)
+    assert sigmas[-1] == 0.0 and sigmas == sorted(sigmas, reverse=True)
     torch.testing.assert_close(torch.tensor(sigmas[:-1]), objective.sigma(torch.tensor([80, 60, 40, 20, 0])))
-    assert torch.equal(steps[0][1], noise)
-    final = sample(unet, objective, torch.tensor([1, 2]), sampler="ddim", steps=5, guidance=1.0, noise=noise)
-    torch.testing.assert_close(steps[-1][1].clamp(-1, 1), final)
+    expected = sample(unet, objective, torch.tensor([1, 2]), sampler="ddim", steps=5, guidance=1.0, noise=noise)
+    torch.testing.assert_close(final.clamp(-1, 1), expected)
+    # What the hook returns is what the loop goes on with.
+    zeroed = denoise(unet, objective, sampler, torch.tensor([1, 2]), noise, on_step=lambda i, t, x: x * 0)
+    assert torch.equal(zeroed, torch.zeros_like(zeroed))
     heun = make_sampler("heun", objective)
     heun.set_timesteps(4)
     assert heun.num_evaluations == 7  # two a step, one on the last
-    assert len(list(sample_progressive(unet, objective, heun, torch.tensor([1]), noise[:1]))) == 8
+    steps: list[int] = []
+    denoise(unet, objective, heun, torch.tensor([1]), noise[:1], on_step=lambda i, t, x: steps.append(i) or x)
+    assert steps == list(range(7))
+
+
+class ShrinkToClassMean:
+    """A denoiser that is a plain callable, not a network: eps that moves x to a class-dependent constant."""
+
+    null_class = 10
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(
+        self, x: torch.Tensor, time: torch.Tensor, labels: torch.Tensor, styles: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self.calls.append(len(x))
+        target = (labels.float() / 10 - 0.5).view(-1, 1, 1, 1)
+        return (x - target) * 0.5
+
+
+@pytest.mark.parametrize("guidance", [0.0, 1.5])
+def test_a_plain_callable_denoiser_samples_through_the_reverse_process(guidance: float) -> None:
+    denoiser = ShrinkToClassMean()
+    objective = OBJECTIVES["eps"]
+    labels = torch.tensor([0, 5, 9])
+    noise = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    images = sample(denoiser, objective, labels, sampler="ddim", steps=6, guidance=guidance, noise=noise)
+    assert images.shape == (3, 1, 4, 4) and images.min() >= -1 and images.max() <= 1
+    assert denoiser.calls == [6 if guidance else 3] * 6, "one pass a step, of [2B] with classifier-free guidance"
+    assert torch.equal(images, sample(denoiser, objective, labels, sampler="ddim", steps=6, guidance=guidance,
+                                      noise=noise))  # fmt: skip
+    assert not torch.equal(images[0], images[2]), "the labels reach the denoiser"

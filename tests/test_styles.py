@@ -34,7 +34,7 @@ from diffusion_lab.diffusion.reverse_process import guided_output
 from diffusion_lab.diffusion.schedules import cosine
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.unet import ConditionalUNet
-from diffusion_lab.pipeline import DiffusionPipeline, generate, load_model
+from diffusion_lab.pipeline import ClassConditionalPipeline, generate, load_model
 from diffusion_lab.training.fit import train
 from tests.helpers import main_in_process, one_error_line
 
@@ -378,7 +378,7 @@ def test_guidance_drops_the_styles_with_the_label(styled_unet: ConditionalUNet) 
 
 
 def test_generate_takes_levels_numbers_or_per_image_values(styled_module: DiffusionModule) -> None:
-    model = DiffusionPipeline(styled_module)
+    model = ClassConditionalPipeline(styled_module)
     kwargs = {"steps": 4, "seed": 1, "precision": "32"}
     named = generate(model, [7, 7], style={"slant": -15, "thickness": "bold"}, **kwargs)
     raw = model.style_stats.request(2, slant=-15, thickness="bold")
@@ -390,7 +390,7 @@ def test_generate_takes_levels_numbers_or_per_image_values(styled_module: Diffus
 
 
 def test_generate_with_a_style_on_an_unstyled_model_names_the_fix() -> None:
-    model = DiffusionPipeline(
+    model = ClassConditionalPipeline(
         DiffusionModule(ConditionalUNet(down_chs=(8, 16)), EpsilonObjective(cosine(50)), torch.optim.AdamW)
     )
     with pytest.raises(

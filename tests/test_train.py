@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
+from diffusion_lab.diffusion.objectives import FlowObjective
 from diffusion_lab.models.diffusion_module import DiffusionModule
+from diffusion_lab.models.unet import ConditionalUNet
+from diffusion_lab.pipeline import ClassConditionalPipeline, weights_guide
+from diffusion_lab.training.callbacks import SampleGrid
 from diffusion_lab.training.fit import train
+from diffusion_lab.training.guide_snapshot import GuideSnapshot
 from tests.helpers import one_error_line, run_cli
 
 #: Their runs and evaluations score samples with the reference classifiers, trained once up front.
@@ -194,3 +201,29 @@ def test_sample_quality_trains_the_classifier_inside_validation_on_first_use(
     assert classifier.cache_path("mnist", scratch).is_file(), "trained and cached on first use"
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["global_step"] == 15 and "eval/classifier_accuracy" in saved and "eval_real/fid" in saved
+
+
+def test_sample_callbacks_draw_through_the_pipeline_with_the_objectives_default_sampler(tmp_path: Path) -> None:
+    """A flow model's sample grid, with no sampler given, draws with flow Euler (DDIM would not fit the objective),
+    the very images the pipeline gives for the same noise; with the run's guide snapshot it autoguides."""
+    torch.manual_seed(0)
+    module = DiffusionModule(
+        ConditionalUNet(down_chs=(8, 16), num_classes=10), FlowObjective(), functools.partial(torch.optim.AdamW)
+    )
+    snapshot = GuideSnapshot()
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(name="mnist"), callbacks=[snapshot])
+    grid = SampleGrid(tmp_path, num_per_class=2, sampler=None, steps=3, guidance=1.0, autoguidance=1.0)
+    module.train()
+    drawn = grid.draw(trainer, module)  # before the snapshot: no autoguidance
+    assert module.training, "the callback hands the module back in training mode"
+    pipe = ClassConditionalPipeline(module, dataset="mnist")
+    labels = torch.arange(10).repeat_interleave(2)
+    noise = torch.randn(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    same = {"seed": 0, "steps": 3, "guidance": 1.0, "precision": "32", "noise": noise}
+    assert torch.equal(drawn, pipe(labels, sampler="flow_euler", autoguidance=0.0, **same))
+    snapshot.weights = {k: v + 0.01 for k, v in module.state_dict().items()}
+    snapshot.step = 5
+    guided = grid.draw(trainer, module)
+    pipe.set_guide(weights_guide(module, snapshot.weights, "the snapshot", 5))
+    assert torch.equal(guided, pipe(labels, sampler="flow_euler", autoguidance=1.0, **same))
+    assert not torch.equal(guided, drawn)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor, nn
 
 from diffusion_lab.diffusion.objectives import EDMObjective, EpsilonObjective, FlowObjective, Objective, VObjective
@@ -37,7 +36,6 @@ class GaussianDenoiser(nn.Module):
     def __init__(self, objective: Objective) -> None:
         super().__init__()
         self.objective = objective
-        self.anchor = nn.Parameter(torch.zeros(()))  # so the sampling loop finds the device
 
     def forward(self, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None = None) -> Tensor:
         o = self.objective

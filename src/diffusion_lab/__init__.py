@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
-    "DiffusionPipeline": "diffusion_lab.pipeline",
+    "ClassConditionalPipeline": "diffusion_lab.pipeline",
     "load_model": "diffusion_lab.pipeline",
     "generate": "diffusion_lab.pipeline",
     "generate_number": "diffusion_lab.pipeline",

@@ -21,7 +21,7 @@ from diffusion_lab.diffusion.samplers import make_sampler
 from diffusion_lab.models.checkpoints import read_checkpoint
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.hub_format import CARD_FILE, CONFIG_FILE, folder_config, guide_entry, is_pipeline_folder
-from diffusion_lab.pipeline import DiffusionPipeline, Guide, load_guide, recipe_autoguidance, snapshot_guide
+from diffusion_lab.pipeline import ClassConditionalPipeline, Guide, load_guide, recipe_autoguidance, snapshot_guide
 from diffusion_lab.reports.images import class_grid, save_png
 from diffusion_lab.reports.model_card import SAMPLES_FILE, model_card
 from diffusion_lab.utils.files import atomic_write_text
@@ -120,7 +120,7 @@ def export_model(
     checkpoint = read_checkpoint(ckpt)
     module = DiffusionModule.load_checkpoint(ckpt)
     config = folder_config(module, checkpoint, training_record(module.run_config or {}, ckpt))
-    pipe = DiffusionPipeline(module)
+    pipe = ClassConditionalPipeline(module)
     carried = load_guide(guide) if guide is not None else snapshot_guide(module, ckpt)
     if carried is not None:
         pipe.set_guide(carried)

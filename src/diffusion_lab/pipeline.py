@@ -1,12 +1,12 @@
 """The sampling pipeline: a trained model with what it knows, a request in, images out.
 
-Every command and the notebook API sample through :class:`DiffusionPipeline`, in the manner of
+Every command and the notebook API sample through :class:`ClassConditionalPipeline`, in the manner of
 diffusers' pipelines: it holds the loaded model, the dataset it was trained on, that dataset's class
 names and image shape, and (for a style-conditioned model) the training set's style statistics, so a
 request (labels, styles, guidance, sampler, seed) goes one way, to images. In a notebook::
 
     from diffusion_lab import load_model, generate, generate_number, generate_with_seed
-    model = load_model("outputs/train/.../checkpoints/last.ckpt")  # a DiffusionPipeline (or an exported folder)
+    model = load_model("outputs/train/.../checkpoints/last.ckpt")  # a ClassConditionalPipeline (or an exported folder)
     images = generate_number(model, 7, n=16)          # [16, 1, 28, 28] in [0, 1]
     image = generate_with_seed(model, "trouser", 42)   # the same image for the same seed
     slanted = generate_number(model, 7, n=8, style={"slant": 20, "thickness": "bold"})  # style-conditioned models
@@ -23,17 +23,18 @@ import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from diffusion_lab.data.labels import Label, label_index, resolve_labels
 from diffusion_lab.data.sources import IMAGE_SHAPE, dataset_info
 from diffusion_lab.data.styles import StyleStats
 from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.diffusion.objectives.base import DiscreteObjective
-from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, check_guidance, sample
+from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, check_guidance, denoise
 from diffusion_lab.diffusion.samplers import Sampler, make_sampler
 from diffusion_lab.models.checkpoints import checkpoint_snapshot, read_checkpoint
 from diffusion_lab.models.diffusion_module import DiffusionModule
@@ -136,9 +137,16 @@ def snapshot_guide(model: DiffusionModule, ckpt: str | Path, device: str | torch
     if snapshot is None:
         return None
     weights, step = snapshot
+    return weights_guide(model, weights, f"(the snapshot at step {step} of {ckpt})", step, device)
+
+
+def weights_guide(
+    model: DiffusionModule, weights: Mapping[str, Tensor], source: str, step: int, device: str | torch.device = "cpu"
+) -> Guide:
+    """A copy of ``model`` with snapshot ``weights`` (a module state dict) as autoguidance's guide, in eval mode."""
     guide = copy.deepcopy(model)
     guide.load_state_dict(weights)
-    return Guide(guide.to(device).eval(), module_dataset(model), f"(the snapshot at step {step} of {ckpt})", step)
+    return Guide(guide.to(device).eval(), module_dataset(model), source, step)
 
 
 def recipe_autoguidance(callbacks: dict[str, Any] | None) -> float:
@@ -147,8 +155,25 @@ def recipe_autoguidance(callbacks: dict[str, Any] | None) -> float:
     return float(quality.get("autoguidance") or 0.0)
 
 
-class DiffusionPipeline:
+class StepEndCallback(Protocol):
+    """diffusers' ``callback_on_step_end``: told after every step, returns the tensors to go on with.
+
+    ``callback(pipe, step, timestep, callback_kwargs)``: ``step`` is the step's index in its batch, ``timestep``
+    the scheduler's timestep, ``callback_kwargs`` the tensors named in ``callback_on_step_end_tensor_inputs``
+    (``latents``: the batch's x after the step; ``labels``: its class indices). A ``latents`` in the returned
+    dict replaces x.
+    """
+
+    def __call__(
+        self, pipe: ClassConditionalPipeline, step: int, timestep: Tensor, callback_kwargs: dict[str, Tensor]
+    ) -> dict[str, Tensor]: ...
+
+
+class ClassConditionalPipeline:
     """A trained :class:`DiffusionModule` and what it knows, turning requests into images.
+
+    Sampling shows a tqdm progress bar over the steps of every batch, with its ETA, while stderr is a
+    terminal; :meth:`set_progress_bar_config` changes it, e.g. ``disable=True`` silences it.
 
     Args:
         model: the module (in eval mode from here on).
@@ -156,6 +181,9 @@ class DiffusionPipeline:
             one the classes are named by their indices and images have the datasets' shape.
         guide: the guide of autoguidance (a weaker model of the same data), or None.
     """
+
+    #: The tensors a ``callback_on_step_end`` may ask for (diffusers' ``_callback_tensor_inputs``).
+    _callback_tensor_inputs = ("latents", "labels")
 
     def __init__(self, model: DiffusionModule, dataset: str | None = None, guide: Guide | None = None) -> None:
         self.model = model.eval()
@@ -178,6 +206,7 @@ class DiffusionPipeline:
         #: The autoguidance weight the model's training recipe samples with (its run's
         #: ``callbacks.sample_quality.autoguidance``, or its model folder's record of it; 0 when it records none).
         self.recipe_autoguidance = recipe_autoguidance((model.run_config or {}).get("callbacks"))
+        self._progress_bar_config: dict[str, Any] = {}
         if guide is not None:
             self.set_guide(guide)
 
@@ -188,7 +217,7 @@ class DiffusionPipeline:
         device: str | torch.device = "cpu",
         guide: str | Path | None = None,
         ema_length: float | None = None,
-    ) -> DiffusionPipeline:
+    ) -> ClassConditionalPipeline:
         """The pipeline of a ``diffusion-lab-train`` checkpoint, with its EMA weights when trained with EMA,
         or of a model folder written by ``diffusion-lab-export`` (:mod:`diffusion_lab.models.hub_format`).
 
@@ -321,13 +350,25 @@ class DiffusionPipeline:
 
     def sampler(self, sampler: str | Sampler = "auto", steps: int | None = None, **sampler_kwargs: object) -> Sampler:
         """A sampler fitted to the model's objective (by name, built with ``sampler_kwargs``, or as given)
-        walking ``steps`` (None: its default, or the steps a given sampler was set to).
+        walking ``steps`` on the model's device (None: its default; a given sampler whose steps are set keeps them,
+        and is not set again).
 
         Refuses a sampler that does not fit the objective, and bad steps, before any work.
         """
         built = make_sampler(sampler, self.model.objective, **sampler_kwargs)
-        built.reset(steps, device=self.device)
+        if steps is not None or not built.num_steps:
+            built.set_timesteps(steps, device=self.device)
         return built
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """tqdm's arguments for the sampling progress bar, as diffusers' pipelines take them: ``disable=True``
+        silences it, ``disable=False`` shows it on any stream; by default (``disable=None``) it shows only while
+        its stream (stderr) is a terminal."""
+        self._progress_bar_config = kwargs
+
+    def progress_bar(self, total: int, desc: str) -> tqdm:
+        """A tqdm bar of ``total`` steps titled ``desc``, under :meth:`set_progress_bar_config`."""
+        return tqdm(total=total, **{"desc": desc, "unit": "step", "disable": None, **self._progress_bar_config})
 
     def starting_noise(self, num: int, seed: int) -> tuple[Tensor, torch.Generator]:
         """x_T ``[num, C, H, W]`` drawn from ``seed`` on the model's device, and the generator to go on with."""
@@ -349,6 +390,8 @@ class DiffusionPipeline:
         guidance_interval: Interval = None,
         guidance_rescale: float = 0.0,
         autoguidance: float | None = None,
+        callback_on_step_end: StepEndCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         **sampler_kwargs: object,
     ) -> Tensor:
         """Generate one image per label, reproducibly.
@@ -380,6 +423,10 @@ class DiffusionPipeline:
             autoguidance: autoguidance weight w_a (Karras et al. 2024): adds ``w_a (D - D_guide)`` with
                 :attr:`guide`'s output on the same labels and styles, one more network pass a step; 0: none;
                 None: :attr:`default_autoguidance` (on when the model has a guide).
+            callback_on_step_end: told after every step of every batch, as in diffusers
+                (:class:`StepEndCallback`): ``callback(pipe, step, timestep, callback_kwargs)``.
+            callback_on_step_end_tensor_inputs: the tensors it gets in ``callback_kwargs``: ``latents`` (the
+                batch's x after the step, in the objective's space) and ``labels``.
 
         Returns:
             ``[N, C, H, W]`` float images in [0, 1] on the CPU.
@@ -390,38 +437,54 @@ class DiffusionPipeline:
         autocast = self.check_settings(
             guidance, batch_size, precision, guidance_interval, guidance_rescale, autoguidance
         )
+        unknown = sorted(set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs))
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs has {unknown[0]!r}: use "
+                             f"{', '.join(self._callback_tensor_inputs)}")  # fmt: skip
         guide = self.guide.module.unet if autoguidance > 0 else None
         raw_styles = self.style_request(style, len(labels))
-        styles = None if raw_styles is None else self.model.style_condition(raw_styles)
+        styles = None if raw_styles is None else self.model.style_condition(raw_styles).to(self.device)
         built = self.sampler(sampler, steps, **sampler_kwargs)
         drawn, generator = self.starting_noise(len(labels), seed)
         if noise is None:
             noise = drawn
         elif noise.shape != drawn.shape:
             raise ValueError(f"noise must be {list(drawn.shape)}, got {list(noise.shape)}")
-        noise = noise.to(drawn.device)
+        noise, labels = noise.to(drawn.device), labels.to(drawn.device)
         self.model.eval()  # also after a caller switched it to training
         if guide is not None:
             guide.eval()
-        with autocast:
-            chunks = [
-                sample(
-                    self.model.unet,
-                    self.model.objective,
-                    labels[i : i + batch_size],
-                    sampler=built,
-                    guidance=guidance,
-                    guidance_interval=guidance_interval,
-                    guidance_rescale=guidance_rescale,
-                    guide=guide,
-                    autoguidance=autoguidance,
-                    noise=noise[i : i + batch_size],
-                    generator=generator,
-                    styles=None if styles is None else styles[i : i + batch_size],
-                )
-                for i in range(0, len(labels), batch_size)
-            ]
+        starts = range(0, len(labels), batch_size)
+        chunks = []
+        what = f"sampling {len(labels)} image{'s' if len(labels) > 1 else ''}"
+        with autocast, self.progress_bar(len(starts) * built.num_evaluations, what) as bar:
+            for number, start in enumerate(starts, 1):
+                batch = slice(start, start + batch_size)
+                if len(starts) > 1:
+                    bar.set_postfix_str(f"batch {number}/{len(starts)}", refresh=False)
+                step_end = self._step_end(bar, labels[batch], callback_on_step_end, callback_on_step_end_tensor_inputs)
+                x = denoise(
+                    self.model.unet, self.model.objective, built, labels[batch], noise[batch], guidance=guidance,
+                    generator=generator, styles=None if styles is None else styles[batch],
+                    guidance_interval=guidance_interval, guidance_rescale=guidance_rescale, guide=guide,
+                    autoguidance=autoguidance, on_step=step_end,
+                )  # fmt: skip
+                chunks.append(x.clamp(-1, 1))
         return ((torch.cat(chunks).float().cpu() + 1) / 2).clamp(0, 1)
+
+    def _step_end(
+        self, bar: tqdm, labels: Tensor, callback: StepEndCallback | None, inputs: Sequence[str]
+    ) -> Callable[[int, Tensor, Tensor], Tensor]:
+        """The reverse process's ``on_step`` for one batch: ``callback`` (which may replace x), then the bar."""
+
+        def on_step(step: int, timestep: Tensor, x: Tensor) -> Tensor:
+            if callback is not None:
+                tensors = {"latents": x, "labels": labels}
+                x = callback(self, step, timestep, {name: tensors[name] for name in inputs}).get("latents", x)
+            bar.update()
+            return x
+
+        return on_step
 
 
 def _folder_guide(folder: Path, config: dict[str, Any], device: str | torch.device) -> Guide | None:
@@ -439,8 +502,8 @@ def load_model(
     device: str | torch.device = "cpu",
     guide: str | Path | None = None,
     ema_length: float | None = None,
-) -> DiffusionPipeline:
-    """The :class:`DiffusionPipeline` of a ``diffusion-lab-train`` checkpoint, on ``device``, in eval mode.
+) -> ClassConditionalPipeline:
+    """The :class:`ClassConditionalPipeline` of a ``diffusion-lab-train`` checkpoint, on ``device``, in eval mode.
 
     Its weights are the EMA weights when the run trained with EMA. ``ckpt`` may also be a model folder
     of ``diffusion-lab-export`` (a diffusers pipeline folder, or one of format 1), loaded without unpickling
@@ -449,19 +512,19 @@ def load_model(
     ``ema_length`` (sigma_rel, e.g. 0.1) chooses the EMA length after training: the weights are then
     synthesised from the run's post-hoc EMA snapshots (``pipe.posthoc_ema`` says which average they are).
     """
-    return DiffusionPipeline.from_checkpoint(ckpt, device, guide, ema_length)
+    return ClassConditionalPipeline.from_checkpoint(ckpt, device, guide, ema_length)
 
 
-def generate(pipe: DiffusionPipeline, labels: Tensor | Sequence[Label] | Label, **kwargs: object) -> Tensor:
-    """One image per label from ``pipe``: ``[N, C, H, W]`` in [0, 1] (see :meth:`DiffusionPipeline.__call__`)."""
+def generate(pipe: ClassConditionalPipeline, labels: Tensor | Sequence[Label] | Label, **kwargs: object) -> Tensor:
+    """One image per label from ``pipe``: ``[N, C, H, W]`` in [0, 1] (see :meth:`ClassConditionalPipeline.__call__`)."""
     return pipe(labels, **kwargs)
 
 
-def generate_number(pipe: DiffusionPipeline, digit: Label, n: int = 16, **kwargs: object) -> Tensor:
+def generate_number(pipe: ClassConditionalPipeline, digit: Label, n: int = 16, **kwargs: object) -> Tensor:
     """``n`` images of one class (a digit, or a garment name on Fashion-MNIST): ``[n, C, H, W]`` in [0, 1]."""
     return pipe(pipe.labels(digit, n), **kwargs)
 
 
-def generate_with_seed(pipe: DiffusionPipeline, digit: Label, seed: int, n: int = 1, **kwargs: object) -> Tensor:
+def generate_with_seed(pipe: ClassConditionalPipeline, digit: Label, seed: int, n: int = 1, **kwargs: object) -> Tensor:
     """``n`` images of one class from a given seed: the same seed gives the same images."""
     return pipe(pipe.labels(digit, n), seed=seed, **kwargs)

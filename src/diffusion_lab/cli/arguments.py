@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.diffusion.samplers import Sampler
-from diffusion_lab.pipeline import DiffusionPipeline
+from diffusion_lab.pipeline import ClassConditionalPipeline
 
 
 def resolve_device(device: str) -> torch.device:
@@ -25,7 +25,7 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def guidance_settings(cfg: DictConfig, pipe: DiffusionPipeline | None = None) -> dict[str, Any]:
+def guidance_settings(cfg: DictConfig, pipe: ClassConditionalPipeline | None = None) -> dict[str, Any]:
     """``guidance_interval`` (a plain list or None; an open upper end, ``.inf`` or null, as None),
     ``guidance_rescale`` and ``autoguidance`` of a sampling command's config; ``autoguidance: null`` is
     ``pipe``'s default (on when its model has a guide), or 0 without a pipeline."""

@@ -50,7 +50,7 @@ from diffusion_lab.evaluation.evaluator import Evaluator, first_per_class
 from diffusion_lab.evaluation.inception import InceptionWeightsError
 from diffusion_lab.evaluation.style_control import style_control
 from diffusion_lab.models.checkpoints import checkpoint_file
-from diffusion_lab.pipeline import DiffusionPipeline, load_model
+from diffusion_lab.pipeline import ClassConditionalPipeline, load_model
 from diffusion_lab.reports.evaluation_report import GRID_COLUMNS, per_class_chart, report_markdown
 from diffusion_lab.reports.images import class_grid, load_samples, save_png, save_samples
 from diffusion_lab.reports.render import save_figure
@@ -59,7 +59,9 @@ from diffusion_lab.utils.files import atomic_write_text, check_writable
 log = logging.getLogger(__name__)
 
 
-def _loaded(cfg: DictConfig, pipe: DiffusionPipeline, record: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _loaded(
+    cfg: DictConfig, pipe: ClassConditionalPipeline, record: dict[str, Any]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The first ``num_per_class`` images and labels of each class of ``samples``, and the whole file's.
 
     ``record`` takes the settings the file records it was sampled with.
@@ -73,7 +75,7 @@ def _loaded(cfg: DictConfig, pipe: DiffusionPipeline, record: dict[str, Any]) ->
 
 
 def _cas(
-    cfg: DictConfig, pipe: DiffusionPipeline, sampling: dict[str, Any], images: Tensor, labels: Tensor
+    cfg: DictConfig, pipe: ClassConditionalPipeline, sampling: dict[str, Any], images: Tensor, labels: Tensor
 ) -> dict[str, float]:
     """``generated/cas`` and ``real/cas``: from the evaluated set when it has ``cas_per_class`` of each class,
     else from as many images sampled for it."""
@@ -128,8 +130,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
 
     sampling = {
-        "sampler": sampler, "steps": cfg.steps, "guidance": cfg.guidance, "batch_size": cfg.batch_size,
-        "precision": str(cfg.precision), **guidance,
+        "sampler": sampler, "guidance": cfg.guidance, "batch_size": cfg.batch_size, "precision": str(cfg.precision),
+        **guidance,
     }  # fmt: skip
     sampling_started = time.perf_counter()
     if loaded is None:

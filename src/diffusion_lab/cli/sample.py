@@ -80,7 +80,7 @@ def run(cfg: DictConfig) -> tuple[Path, Path]:
         if scorer is None:
             raise ValueError(f"select_top needs CLIP, which is {status}")
     images = pipe(
-        labels, seed=cfg.seed, sampler=sampler, steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size,
+        labels, seed=cfg.seed, sampler=sampler, guidance=cfg.guidance, batch_size=cfg.batch_size,
         precision=str(cfg.precision), style=None if requested is None else requested.expand(len(labels), -1),
         **guidance,
     )  # fmt: skip

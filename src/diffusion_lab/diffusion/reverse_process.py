@@ -1,19 +1,43 @@
 """The reverse-process loop p(x_{0:T}) with classifier-free guidance and autoguidance, shared by every sampler and
-objective."""
+objective.
+
+The loop runs any :class:`Denoiser`, the U-Net or anything called like it, as k-diffusion's samplers take
+``model(x, sigma, **extra)``: :func:`denoise` walks one batch from its starting noise under a set
+:class:`~diffusion_lab.diffusion.samplers.Sampler`, telling ``on_step`` after every step; :func:`sample` is the
+same with the sampler built by name.
+"""
 
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
 from diffusers.guiders.guider_utils import rescale_noise_cfg
-from torch import Tensor, nn
+from torch import Tensor
 
 from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.diffusion.samplers import Sampler, make_sampler
+
+
+class Denoiser(Protocol):
+    """What the reverse process runs: the network, or any callable with its contract.
+
+    ``denoiser(x, time, labels, styles)`` is the objective's prediction ``[B, C, H, W]`` (noise, v, velocity
+    or EDM's F) for inputs ``x`` ``[B, C, H, W]`` at network times ``time`` ``[B]`` of class indices ``labels``
+    ``[B]``; ``styles`` ``[B, S]`` (normalised, NaN = not given) is passed only to a style-conditioned one.
+    ``null_class`` is the label of classifier-free guidance's unconditional half.
+    """
+
+    null_class: int
+
+    def __call__(self, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None = None) -> Tensor: ...
+
+
+#: Told after every step of :func:`denoise`: ``on_step(i, t, x)`` with the step's index, its scheduler timestep
+#: and the new x; returns the x to go on with.
+StepHook = Callable[[int, Tensor, Tensor], Tensor]
 
 #: The guidance weight w of the sampling commands, the callbacks and the notebook API when none is given:
 #: chosen by the objective sweep of the default recipe (docs/objectives.md).
@@ -25,27 +49,15 @@ DEFAULT_GUIDANCE = 0.3
 Interval = Sequence[float | None] | None
 
 
-class ConditionalNetwork(Protocol):
-    """What the reverse process needs of a network (``ConditionalUNet`` is one): its output on noisy images ``x``
-    ``[B, C, H, W]`` at network times ``[B]``, for labels ``[B]`` and optional normalised styles ``[B, S]``, and the
-    index of its null class, the label of the unconditional output."""
-
-    null_class: int
-
-    def __call__(self, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None = None) -> Tensor: ...
-
-    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
-
-
 def guided_output(
-    unet: ConditionalNetwork,
+    denoiser: Denoiser,
     x: Tensor,
     time: Tensor,
     labels: Tensor,
     guidance: float,
     styles: Tensor | None = None,
     rescale: float = 0.0,
-    guide: ConditionalNetwork | None = None,
+    guide: Denoiser | None = None,
     autoguidance: float = 0.0,
 ) -> Tensor:
     """The guided network output ``[B, C, H, W]`` in float32.
@@ -62,37 +74,37 @@ def guided_output(
     """
     if autoguidance == 0:
         if guidance == 0:
-            return _network(unet, x, time, labels, styles).float()
-        cond, uncond = _cond_uncond(unet, x, time, labels, styles)
+            return _network(denoiser, x, time, labels, styles).float()
+        cond, uncond = _cond_uncond(denoiser, x, time, labels, styles)
         guided = (1 + guidance) * cond - guidance * uncond
     else:
         if guide is None:
             raise ValueError("autoguidance needs a guide network: pass guide= (a weaker model of the same data)")
         if guidance == 0:
-            cond = _network(unet, x, time, labels, styles).float()
+            cond = _network(denoiser, x, time, labels, styles).float()
             guided = cond
         else:
-            cond, uncond = _cond_uncond(unet, x, time, labels, styles)
+            cond, uncond = _cond_uncond(denoiser, x, time, labels, styles)
             guided = cond + guidance * (cond - uncond)
         guided = guided + autoguidance * (cond - _network(guide, x, time, labels, styles).float())
     return rescale_noise_cfg(guided, cond, rescale) if rescale > 0 else guided
 
 
-def _network(unet: ConditionalNetwork, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None) -> Tensor:
+def _network(denoiser: Denoiser, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None) -> Tensor:
     """One pass of ``[B]``: the network's conditional output (with ``styles`` where given)."""
-    return unet(x, time, labels) if styles is None else unet(x, time, labels, styles)
+    return denoiser(x, time, labels) if styles is None else denoiser(x, time, labels, styles)
 
 
 def _cond_uncond(
-    unet: ConditionalNetwork, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None
+    denoiser: Denoiser, x: Tensor, time: Tensor, labels: Tensor, styles: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """The conditional and unconditional outputs ``[B, C, H, W]`` in float32, from one pass of ``[2B]``."""
-    null = torch.full_like(labels, unet.null_class)
+    null = torch.full_like(labels, denoiser.null_class)
     x2, t2, labels2 = torch.cat([x, x]), torch.cat([time, time]), torch.cat([labels, null])
     if styles is None:
-        out = unet(x2, t2, labels2)
+        out = denoiser(x2, t2, labels2)
     else:
-        out = unet(x2, t2, labels2, torch.cat([styles, torch.full_like(styles, float("nan"))]))
+        out = denoiser(x2, t2, labels2, torch.cat([styles, torch.full_like(styles, float("nan"))]))
     cond, uncond = out.float().chunk(2)
     return cond, uncond
 
@@ -147,9 +159,17 @@ def step_guidance(guidance: float, interval: Interval, sigma: float) -> float:
     return guidance if in_interval(interval, sigma) else 0.0
 
 
+def noise_levels(objective: Objective, sampler: Sampler) -> list[float]:
+    """The noise level sigma of x before each step of ``sampler`` (set), then 0 for the final x_0: ``[n + 1]``.
+
+    sigma is infinite at the flow objective's first step (t = 1).
+    """
+    return [*objective.sigma(sampler.timesteps.float().cpu()).tolist(), 0.0]
+
+
 @torch.no_grad()
-def sample_progressive(
-    unet: ConditionalNetwork,
+def denoise(
+    denoiser: Denoiser,
     objective: Objective,
     sampler: Sampler,
     labels: Tensor,
@@ -159,50 +179,53 @@ def sample_progressive(
     styles: Tensor | None = None,
     guidance_interval: Interval = None,
     guidance_rescale: float = 0.0,
-    guide: ConditionalNetwork | None = None,
+    guide: Denoiser | None = None,
     autoguidance: float = 0.0,
-) -> Iterator[tuple[float, Tensor]]:
-    """Run the reverse process from ``noise``, yielding ``(sigma, x)`` before the first step and after each.
+    on_step: StepHook | None = None,
+) -> Tensor:
+    """Run the reverse process from ``noise`` to x_0 ``[N, C, H, W]``, in the objective's own space (not clamped).
 
-    ``sigma`` is the noise level of ``x`` (0 for the final x_0); ``x`` is in the objective's own space
-    (unit-variance noise scaled by the scheduler's ``init_noise_sigma`` at the start). The sampler's
-    timesteps must be set.
+    The steps walk a fresh copy of ``sampler`` (:meth:`~diffusion_lab.diffusion.samplers.Sampler.fresh`), so
+    one set sampler serves any number of batches, each from an empty solver history.
 
     Args:
-        unet: the network (in eval mode).
-        objective: the model's objective.
-        sampler: a sampler fitted to ``objective``, after ``set_timesteps``.
-        labels: ``[N]`` class indices.
-        noise: ``[N, C, H, W]`` standard normal starting noise.
+        denoiser: the network (in eval mode) or any :class:`Denoiser`.
+        objective: the objective it was trained with.
+        sampler: a sampler fitted to ``objective``, its steps set.
+        labels: ``[N]`` class indices, on the device of ``noise``.
+        noise: ``[N, C, H, W]`` standard normal starting noise (scaled by the sampler's ``init_noise_sigma``).
         guidance: classifier-free guidance weight w (0 = conditional only).
-        generator: RNG of stochastic samplers (on the model's device).
-        styles: ``[N, S]`` normalised style conditions (NaN = not given) of a style-conditioned U-Net.
+        generator: RNG of stochastic samplers (on the device of ``noise``).
+        styles: ``[N, S]`` normalised style conditions (NaN = not given) of a style-conditioned denoiser.
         guidance_interval: ``(sigma_lo, sigma_hi)``: guide only there (Kynkaanniemi et al. 2024; both guidance
             kinds); None: always; ``sigma_hi`` None or infinity: no upper end.
         guidance_rescale: Lin et al.'s rescale phi in [0, 1] (0: none).
-        guide: the guide network of autoguidance (in eval mode; same classes, image shape and objective).
+        guide: the guide of autoguidance (in eval mode; same classes, image shape and objective).
         autoguidance: autoguidance weight w_a (0 = none; then ``guide`` is not run).
+        on_step: told ``(i, t, x)`` after step i (a second-order sampler's two evaluations of a step count
+            apart); the x it returns is the one the loop goes on with.
     """
     check_guidance(guidance, guidance_interval, guidance_rescale, autoguidance)
     if autoguidance > 0 and guide is None:
         raise ValueError("autoguidance needs a guide network: pass guide= (a weaker model of the same data)")
-    x = noise * sampler.init_noise_sigma
-    timesteps = sampler.timesteps
-    sigmas = objective.sigma(timesteps.float().cpu()).tolist()
-    yield sigmas[0], x
-    for i, t in enumerate(timesteps):
-        x_in = sampler.scale_model_input(x, t)
+    run = sampler.fresh()
+    x = noise * run.init_noise_sigma
+    sigmas = noise_levels(objective, run)
+    for i, t in enumerate(run.timesteps):
+        x_in = run.scale_model_input(x, t)
         time = objective.network_time(t.reshape(1).to(x.device)).expand(len(labels))
         inside = in_interval(guidance_interval, sigmas[i])
         w, w_auto = (guidance, autoguidance) if inside else (0.0, 0.0)
-        output = guided_output(unet, x_in, time, labels, w, styles, guidance_rescale, guide, w_auto)
-        x = sampler.step(output, t, x, generator=generator)
-        yield (sigmas[i + 1] if i + 1 < len(sigmas) else 0.0), x
+        output = guided_output(denoiser, x_in, time, labels, w, styles, guidance_rescale, guide, w_auto)
+        x = run.step(output, t, x, generator=generator)
+        if on_step is not None:
+            x = on_step(i, t, x)
+    return x
 
 
 @torch.no_grad()
 def sample(
-    unet: ConditionalNetwork,
+    denoiser: Denoiser,
     objective: Objective,
     labels: Tensor,
     sampler: str | Sampler = "auto",
@@ -214,43 +237,41 @@ def sample(
     styles: Tensor | None = None,
     guidance_interval: Interval = None,
     guidance_rescale: float = 0.0,
-    guide: ConditionalNetwork | None = None,
+    guide: Denoiser | None = None,
     autoguidance: float = 0.0,
     **sampler_options: object,
 ) -> Tensor:
-    """Generate one image per label.
+    """Generate one image per label on the device of ``labels``: :func:`denoise` with a sampler built by name.
 
     Args:
-        unet: the network (in eval mode).
+        denoiser: the network (in eval mode) or any :class:`Denoiser`.
         objective: the objective it was trained with.
         labels: ``[N]`` class indices.
         sampler: a sampler name (built with ``sampler_options``) or a :class:`Sampler` fitted to ``objective``.
-        steps: number of steps (None: the sampler's default).
+        steps: number of steps (None: the sampler's default, or the steps a given sampler was set to).
         guidance: classifier-free guidance weight w (0 = conditional only).
         noise: ``[N, C, H, W]`` standard normal starting noise; drawn from ``generator`` if None.
         image_shape: ``(C, H, W)`` of the noise drawn when ``noise`` is None.
         generator: RNG for the noise and stochastic steps, for reproducible samples.
-        styles: ``[N, S]`` normalised style conditions (NaN = not given) of a style-conditioned U-Net.
+        styles: ``[N, S]`` normalised style conditions (NaN = not given) of a style-conditioned denoiser.
         guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
         guidance_rescale: Lin et al.'s guidance rescale phi (0: none).
-        guide: the guide network of autoguidance (a weaker version of ``unet``).
+        guide: the guide of autoguidance (a weaker version of ``denoiser``).
         autoguidance: autoguidance weight w_a (0: none).
 
     Returns:
         ``[N, C, H, W]`` images in [-1, 1].
     """
-    device = next(unet.parameters()).device
+    device = labels.device
     built = make_sampler(sampler, objective, **sampler_options)
     built.reset(steps, device=device)
-    labels = labels.to(device)
     if noise is None:
         if image_shape is None:
             raise ValueError("sample needs the starting noise or the image_shape to draw it in")
         noise = torch.randn((len(labels), *image_shape), generator=generator, device=device)
     styles = None if styles is None else styles.to(device)
-    steps_taken = sample_progressive(
-        unet, objective, built, labels, noise.to(device), guidance=guidance, generator=generator, styles=styles,
+    x = denoise(
+        denoiser, objective, built, labels, noise.to(device), guidance=guidance, generator=generator, styles=styles,
         guidance_interval=guidance_interval, guidance_rescale=guidance_rescale, guide=guide, autoguidance=autoguidance,
     )  # fmt: skip
-    _, x = deque(steps_taken, maxlen=1)[0]
     return x.clamp(-1, 1)

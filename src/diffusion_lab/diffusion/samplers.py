@@ -8,6 +8,7 @@ refused in one line naming those that do.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable
@@ -101,7 +102,8 @@ class Sampler:
     """A diffusers scheduler fitted to a model's objective, with the settings its sampling loop needs.
 
     Call :meth:`set_timesteps`, then for each entry ``t`` of :attr:`timesteps`: the network on
-    ``scale_model_input(x, t)`` at time ``objective.network_time(t)``, then :meth:`step`.
+    ``scale_model_input(x, t)`` at time ``objective.network_time(t)``, then :meth:`step`
+    (``diffusion.reverse_process.denoise`` does this on a :meth:`fresh` copy).
 
     Args:
         objective: the model's objective (it fits the scheduler: betas or sigmas, ``prediction_type``).
@@ -161,6 +163,13 @@ class Sampler:
         """:meth:`set_timesteps` for a new run: ``steps`` steps, or with None the steps it was set to before
         (its default when it was never set); clears a multistep solver's history either way."""
         self.set_timesteps(steps if steps is not None or not self.num_steps else self.num_steps, device=device)
+
+    def fresh(self) -> Sampler:
+        """A copy to walk one run with: the timesteps as set, an empty solver history. This sampler stays as set,
+        so one set sampler serves every batch of a call without setting its steps again."""
+        run = copy.copy(self)
+        run.scheduler = copy.deepcopy(self.scheduler)
+        return run
 
     @property
     def timesteps(self) -> Tensor:

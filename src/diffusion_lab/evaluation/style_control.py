@@ -11,13 +11,18 @@ from diffusion_lab.data.sources import load_arrays
 from diffusion_lab.data.styles import class_requests, control_metrics, measure, uniform_requests
 from diffusion_lab.evaluation.classifier import split_images
 from diffusion_lab.evaluation.evaluator import Evaluator
-from diffusion_lab.pipeline import DiffusionPipeline
+from diffusion_lab.pipeline import ClassConditionalPipeline
 
 log = logging.getLogger(__name__)
 
 
 def style_control(
-    pipe: DiffusionPipeline, evaluator: Evaluator, labels: Tensor, data_dir: str, seed: int = 0, **sampling: object
+    pipe: ClassConditionalPipeline,
+    evaluator: Evaluator,
+    labels: Tensor,
+    data_dir: str,
+    seed: int = 0,
+    **sampling: object,
 ) -> dict[str, float]:
     """``style/*``: sample ``labels`` with drawn style requests, measure the styles, score the class.
 

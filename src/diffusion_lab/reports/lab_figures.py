@@ -25,10 +25,10 @@ from torch import Tensor
 from diffusion_lab.data.labels import Label, label_index
 from diffusion_lab.data.styles import LEVEL_PERCENTILES, STYLE_NAMES, STYLE_UNITS, StyleStats, measure
 from diffusion_lab.diffusion.objectives import Objective
-from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, check_guidance, sample_progressive
+from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, check_guidance, noise_levels
 from diffusion_lab.diffusion.samplers import Sampler
 from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine, linear, quadratic
-from diffusion_lab.pipeline import DiffusionPipeline, network_precision
+from diffusion_lab.pipeline import ClassConditionalPipeline
 from diffusion_lab.reports.images import image_grid
 
 #: Width and height, in inches, of one 28x28 image cell in the image-grid figures.
@@ -169,7 +169,7 @@ def _auto(autoguidance: float) -> str:
 
 @torch.no_grad()
 def visualize_generation_steps(
-    pipe: DiffusionPipeline,
+    pipe: ClassConditionalPipeline,
     labels: Tensor | Sequence[Label] | None = None,
     num_snapshots: int = 8,
     sampler: str | Sampler = "auto",
@@ -199,39 +199,42 @@ def visualize_generation_steps(
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight w.
         seed: seed of the starting noise and of stochastic steps.
-        precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.DiffusionPipeline`.
+        precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.ClassConditionalPipeline`.
         guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
         guidance_rescale: guidance rescale phi (0: none).
         autoguidance: autoguidance weight w_a, guided by ``pipe.guide`` (0: none).
     """
     if isinstance(num_snapshots, bool) or not isinstance(num_snapshots, int) or num_snapshots < 2:
         raise ValueError(f"num_snapshots must be an integer >= 2 (noise and sample), got {num_snapshots!r}")
-    check_guidance(guidance, guidance_interval, guidance_rescale, autoguidance)
-    guide = pipe.guide.module if autoguidance > 0 else None
     label_idx = pipe.label_tensor(torch.arange(pipe.num_classes) if labels is None else labels)
     built = pipe.sampler(sampler, steps, **sampler_kwargs)
-    device = pipe.device
-    noise, generator = pipe.starting_noise(len(label_idx), seed)
-    pipe.model.eval()
-    if guide is not None:
-        guide.eval()
-    # Yield k is x after k evaluations (a second-order step's two count apart). A sampler that walks
+    noise, _ = pipe.starting_noise(len(label_idx), seed)
+    sigmas = noise_levels(pipe.model.objective, built)
+    # Snapshot k is x after k evaluations (a second-order step's two count apart). A sampler that walks
     # x = x_0 + sigma eps (Euler, EDM: init_noise_sigma > 1) is shown scaled by 1 / sqrt(1 + sigma^2).
     scaled = built.init_noise_sigma > 1
     keep = sorted(
         {round(k) for k in np.linspace(0, built.num_evaluations, min(num_snapshots, built.num_evaluations + 1))}
     )
     snapshots: list[tuple[int, float, Tensor]] = []
-    progress = sample_progressive(
-        pipe.model.unet, pipe.model.objective, built, label_idx.to(device), noise, guidance=guidance,
-        generator=generator, guidance_interval=guidance_interval, guidance_rescale=guidance_rescale,
-        guide=None if guide is None else guide.unet, autoguidance=autoguidance,
+
+    def snapshot(k: int, x: Tensor) -> None:
+        if k in keep:
+            shown = x.float().cpu() / (1 + sigmas[k] ** 2) ** 0.5 if scaled else x.float().cpu()
+            snapshots.append((k, sigmas[k], ((shown + 1) / 2).clamp(0, 1)))
+
+    def on_step_end(
+        _: ClassConditionalPipeline, step: int, __: Tensor, tensors: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        snapshot(step + 1, tensors["latents"])
+        return tensors
+
+    snapshot(0, noise * built.init_noise_sigma)
+    pipe(
+        label_idx, seed=seed, sampler=built, guidance=guidance, batch_size=len(label_idx), precision=precision,
+        noise=noise, guidance_interval=guidance_interval, guidance_rescale=guidance_rescale, autoguidance=autoguidance,
+        callback_on_step_end=on_step_end,
     )  # fmt: skip
-    with network_precision(device, precision):
-        for k, (sigma, x) in enumerate(progress):
-            if k in keep:
-                shown = x.float().cpu() / (1 + sigma**2) ** 0.5 if scaled else x.float().cpu()
-                snapshots.append((k, sigma, ((shown + 1) / 2).clamp(0, 1)))
     total = built.num_evaluations
     titles = [
         f"sigma = {sigma:.3g}\nstep {k}/{total}" if sigma > 0 else f"x_0 (sample)\nstep {k}/{total}"
@@ -253,7 +256,7 @@ def visualize_generation_steps(
 
 @torch.no_grad()
 def guidance_sweep(
-    pipe: DiffusionPipeline,
+    pipe: ClassConditionalPipeline,
     weights: Sequence[float] = GUIDANCE_WEIGHTS,
     num_per_class: int = 4,
     seed: int = 0,
@@ -279,7 +282,7 @@ def guidance_sweep(
         sampler: a sampler name (``auto``, ``ddim``, ``dpm_solver``... built with ``sampler_kwargs``), or a
             :class:`Sampler` fitted to the model's objective.
         steps: sampler steps (None: the sampler's default).
-        precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.DiffusionPipeline`.
+        precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.ClassConditionalPipeline`.
         guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
         guidance_rescale: guidance rescale phi (0: none).
         autoguidance: autoguidance weight w_a of every panel, guided by ``pipe.guide`` (0: none).
@@ -347,7 +350,7 @@ def style_distributions(styles: Tensor, stats: StyleStats, dataset: str) -> Figu
 
 @torch.no_grad()
 def style_grid(
-    pipe: DiffusionPipeline,
+    pipe: ClassConditionalPipeline,
     label: Label = 7,
     slants: Sequence[float | str] = (-30, -15, 0, 15, 30),
     thicknesses: Sequence[float | str] = ("thin", "regular", "bold"),
@@ -375,7 +378,7 @@ def style_grid(
         sampler: a sampler name (``auto``, ``ddim``, ``dpm_solver``...), or a :class:`Sampler`.
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight w.
-        precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.DiffusionPipeline`.
+        precision: ``bf16`` or ``32``, as for :class:`~diffusion_lab.pipeline.ClassConditionalPipeline`.
         guidance_interval: ``(sigma_lo, sigma_hi)`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
         guidance_rescale: guidance rescale phi (0: none).
         autoguidance: autoguidance weight w_a, guided by ``pipe.guide`` (0: none).

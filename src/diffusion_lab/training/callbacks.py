@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -16,12 +15,11 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval, sample
-from diffusion_lab.diffusion.samplers import SamplerFactory, make_sampler
+from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval
+from diffusion_lab.diffusion.samplers import SamplerFactory
 from diffusion_lab.evaluation.clip import ClipScorer, clip_from_config
 from diffusion_lab.evaluation.evaluator import Evaluator, class_keys
-from diffusion_lab.models.unet import ConditionalUNet
-from diffusion_lab.pipeline import check_guide, load_guide
+from diffusion_lab.pipeline import ClassConditionalPipeline, Guide, check_guide, load_guide, weights_guide
 from diffusion_lab.reports.images import image_grid, save_png
 from diffusion_lab.reports.render import markdown_table
 from diffusion_lab.training.guide_snapshot import GuideSnapshot
@@ -33,7 +31,8 @@ log = logging.getLogger(__name__)
 class FixedSamples(L.Callback):
     """What the sample callbacks share: images of every class drawn from the same fixed noise.
 
-    They draw after every ``every_n_epochs``-th validation epoch with the weights validation uses,
+    They draw through the model's :class:`~diffusion_lab.pipeline.ClassConditionalPipeline` (in fp32, one batch,
+    without a progress bar) after every ``every_n_epochs``-th validation epoch with the weights validation uses,
     so with EMA on they see the EMA model: list them before the EMA callback (``FusedEMA``).
     With ``autoguidance`` > 0 they guide with ``guide`` (a checkpoint or model folder of the same data),
     or with ``guide=None`` with the run's own guide snapshot (:class:`GuideSnapshot`) once it is taken;
@@ -63,13 +62,13 @@ class FixedSamples(L.Callback):
         self.guidance_rescale = guidance_rescale
         self.autoguidance = autoguidance
         self.guide = guide
-        self._guide_unet: ConditionalUNet | None = None
-        #: The snapshot step of ``_guide_unet`` when it is the run's own (None: a given guide, or none yet).
+        self._guide: Guide | None = None
+        #: The snapshot step of ``_guide`` when it is the run's own (None: a given guide, or none yet).
         self._guide_step: int | None = None
         self._waiting_told = False
 
-    def guide_unet(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ConditionalUNet | None:
-        """The guide network of autoguidance now: None without autoguidance, or before the run's snapshot.
+    def current_guide(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Guide | None:
+        """The guide of autoguidance now: None without autoguidance, or before the run's snapshot.
 
         Raises:
             ValueError: one line, for a guide of other data, or no guide at all (no ``guide`` and no snapshot callback).
@@ -77,11 +76,11 @@ class FixedSamples(L.Callback):
         if self.autoguidance == 0:
             return None
         if self.guide is not None:
-            if self._guide_unet is None:
+            if self._guide is None:
                 loaded = load_guide(self.guide, pl_module.device)
                 check_guide(pl_module, trainer.datamodule.name, loaded)
-                self._guide_unet = loaded.module.unet.eval()
-            return self._guide_unet
+                self._guide = loaded
+            return self._guide
         snapshot = next((c for c in trainer.callbacks if isinstance(c, GuideSnapshot)), None)
         if snapshot is None:
             raise ValueError("the sample callbacks' autoguidance needs a guide: keep callbacks.guide_snapshot, or "
@@ -92,16 +91,14 @@ class FixedSamples(L.Callback):
                 self._waiting_told = True
             return None
         if self._guide_step != snapshot.step:
-            unet = copy.deepcopy(pl_module.unet)
-            unet.load_state_dict(
-                {k.removeprefix("unet."): v for k, v in snapshot.weights.items() if k.startswith("unet.")}
-            )
-            self._guide_unet, self._guide_step = unet.eval(), snapshot.step
-        return self._guide_unet
+            source = f"(the run's snapshot at step {snapshot.step})"
+            self._guide = weights_guide(pl_module, snapshot.weights, source, snapshot.step, pl_module.device)
+            self._guide_step = snapshot.step
+        return self._guide
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Load and check a given guide now, not after the first epoch."""
-        self.guide_unet(trainer, pl_module)
+        self.current_guide(trainer, pl_module)
 
     def due(self, trainer: L.Trainer) -> bool:
         """Whether this validation epoch end is one to draw at."""
@@ -114,25 +111,24 @@ class FixedSamples(L.Callback):
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor:
         """``[num_classes * num_per_class, C, H, W]`` images of :meth:`labels` in [0, 1] on the CPU (eval mode).
 
-        The image shape is the datamodule's.
+        The sampler is the run's ``sampler`` group (None: the objective's default, ``auto``).
         """
-        labels = self.labels(pl_module)
-        _, height, width = trainer.datamodule.image_shape
-        shape = (len(labels), pl_module.unet.in_channels, height, width)
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed))
         was_training = pl_module.training
-        pl_module.eval()
-        objective = pl_module.objective
-        sampler = make_sampler("ddim", objective) if self.sampler is None else self.sampler(objective=objective)
-        guide = self.guide_unet(trainer, pl_module)
-        autoguidance = 0.0 if guide is None else self.autoguidance
-        images = sample(
-            pl_module.unet, objective, labels.to(pl_module.device), sampler=sampler, steps=self.steps,
-            guidance=self.guidance, noise=noise.to(pl_module.device), guidance_interval=self.guidance_interval,
-            guidance_rescale=self.guidance_rescale, guide=guide, autoguidance=autoguidance,
+        pipe = ClassConditionalPipeline(pl_module, dataset=trainer.datamodule.name)  # in eval mode
+        pipe.set_progress_bar_config(disable=True)
+        guide = self.current_guide(trainer, pl_module)
+        if guide is not None:
+            pipe.set_guide(guide)
+        labels = self.labels(pl_module)
+        noise = torch.randn((len(labels), *pipe.image_shape), generator=torch.Generator().manual_seed(self.seed))
+        sampler = "auto" if self.sampler is None else self.sampler(objective=pl_module.objective)
+        images = pipe(
+            labels, seed=self.seed, sampler=sampler, steps=self.steps, guidance=self.guidance, batch_size=len(labels),
+            precision="32", noise=noise, guidance_interval=self.guidance_interval,
+            guidance_rescale=self.guidance_rescale, autoguidance=0.0 if guide is None else self.autoguidance,
         )  # fmt: skip
         pl_module.train(was_training)
-        return ((images.float().cpu() + 1) / 2).clamp(0, 1)
+        return images
 
 
 class SampleGrid(FixedSamples):
@@ -146,7 +142,7 @@ class SampleGrid(FixedSamples):
         output_dir: folder for the PNG files.
         num_per_class: images per class (grid columns).
         sampler: fits the sampler to the model's objective (the ``sampler`` config group, ``_partial_``;
-            None: DDIM).
+            None: the objective's default, ``auto``).
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight.
         guidance_interval: ``[sigma_lo, sigma_hi]`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
@@ -217,7 +213,7 @@ class SampleQuality(FixedSamples):
         data_dir: prepared data and the reference-classifier cache.
         num_per_class: images per class in the fixed set.
         sampler: fits the sampler to the model's objective (the ``sampler`` config group, ``_partial_``;
-            None: DDIM).
+            None: the objective's default, ``auto``).
         steps: sampler steps (None: the sampler's default).
         guidance: classifier-free guidance weight.
         guidance_interval: ``[sigma_lo, sigma_hi]`` to guide in (None: every step; ``sigma_hi`` None: no upper end).
