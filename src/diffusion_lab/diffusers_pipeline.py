@@ -7,7 +7,7 @@ scheduler (``scheduler/``) and autoguidance's guide (``guide/``, optional); ``mo
 holds the rest of the model (:mod:`diffusion_lab.models.hub_format`). A call takes diffusers' arguments
 (``class_labels``, ``num_inference_steps``, ``guidance_scale``, ``generator``, ``output_type``,
 ``callback_on_step_end``), shows diffusers' progress bar, and samples through the project's own pipeline
-(:class:`diffusion_lab.pipeline.DiffusionPipeline`), so a seed gives the images ``load_model(DIR)`` gives::
+(:class:`diffusion_lab.pipeline.ClassConditionalPipeline`), so a seed gives the images ``load_model(DIR)`` gives::
 
     import torch
     from diffusers import DiffusionPipeline
@@ -42,7 +42,7 @@ from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval
 from diffusion_lab.diffusion.samplers import DEFAULT_STEPS, NAMED_OPTIONS, NAMED_SAMPLERS, Sampler
 from diffusion_lab.models.hub_format import INDEX_FILE, INDEX_KEY, build_module, guide_config, recorded_autoguidance
 from diffusion_lab.models.unet import ConditionalUNet
-from diffusion_lab.pipeline import DiffusionPipeline, Guide, Style
+from diffusion_lab.pipeline import ClassConditionalPipeline, Guide, Style
 from diffusion_lab.utils.files import atomic_write_text
 
 #: The module of a model folder that ``model_index.json`` ``_class_name`` names, and its source.
@@ -137,12 +137,12 @@ class DiffusionLabPipeline(diffusers.DiffusionPipeline):
         index["_class_name"] = [ENTRY_MODULE, DiffusionLabPipeline.__name__]
         atomic_write_text(folder / INDEX_FILE, json.dumps(index, indent=2, sort_keys=True) + "\n")
 
-    def lab_pipeline(self) -> DiffusionPipeline:
+    def lab_pipeline(self) -> ClassConditionalPipeline:
         """The project's pipeline on this pipeline's U-Net and guide (``load_model(DIR)``'s): what a call samples
         with, and the way to the project's API (``generate_number(pipe.lab_pipeline(), 7)``)."""
         config = self.config.diffusion_lab
         module = build_module(config, self.unet).to(self.unet.device)
-        lab = DiffusionPipeline(module, dataset=config["dataset"]["name"])
+        lab = ClassConditionalPipeline(module, dataset=config["dataset"]["name"])
         lab.recipe_autoguidance = recorded_autoguidance(config)
         if self.guide is not None:
             own = guide_config(config)
@@ -172,7 +172,7 @@ class DiffusionLabPipeline(diffusers.DiffusionPipeline):
         """Generate one image per class label.
 
         ``style``, ``autoguidance``, ``guidance_interval``, ``guidance_rescale``, ``batch_size`` and ``precision``
-        are those of :meth:`diffusion_lab.pipeline.DiffusionPipeline.__call__`.
+        are those of :meth:`diffusion_lab.pipeline.ClassConditionalPipeline.__call__`.
 
         Args:
             class_labels: class indices or class names (``"trouser"`` on Fashion-MNIST), or one of them.
