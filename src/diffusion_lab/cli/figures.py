@@ -14,7 +14,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from diffusion_lab.cli.app import hydra_app
-from diffusion_lab.cli.arguments import guidance_settings, resolve_device
 from diffusion_lab.cli.errors import fail
 from diffusion_lab.data.datamodule import MNISTDataModule, first_test_image
 from diffusion_lab.data.sources import DataError
@@ -29,6 +28,7 @@ from diffusion_lab.reports.lab_figures import (
     visualize_generation_steps,
 )
 from diffusion_lab.reports.render import save_figure
+from diffusion_lab.sampling_settings import guidance_settings, resolve_device
 from diffusion_lab.training.checkpointing import checkpoint_file
 from diffusion_lab.utils.files import check_writable
 

@@ -25,13 +25,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.cli.app import hydra_app
-from diffusion_lab.cli.arguments import guidance_settings, resolve_device
 from diffusion_lab.cli.errors import fail
 from diffusion_lab.data.sources import DataError
 from diffusion_lab.data.styles import STYLE_NAMES
 from diffusion_lab.evaluation.clip import clip_from_config, select_top
 from diffusion_lab.pipeline import load_model
 from diffusion_lab.reports.images import save_samples
+from diffusion_lab.sampling_settings import guidance_settings, resolve_device
 from diffusion_lab.training.checkpointing import checkpoint_file
 from diffusion_lab.utils.files import atomic_write_text, check_writable
 
