@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from diffusion_lab.rules import is_int
+
 #: A class as a caller names it: an index (``7``) or a class name (``"trouser"``, ``"Ankle boot"``).
 Label = int | str
 
@@ -44,7 +46,7 @@ def label_index(label: Label, names: Sequence[str]) -> int:
 
 def resolve_labels(label: Label | Sequence[Label], num_samples: int, names: Sequence[str]) -> Tensor:
     """``[N]`` class indices: ``num_samples`` of one class, of each listed class, or of every class (``all``)."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
+    if not is_int(num_samples) or num_samples <= 0:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     if isinstance(label, str) and label.strip().lower() == "all":
         indices = list(range(len(names)))

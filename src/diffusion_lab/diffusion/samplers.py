@@ -19,6 +19,7 @@ from torch import Tensor
 
 from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.diffusion.objectives.base import DiscreteObjective, init_parameters
+from diffusion_lab.rules import is_int
 
 #: Sampler names of the ``sampler`` config group -> the diffusers scheduler class each one builds.
 NAMED_SAMPLERS: dict[str, str] = {
@@ -152,7 +153,7 @@ class Sampler:
         limit = self.objective.timesteps if isinstance(self.objective, DiscreteObjective) else None
         if steps is None:
             steps = min(filter(None, (self.default_steps, limit))) if self.default_steps or limit else 20
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or (limit and steps > limit):
+        if not is_int(steps) or steps < 1 or (limit and steps > limit):
             raise ValueError(f"steps must be an integer in 1..{limit or 'inf'}, got {steps!r}")
         self.scheduler.set_timesteps(steps, device=device)
         self.num_steps = steps

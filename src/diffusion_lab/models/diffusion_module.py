@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from diffusion_lab.data.styles import STYLE_NAMES, StyleStats
 from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.models.unet import ConditionalUNet
+from diffusion_lab.rules import DROP_PROB
 from diffusion_lab.training.checkpointing import read_checkpoint, upgrade_run_config
 
 #: Checkpoint key that holds the resolved run configuration, so a checkpoint rebuilds its model.
@@ -74,10 +75,8 @@ class DiffusionModule(L.LightningModule):
         style_drop_prob: float = 0.1,
     ) -> None:
         super().__init__()
-        if not 0.0 <= cond_drop_prob < 1.0:
-            raise ValueError(f"model.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
-        if not 0.0 <= style_drop_prob < 1.0:
-            raise ValueError(f"model.style_drop_prob must be in [0, 1), got {style_drop_prob}")
+        DROP_PROB.check("model.cond_drop_prob", cond_drop_prob)
+        DROP_PROB.check("model.style_drop_prob", style_drop_prob)
         wanted = len(STYLE_NAMES) if style_conditioning else 0
         if unet.num_styles != wanted:
             raise ValueError(
