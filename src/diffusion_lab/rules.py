@@ -164,6 +164,16 @@ DROP_PROB = number(0, 1, open_high=True, example=0.1)
 VAL_FRACTION = number(0, 1, open_low=True, open_high=True, example=0.1)
 #: ``callbacks.guide_snapshot.fraction``: where in the run autoguidance's guide is kept.
 GUIDE_FRACTION = number(0, 1, open_low=True, open_high=True, example=0.33)
+#: ``objective.min_snr_gamma``: the gamma of Min-SNR loss weighting (null: none).
+MIN_SNR_GAMMA = optional(number(0, open_low=True, example=5.0))
+#: ``objective.time_distribution``: how the flow objective draws training times.
+TIME_DISTRIBUTION = choice("logit_normal", "uniform")
+#: How often a callback runs, in epochs.
+EVERY_N_EPOCHS = integer(1, example=1)
+#: Images of each class in a sample grid.
+GRID_PER_CLASS = integer(1, example=8)
+#: Images of each class a FID (and each per-class metric) is computed on: two at least.
+FID_PER_CLASS = integer(2, example=100)
 #: The classifier-free guidance weight w.
 GUIDANCE = number(0, example=2.0, what="a finite number >= 0 (0: the plain conditional model)")
 #: ``autoguidance``: the weight of the guide's difference (0: off).

@@ -42,6 +42,7 @@ from diffusion_lab.evaluation.clip import ClipScorer
 from diffusion_lab.evaluation.clip import summarize as summarize_clip
 from diffusion_lab.evaluation.fidelity_variety import K, fidelity_variety
 from diffusion_lab.evaluation.inception import inception_weights
+from diffusion_lab.rules import FID_PER_CLASS
 from diffusion_lab.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,7 @@ class Evaluator:
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        if num_per_class < 2:
-            raise ValueError(f"num_per_class must be at least 2 for FID, got {num_per_class}")
+        FID_PER_CLASS.check("num_per_class", num_per_class)
         self.dataset = dataset
         self.keys = class_keys(dataset)
         self.clip = clip
