@@ -58,6 +58,8 @@ class Objective(nn.Module, ABC):
     name: str = ""
     #: The diffusers ``prediction_type`` of the network's output.
     prediction_type: str = ""
+    #: The named sampler ``sampler=auto`` samples it with (``conf/sampler/NAME.yaml``).
+    default_sampler: str = ""
 
     def __init__(self, min_snr_gamma: float | None = None) -> None:
         super().__init__()

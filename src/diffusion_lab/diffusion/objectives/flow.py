@@ -31,6 +31,7 @@ class FlowObjective(Objective):
     """
 
     name = "flow"
+    default_sampler = "flow_euler"
     prediction_type = "flow_prediction"
 
     def __init__(
