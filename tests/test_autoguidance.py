@@ -251,7 +251,7 @@ def test_the_snapshot_survives_resume_and_a_run_resumed_before_it_takes_it(run_d
     last = run_dir / "checkpoints" / "last.ckpt"
     kept, _ = checkpoint_snapshot(torch.load(last, weights_only=True))
     more = ("trainer.max_epochs=2", "trainer.max_steps=12", "trainer.limit_train_batches=12")
-    train(compose_run(tmp_path / "after", *more, f"ckpt_path={last}"))
+    train(compose_run(tmp_path / "after", *more, f"ckpt={last}"))
     after = torch.load(tmp_path / "after" / "checkpoints" / "last.ckpt", weights_only=True)
     weights, step = checkpoint_snapshot(after)
     assert after["global_step"] == 12 and step == 2 and all(torch.equal(weights[k], v) for k, v in kept.items())
@@ -260,7 +260,7 @@ def test_the_snapshot_survives_resume_and_a_run_resumed_before_it_takes_it(run_d
     before["callbacks"][GUIDE_SNAPSHOT_KEY].update(step=None, weights=None)
     torch.save(before, tmp_path / "before.ckpt")
     train(compose_run(tmp_path / "resumed", *more, "callbacks.guide_snapshot.fraction=0.75",
-                      f"ckpt_path={tmp_path / 'before.ckpt'}"))  # fmt: skip
+                      f"ckpt={tmp_path / 'before.ckpt'}"))  # fmt: skip
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 12 and checkpoint_snapshot(resumed)[1] == 9  # 0.75 * 12, past the resume at 6
 

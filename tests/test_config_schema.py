@@ -116,7 +116,7 @@ def test_every_key_of_every_shipped_config_has_a_rule_and_the_shipped_values_pas
         uncovered = [key for key in leaf_keys(cfg) if not key.startswith("hydra") and rule_for(command, key) is None]
         assert uncovered == [], (overrides, uncovered)
         try:
-            check_config(cfg, command, resolve_runtime=False)
+            check_config(cfg, command, stage="before_run")
         except ConfigError as err:  # trainer=gpu and trainer=ddp on a machine without one
             assert not torch.cuda.is_available() and all("no GPU is visible" in line for line in err.lines), err
 
@@ -150,10 +150,10 @@ def test_a_bad_value_of_any_key_is_one_line_that_names_it_and_writes_nothing(
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
 
-    def not_past_the_precheck(cfg: DictConfig, name: str, resolve_runtime: bool = True) -> None:
-        if resolve_runtime:
+    def not_past_the_precheck(cfg: DictConfig, name: str, stage: str = "all") -> None:
+        if stage != "before_run":
             pytest.fail(f"{key}={value!r} reached the run: the check before Hydra starts let it through")
-        check_config(cfg, name, resolve_runtime=resolve_runtime)
+        check_config(cfg, name, stage=stage)
 
     monkeypatch.setattr(app, "check_config", not_past_the_precheck)
     with pytest.raises(SystemExit) as exit_info:
@@ -162,6 +162,29 @@ def test_a_bad_value_of_any_key_is_one_line_that_names_it_and_writes_nothing(
     line = one_error_line(capsys.readouterr().err)
     assert key.split(".")[-1] in line, line
     assert list(tmp_path.iterdir()) == [], "a refused command wrote something"
+
+
+def test_a_run_checks_each_value_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The values as given before Hydra makes the run folder, the interpolated ones (``output``) inside the run."""
+    stages = []
+
+    def recorded(cfg: DictConfig, name: str, stage: str = "all") -> None:
+        stages.append(stage)
+        check_config(cfg, name, stage=stage)
+
+    monkeypatch.setattr(app, "check_config", recorded)
+    main_in_process(monkeypatch, "sample", f"ckpt={FIXTURE_CKPT}", "label=7", "num_samples=1", "steps=2",
+                    "clip=none", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert stages == ["before_run", "in_run"]
+    assert (tmp_path / "run" / "samples.png").is_file()
+
+
+def test_a_value_known_only_in_the_run_is_checked_there(compose_train) -> None:
+    cfg = compose_train("data.batch_size=${seed}", "seed=0")  # an interpolation: left for the run
+    check_config(cfg, "train", stage="before_run")
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg, "train", stage="in_run")
+    assert err.value.lines == ["data.batch_size must be a positive integer, got 0 (e.g. data.batch_size=128)"]
 
 
 def test_several_bad_values_are_one_line_each(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_lab.cli import evaluate as evaluate_cli
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
 from diffusion_lab.evaluation import cas as cas_module
+from diffusion_lab.evaluation import run as evaluation_run
 from diffusion_lab.evaluation.classifier import load_classifier
 from diffusion_lab.pipeline import ClassConditionalPipeline
 from diffusion_lab.reports.images import save_samples
@@ -122,7 +122,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
     def no_work(*args, **kwargs):
         raise AssertionError("the minutes of evaluation started before the settings were checked")
 
-    monkeypatch.setattr(evaluate_cli, "Evaluator", no_work)
+    monkeypatch.setattr(evaluation_run, "Evaluator", no_work)
     with pytest.raises(SystemExit) as exit_info:
         main_in_process(monkeypatch, "evaluate", f"ckpt={make_checkpoint()}", "clip=none", override, f"output={out}",
                         f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
@@ -219,7 +219,7 @@ def test_a_samples_file_of_another_dataset_or_shape_is_refused_in_one_line(
     def no_work(*args, **kwargs):
         raise AssertionError("the evaluation started before the samples file was checked")
 
-    monkeypatch.setattr(evaluate_cli, "Evaluator", no_work)
+    monkeypatch.setattr(evaluation_run, "Evaluator", no_work)
     out = tmp_path / "out"
     with pytest.raises(SystemExit):
         main_in_process(monkeypatch, "evaluate", f"ckpt={make_checkpoint()}", "clip=none", "num_per_class=3",

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffusion_lab.data.labels import class_keys
 from diffusion_lab.data.sources import load_arrays
 from diffusion_lab.evaluation.classifier import split_images
-from diffusion_lab.evaluation.evaluator import Evaluator, balanced_subset, class_keys
+from diffusion_lab.evaluation.evaluator import Evaluator, balanced_subset
 from diffusion_lab.evaluation.fidelity_variety import fidelity_variety, kth_neighbour_distance
 
 

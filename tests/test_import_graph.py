@@ -17,14 +17,14 @@ PACKAGE = Path(diffusion_lab.__file__).parent
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(names.split())
     for names in (
-        "diffusion_lab utils",  # __version__; file writes and locks
+        "diffusion_lab utils rules",  # __version__; file writes and locks; what a setting takes
         "data",  # datasets, labels, styles
         "diffusion",  # schedules, objectives, samplers, the reverse process
         "models",  # the network, the LightningModule, the checkpoint format, model folders
-        "pipeline diffusers_pipeline",  # a loaded model that draws images; its diffusers face
-        "evaluation",  # metrics of images
+        "pipeline diffusers_pipeline sampling_settings",  # a loaded model that draws images, as diffusers' too
         "reports",  # figures, tables, sample files, model cards
-        "export",  # a checkpoint as a model folder
+        "evaluation",  # metrics of images, and the evaluate command's work
+        "export sampling",  # a checkpoint as a model folder; the sample command's work
         "config config_schema",  # the commands' configs and their checks
         "training",  # the run: fit, callbacks, resume policy
         "cli",  # the commands

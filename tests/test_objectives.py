@@ -141,7 +141,7 @@ def test_min_snr_refused_where_undefined(cls: type) -> None:
 def test_bad_settings_refused() -> None:
     with pytest.raises(ValueError, match=r"objective\.time_distribution must be one of logit_normal, uniform"):
         FlowObjective(time_distribution="normal")
-    with pytest.raises(ValueError, match=r"objective\.min_snr_gamma must be positive or null"):
+    with pytest.raises(ValueError, match=r"objective\.min_snr_gamma must be a positive number or null"):
         EpsilonObjective(SCHEDULE, min_snr_gamma=0.0)
 
 

@@ -70,7 +70,8 @@ def test_lab_helpers(model: ClassConditionalPipeline) -> None:
      ({"steps": 0}, "steps"),
      ({"sampler": "eulr"}, "unknown sampler 'eulr'"), ({"labels": [12]}, "label 12 is out of range"),
      ({"labels": torch.tensor([10])}, r"labels must lie in 0\.\.9"), ({"labels": []}, "non-empty"),
-     ({"precision": "fp16"}, "precision must be one of 32, bf16"), ({"batch_size": 0}, "batch_size must be positive")],
+     ({"precision": "fp16"}, "precision must be one of 32, bf16"),
+     ({"batch_size": 0}, "batch_size must be a positive integer")],
 )  # fmt: skip
 def test_bad_generation_settings_refused(model: ClassConditionalPipeline, kwargs: dict, message: str) -> None:
     kwargs = {"labels": [1], **kwargs}

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffusion_lab.cli.app import renamed_arguments
 from diffusion_lab.cli.train import main as train_entry_main
 from diffusion_lab.models.checkpoints import read_checkpoint
 from diffusion_lab.utils.files import atomic_write, exclusive_lock
@@ -210,8 +211,28 @@ BAD_TRAIN_INPUT = [
     ("seed=abc", "seed must be an integer"),
     ("objective=eps schedule=linear schedule.beta_end=2.0", "schedule.beta_end must be a number in (0, 1), got 2.0"),
     ("+trainer.max_epoch=3", "unexpected keyword argument 'max_epoch'"),
-    ("ckpt_path=missing.ckpt", "checkpoint not found: missing.ckpt"),
+    ("ckpt=missing.ckpt", "checkpoint not found: missing.ckpt"),
 ]
+
+
+@pytest.mark.parametrize("command", ["train", "sample"])
+def test_the_earlier_name_ckpt_path_still_works_with_a_one_line_notice(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    base = ("experiment=smoke",) if command == "train" else ()
+    with pytest.raises(SystemExit) as exit_info:
+        main_in_process(monkeypatch, command, *base, "ckpt_path=missing.ckpt", f"hydra.run.dir={run_dir}")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("notice: ")] == ["notice: ckpt_path= is now ckpt="]
+    assert "checkpoint not found: missing.ckpt" in one_error_line(err)  # read as ckpt=missing.ckpt
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_renamed_arguments_keep_their_prefix_and_value() -> None:
+    argv = ["+ckpt_path=a.ckpt", "~ckpt_path", "ckpt=b.ckpt", "seed=1", "init_from=c.ckpt"]
+    assert renamed_arguments(argv) == ["+ckpt=a.ckpt", "~ckpt", "ckpt=b.ckpt", "seed=1", "init_from=c.ckpt"]
 
 
 @pytest.mark.parametrize(("override", "message"), BAD_TRAIN_INPUT)
@@ -233,7 +254,7 @@ def test_fresh_run_refuses_a_folder_that_holds_one(
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
     last.write_bytes(b"a previous run")
-    for extra in ((), ("resume=true", f"ckpt_path={last}")):
+    for extra in ((), ("resume=true", f"ckpt={last}")):
         with pytest.raises(SystemExit):
             main_in_process(monkeypatch, "train", "experiment=smoke", *extra, f"hydra.run.dir={tmp_path / 'run'}")
         line = one_error_line(capsys.readouterr().err)

@@ -81,7 +81,7 @@ def test_a_failing_command_leaves_an_existing_output_as_it_was(
     def disk_full(*_: object, **__: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("diffusion_lab.cli.sample.save_samples", disk_full)
+    monkeypatch.setattr("diffusion_lab.sampling.save_samples", disk_full)
     with pytest.raises(OSError):
         main_in_process(monkeypatch, "sample", *args, "seed=1", f"hydra.run.dir={tmp_path / 'run2'}")
     monkeypatch.undo()

@@ -84,7 +84,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     assert run_cli("train", "experiment=smoke", f"hydra.run.dir={first}").returncode == 0
     last = first / "checkpoints" / "last.ckpt"
-    resume = ("trainer.max_steps=30", "trainer.max_epochs=2", f"ckpt_path={last}")
+    resume = ("trainer.max_steps=30", "trainer.max_epochs=2", f"ckpt={last}")
     proc = run_cli("train", "experiment=smoke", *resume, f"hydra.run.dir={second}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((second / "metrics.json").read_text())["global_step"] == 30

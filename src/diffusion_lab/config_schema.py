@@ -15,16 +15,44 @@ have is covered, so a new config key comes with its rule.
 from __future__ import annotations
 
 import fnmatch
-import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Literal
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from diffusion_lab.data.labels import label_index
 from diffusion_lab.data.sources import DATASETS
+from diffusion_lab.rules import (
+    AUTOGUIDANCE,
+    BATCH_SIZE,
+    BOOLEAN,
+    DROP_PROB,
+    EVERY_N_EPOCHS,
+    FID_PER_CLASS,
+    GRID_PER_CLASS,
+    GUIDANCE,
+    GUIDANCE_INTERVAL,
+    GUIDANCE_RESCALE,
+    GUIDE_FRACTION,
+    MIN_SNR_GAMMA,
+    PATH,
+    SAMPLING_PRECISION,
+    TARGET,
+    TEXT,
+    TIME_DISTRIBUTION,
+    TIMESTEPS,
+    VAL_FRACTION,
+    Rule,
+    choice,
+    either,
+    integer,
+    is_int,
+    is_number,
+    list_of,
+    number,
+    optional,
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -35,141 +63,13 @@ class ConfigError(ValueError):
         self.lines = lines
 
 
-@dataclass(frozen=True)
-class Rule:
-    """What a key takes: ``test`` accepts a resolved value, ``what`` says it in words, ``example`` is a good value.
-
-    ``low`` and ``high`` are a number's bounds (``open_low``/``open_high``: the bound itself is refused);
-    ``integer`` says it must be whole. They also tell the suite which values lie just outside the range.
-    """
-
-    test: Callable[[Any], bool]
-    what: str
-    example: Any
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-    integer: bool = False
-
-    def message(self, key: str, value: Any) -> str:
-        return f"{key} must be {self.what}, got {value!r} (e.g. {key}={_override_text(self.example)})"
-
-
-def _override_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value is None:
-        return "null"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override_text(v) for v in value) + "]"
-    return str(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+# --------------------------------------------------------------------------- values several commands share
 
 
 def _component(value: Any) -> bool:
     """A component's config: a mapping that names the class to build."""
     return isinstance(value, dict) and isinstance(value.get("_target_"), str)
 
-
-def _range_words(low: float | None, high: float | None, open_low: bool, open_high: bool) -> str:
-    if low is not None and high is not None:
-        return f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-    if low is not None:
-        return f"{'>' if open_low else '>='} {low:g}"
-    assert high is not None
-    return f"{'<' if open_high else '<='} {high:g}"
-
-
-def integer(low: int | None = None, high: int | None = None, *, example: int, what: str | None = None) -> Rule:
-    """A whole number (not a bool) in ``[low, high]``; every numeric rule has at least one bound."""
-    words = what or (
-        "a positive integer" if (low, high) == (1, None) else f"an integer {_range_words(low, high, False, False)}"
-    )
-
-    def test(value: Any) -> bool:
-        return _is_int(value) and (low is None or value >= low) and (high is None or value <= high)
-
-    return Rule(test, words, example, low=low, high=high, integer=True)
-
-
-def number(
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    open_low: bool = False,
-    open_high: bool = False,
-    example: float,
-    what: str | None = None,
-) -> Rule:
-    """A finite int or float in the range, its ends included unless ``open_low``/``open_high``."""
-    positive = (low, high, open_low) == (0, None, True)
-    words = what or ("a positive number" if positive else f"a number {_range_words(low, high, open_low, open_high)}")
-
-    def test(value: Any) -> bool:
-        if not _is_number(value):
-            return False
-        above = low is None or (value > low if open_low else value >= low)
-        below = high is None or (value < high if open_high else value <= high)
-        return above and below
-
-    return Rule(test, words, example, low=low, high=high, open_low=open_low, open_high=open_high)
-
-
-def optional(rule: Rule) -> Rule:
-    """``rule``, or null."""
-    return Rule(
-        lambda value: value is None or rule.test(value), f"{rule.what} or null", rule.example,
-        rule.low, rule.high, rule.open_low, rule.open_high, rule.integer,
-    )  # fmt: skip
-
-
-def either(first: Rule, second: Rule, what: str) -> Rule:
-    """A value that passes ``first`` or ``second`` (e.g. a step count or a fraction of an epoch)."""
-    bounds = first if first.low is not None or first.high is not None else second
-    return Rule(
-        lambda value: first.test(value) or second.test(value), what, first.example,
-        bounds.low, bounds.high, bounds.open_low, bounds.open_high, bounds.integer,
-    )  # fmt: skip
-
-
-BOOLEAN = Rule(lambda value: isinstance(value, bool), "true or false", True)
-TEXT = Rule(lambda value: isinstance(value, str) and value.strip() != "", "a non-empty string", "name")
-PATH = Rule(lambda value: isinstance(value, str) and value.strip() != "", "a path", "outputs/run")
-TARGET = Rule(
-    lambda value: isinstance(value, str) and all(part.isidentifier() for part in value.split(".")),
-    "a dotted import path", "torch.optim.AdamW",
-)  # fmt: skip
-
-
-def choice(*options: Any, example: Any = None) -> Rule:
-    """One of ``options`` (compared as given: ``32`` and ``"32"`` are both listed where both work)."""
-    names = ", ".join(dict.fromkeys(str(option) for option in options))
-
-    def test(value: Any) -> bool:
-        return any(value == option and type(value) is type(option) for option in options)
-
-    return Rule(test, f"one of {names}", options[0] if example is None else example)
-
-
-def list_of(item: Rule, *, example: list[Any], non_empty: bool = False, what: str | None = None) -> Rule:
-    """A list whose every item passes ``item``."""
-    words = what or f"a {'non-empty ' if non_empty else ''}list of {item.what.removeprefix('a ').removeprefix('an ')}s"
-
-    def test(value: Any) -> bool:
-        return isinstance(value, list) and (len(value) > 0 or not non_empty) and all(item.test(v) for v in value)
-
-    return Rule(test, words, example)
-
-
-# --------------------------------------------------------------------------- values several commands share
 
 SEED = integer(0, 2**32 - 1, example=0, what="an integer in [0, 4294967295]")
 POSITIVE = integer(1, example=1)
@@ -181,7 +81,7 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "auto", "mps", "tpu")
 
 def _known_label(value: Any) -> bool:
     """A class index or name of one of the datasets (the checkpoint's own dataset checks it again when loaded)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
+    if not (is_int(value) or isinstance(value, str)):
         return False
     for info in DATASETS.values():
         try:
@@ -203,33 +103,14 @@ LABELS = Rule(
 )  # fmt: skip
 #: A style value: a number (degrees, pixels) or a named level (``left``, ``bold``, ``high``).
 STYLE_VALUE = Rule(
-    lambda value: _is_number(value) or (isinstance(value, str) and value.strip() != ""),
+    lambda value: is_number(value) or (isinstance(value, str) and value.strip() != ""),
     "a number or a named level such as left, upright, thin or bold", "bold",
 )  # fmt: skip
-GUIDANCE = number(0, example=2.0, what="a finite number >= 0 (0: the plain conditional model)")
-SAMPLING_PRECISIONS = choice(32, "32", "bf16", example="bf16")
 DEVICE = Rule(TEXT.test, "auto, cpu, cuda or a torch device such as cuda:1", "cpu")
 
 
-def _interval(value: Any) -> bool:
-    if value is None:
-        return True
-    if not (isinstance(value, list) and len(value) == 2 and _is_number(value[0])):
-        return False
-    high = math.inf if value[1] is None else value[1]
-    return (_is_number(high) or high == math.inf) and 0 <= value[0] <= high
-
-
-#: ``guidance_interval``: null, or ``[SIGMA_LO, SIGMA_HI]`` with 0 <= SIGMA_LO <= SIGMA_HI; SIGMA_HI null or
-#: ``.inf``: no upper end (the flow objective's first step has sigma = infinity).
-GUIDANCE_INTERVAL = Rule(
-    _interval, "[SIGMA_LO, SIGMA_HI] with 0 <= SIGMA_LO <= SIGMA_HI (SIGMA_HI null: no upper end), or null", [0.3, 5.0]
-)
-#: ``autoguidance``: the weight of the guide's difference (0: off).
-AUTOGUIDANCE = number(0, example=1.0, what="a finite number >= 0 (0: no autoguidance)")
 #: ``guide``: autoguidance's guide, a checkpoint or exported folder, or null for the checkpoint's own snapshot.
 GUIDE = optional(Rule(PATH.test, "a checkpoint or model folder of the same data", "outputs/train/<run>/guide.ckpt"))
-GUIDANCE_RESCALE = number(0, 1, example=0.0)
 SAMPLER = {
     "sampler._target_": TARGET,
     "sampler._partial_": choice(True, example=True),
@@ -264,11 +145,11 @@ CLIP = {
 PATHS = {"paths.*": PATH}
 DATA = {
     "data._target_": TARGET,
-    "data.name": choice("mnist", "fashion_mnist"),
+    "data.name": choice(*DATASETS),
     "data.data_dir": PATH,
     "data.batch_size": integer(1, example=128),
     "data.eval_batch_size": integer(1, example=500),
-    "data.val_fraction": number(0, 1, open_low=True, open_high=True, example=0.1),
+    "data.val_fraction": VAL_FRACTION,
     "data.split_seed": SEED,
     "data.shuffle": BOOLEAN,
     "data.shuffle_seed": optional(SEED),
@@ -286,8 +167,8 @@ SAMPLING = {
     "guidance_rescale": GUIDANCE_RESCALE,
     "autoguidance": optional(AUTOGUIDANCE),
     "guide": GUIDE,
-    "batch_size": integer(1, example=128),
-    "precision": SAMPLING_PRECISIONS,
+    "batch_size": BATCH_SIZE,
+    "precision": SAMPLING_PRECISION,
     "device": DEVICE,
     "output": PATH,
 }
@@ -297,27 +178,25 @@ SIGMA_RELS = Rule(
     lambda value: isinstance(value, list) and all(map(EMA_LENGTH.test, value)) and len(set(value)) >= 2,
     "a list of two or more different lengths in (0, 0.25]", [0.05, 0.1],
 )  # fmt: skip
-TASK = {"task_name": choice("train", "sample", "evaluate", "figures", "export", example="train")}
-
 # --------------------------------------------------------------------------- the commands
 
 TRAIN: dict[str, Rule] = {
-    **TASK, **PATHS, **DATA, **SAMPLER, **CLIP,
+    **PATHS, **DATA, **SAMPLER, **CLIP,
     "multirun_folder": PATH,
     "seed": SEED,
-    "diffusion.timesteps": integer(1, example=1000),
+    "diffusion.timesteps": TIMESTEPS,
     "resume": BOOLEAN,
-    "ckpt_path": optional(PATH),
+    "ckpt": optional(CKPT),
     "init_from": optional(CKPT),
     "optimized_metric": optional(TEXT),
     "model._target_": TARGET,
-    "model.cond_drop_prob": number(0, 1, open_high=True, example=0.1),
-    "model.style_drop_prob": number(0, 1, open_high=True, example=0.1),
+    "model.cond_drop_prob": DROP_PROB,
+    "model.style_drop_prob": DROP_PROB,
     "model.val_seed": SEED,
     "objective._target_": TARGET,
     "objective.schedule": Rule(_component, "the schedule config", "${schedule}"),
-    "objective.min_snr_gamma": optional(number(0, open_low=True, example=5.0)),
-    "objective.time_distribution": choice("logit_normal", "uniform"),
+    "objective.min_snr_gamma": MIN_SNR_GAMMA,
+    "objective.time_distribution": TIME_DISTRIBUTION,
     "objective.logit_mean": number(-10, 10, example=0.0),
     "objective.logit_std": number(0, open_low=True, example=1.0),
     "objective.shift": number(0, open_low=True, example=1.0),
@@ -353,7 +232,7 @@ TRAIN: dict[str, Rule] = {
     "model.lr_scheduler.mode": choice("min", "max"),
     "model.lr_scheduler.patience": integer(0, example=2),
     "schedule._target_": TARGET,
-    "schedule.timesteps": integer(1, example=1000),
+    "schedule.timesteps": TIMESTEPS,
     "schedule.s": number(0, open_low=True, example=0.008),
     "schedule.max_beta": number(0, 1, open_low=True, open_high=True, example=0.999),
     "schedule.beta_start": number(0, 1, open_low=True, open_high=True, example=1e-4),
@@ -391,7 +270,7 @@ TRAIN: dict[str, Rule] = {
     "logger._target_": TARGET,
     "logger.save_dir": PATH,
     "logger.name": optional(Rule(lambda v: isinstance(v, str), "a string", "csv")),
-    "logger.version": Rule(lambda v: isinstance(v, str) or _is_int(v), "a string or an integer", ""),
+    "logger.version": Rule(lambda v: isinstance(v, str) or is_int(v), "a string or an integer", ""),
     "logger.default_hp_metric": BOOLEAN,
     "logger.project": TEXT,
     "logger.group": optional(Rule(lambda v: isinstance(v, str), "a string", "sweep")),
@@ -403,16 +282,16 @@ TRAIN: dict[str, Rule] = {
     "logger.resume": choice("allow", "must", "never", "auto"),
     "logger.init_timeout": number(0, open_low=True, example=30),
     "callbacks.*._target_": TARGET,
-    "callbacks.*.every_n_epochs": integer(1, example=1),
-    "callbacks.sample_grid.num_per_class": integer(1, example=8),
-    "callbacks.sample_quality.num_per_class": integer(2, example=10),
+    "callbacks.*.every_n_epochs": EVERY_N_EPOCHS,
+    "callbacks.sample_grid.num_per_class": GRID_PER_CLASS,
+    "callbacks.sample_quality.num_per_class": FID_PER_CLASS,
     "callbacks.*.steps": optional(integer(1, example=50)),
     "callbacks.*.guidance": GUIDANCE,
     "callbacks.*.guidance_interval": GUIDANCE_INTERVAL,
     "callbacks.*.guidance_rescale": GUIDANCE_RESCALE,
     "callbacks.*.autoguidance": AUTOGUIDANCE,
     "callbacks.*.guide": GUIDE,
-    "callbacks.guide_snapshot.fraction": number(0, 1, open_low=True, open_high=True, example=0.33),
+    "callbacks.guide_snapshot.fraction": GUIDE_FRACTION,
     "callbacks.*.seed": SEED,
     "callbacks.*.sampler": Rule(_component, "a sampler config with _target_", "${sampler}"),
     "callbacks.sample_grid.output_dir": PATH,
@@ -441,7 +320,7 @@ TRAIN: dict[str, Rule] = {
 }  # fmt: skip
 
 SAMPLE: dict[str, Rule] = {
-    **TASK, **PATHS, **SAMPLER, **CLIP, **SAMPLING,
+    **PATHS, **SAMPLER, **CLIP, **SAMPLING,
     "label": LABELS,
     "num_samples": integer(1, example=16),
     "slant": optional(STYLE_VALUE),
@@ -451,8 +330,8 @@ SAMPLE: dict[str, Rule] = {
 }  # fmt: skip
 
 EVALUATE: dict[str, Rule] = {
-    **TASK, **PATHS, **SAMPLER, **CLIP, **SAMPLING,
-    "num_per_class": integer(2, example=100),
+    **PATHS, **SAMPLER, **CLIP, **SAMPLING,
+    "num_per_class": FID_PER_CLASS,
     "samples": optional(Rule(PATH.test, "a samples.npz", "outputs/evaluate/<run>/samples.npz")),
     "cas": BOOLEAN,
     "cas_per_class": integer(1, example=1000),
@@ -464,7 +343,7 @@ EVALUATE: dict[str, Rule] = {
 }  # fmt: skip
 
 FIGURES: dict[str, Rule] = {
-    **TASK, **PATHS, **DATA, **SAMPLER, **SAMPLING,
+    **PATHS, **DATA, **SAMPLER, **SAMPLING,
     "ckpt": optional(CKPT),
     "image_label": LABEL,
     "timesteps": integer(1, example=1000),
@@ -480,7 +359,7 @@ FIGURES: dict[str, Rule] = {
 }  # fmt: skip
 
 EXPORT: dict[str, Rule] = {
-    **TASK, **PATHS,
+    **PATHS,
     "ckpt": CKPT,
     "output": PATH,
     "metrics": optional(PATH),
@@ -496,10 +375,16 @@ EXPORT: dict[str, Rule] = {
 #: A component set to null or to nothing (``logger: null``, ``callbacks.ema: null``, ``clip: none``): switched off.
 SWITCHED_OFF = Rule(lambda value: value in (None, {}), "a config with _target_, or null to switch it off", None)
 
-#: The schema of each command, by its config name.
-SCHEMAS: dict[str, dict[str, Rule]] = {
-    "train": TRAIN, "sample": SAMPLE, "evaluate": EVALUATE, "figures": FIGURES, "export": EXPORT,
-}  # fmt: skip
+
+def _named(schemas: dict[str, dict[str, Rule]]) -> dict[str, dict[str, Rule]]:
+    """Each schema with ``task_name``: every config and experiment names its command, one of ``schemas``."""
+    return {name: {"task_name": choice(*schemas, example="train"), **schema} for name, schema in schemas.items()}
+
+
+#: The schema of each command, by its config name (``conf/NAME.yaml``, ``diffusion-lab-NAME``).
+SCHEMAS: dict[str, dict[str, Rule]] = _named(
+    {"train": TRAIN, "sample": SAMPLE, "evaluate": EVALUATE, "figures": FIGURES, "export": EXPORT}
+)
 
 
 def rule_for(command: str, key: str) -> Rule | None:
@@ -543,39 +428,55 @@ def is_interpolation(cfg: DictConfig, key: str) -> bool:
     return node._is_interpolation()
 
 
-def check_config(cfg: DictConfig, command: str, *, resolve_runtime: bool = True) -> None:
+#: What :func:`check_config` checks: ``before_run`` the values as given and the checks across keys, ``in_run``
+#: the values left for the run (interpolated or missing ones), ``all`` both.
+Stage = Literal["all", "before_run", "in_run"]
+
+
+def _left_for_the_run(cfg: DictConfig, key: str) -> bool:
+    """Whether the value of ``key`` is only known inside the run: an interpolation (``${hydra:runtime.output_dir}``
+    reads what only the run knows), a mapping holding one, or missing (``???``)."""
+    if is_interpolation(cfg, key):
+        return True
+    parent, _, name = key.rpartition(".")
+    node = (OmegaConf.select(cfg, parent) if parent else cfg)._get_node(name)
+    inside = isinstance(node, DictConfig) and "${" in str(OmegaConf.to_container(node, resolve=False))
+    return node._is_missing() or inside
+
+
+def check_config(cfg: DictConfig, command: str, *, stage: Stage = "all") -> None:
     """Raise :class:`ConfigError` with one line for each bad value of ``cfg`` (the ``hydra`` node is Hydra's).
 
     Values are checked before the values that interpolate them: a bad ``data.name`` is reported once,
-    not again through ``model.unet.num_classes``. With ``resolve_runtime=False`` (before Hydra has
-    started the run) interpolated values, such as ``${hydra:runtime.output_dir}``, are left for the
-    check inside the run: they may read what only the run knows.
+    not again through ``model.unet.num_classes``. A command checks each value once, in two halves:
+    ``before_run`` before Hydra makes a run folder (so a bad value writes nothing), and ``in_run`` the
+    values left for the run (:func:`_left_for_the_run`). ``all`` checks everything at once: a job of a
+    ``-m`` sweep, or a config composed in code.
     """
     errors: list[str] = []
-    interpolated: list[str] = []
+    left: list[str] = []
     for key in leaf_keys(cfg, command):
         if key == "hydra" or key.startswith("hydra."):
             continue
-        if is_interpolation(cfg, key):
-            interpolated.append(key)
-        else:
-            errors += _check_leaf(cfg, command, key, resolve_runtime)
-    if not errors and resolve_runtime:
-        for key in interpolated:
-            errors += _check_leaf(cfg, command, key, resolve_runtime)
-    errors += _checks_across_keys(cfg, command) if not errors else []
+        if _left_for_the_run(cfg, key):
+            left.append(key)
+        elif stage != "in_run":
+            errors += _check_leaf(cfg, command, key)
+    if not errors and stage != "before_run":
+        for key in left:
+            errors += _check_leaf(cfg, command, key)
+    if not errors and stage != "in_run":
+        errors += _checks_across_keys(cfg, command)
     if errors:
         raise ConfigError(errors)
 
 
-def _check_leaf(cfg: DictConfig, command: str, key: str, resolve_runtime: bool = True) -> list[str]:
+def _check_leaf(cfg: DictConfig, command: str, key: str) -> list[str]:
     try:
         value = OmegaConf.select(cfg, key, throw_on_missing=True)
         if isinstance(value, (DictConfig, ListConfig)):
             value = OmegaConf.to_container(value, resolve=True)
     except Exception as err:  # also a resolver of ours refusing its argument, e.g. num_classes of an unknown dataset
-        if not resolve_runtime:
-            return []
         text = str(err).splitlines()[0] if isinstance(err, OmegaConfBaseException) else str(err)  # not its full_key
         return [f"{key} cannot be resolved ({' '.join(text.split())})"]
     rule = rule_for(command, key)
@@ -587,10 +488,10 @@ def _check_leaf(cfg: DictConfig, command: str, key: str, resolve_runtime: bool =
 def _checks_across_keys(cfg: DictConfig, command: str) -> list[str]:
     """Values that are each fine but wrong together, or wrong on this machine."""
     errors = []
-    if command == "train" and cfg.get("resume") and cfg.get("ckpt_path"):
-        errors.append("resume=true and ckpt_path are exclusive: resume continues the run dir's last.ckpt")
-    if command == "train" and cfg.get("ckpt_path") and cfg.get("init_from"):
-        errors.append("ckpt_path and init_from are exclusive: ckpt_path continues a run, init_from starts one")
+    if command == "train" and cfg.get("resume") and cfg.get("ckpt"):
+        errors.append("resume=true and ckpt are exclusive: resume continues the run dir's last.ckpt")
+    if command == "train" and cfg.get("ckpt") and cfg.get("init_from"):
+        errors.append("ckpt and init_from are exclusive: ckpt continues a run, init_from starts one")
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
     if command == "train" and accelerator in ("gpu", "cuda"):
         import torch

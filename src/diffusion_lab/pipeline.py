@@ -40,9 +40,7 @@ from diffusion_lab.models.checkpoints import checkpoint_snapshot, read_checkpoin
 from diffusion_lab.models.diffusion_module import DiffusionModule
 from diffusion_lab.models.hub_format import load_folder_guide, load_model_folder, recorded_autoguidance
 from diffusion_lab.models.posthoc_ema import SynthesizedEMA, load_at_ema_length
-
-#: Precisions of the network pass while sampling.
-PRECISIONS = ("32", "bf16")
+from diffusion_lab.rules import BATCH_SIZE, SAMPLING_PRECISION
 
 #: Style requests: ``{"slant": degrees or level, "thickness": pixels or level}`` for every image, or raw
 #: attributes ``[N, 2]`` per image (NaN = not asked for). See ``diffusion_lab.data.styles``.
@@ -51,8 +49,7 @@ Style = Mapping[str, float | int | str | None] | Tensor
 
 def network_precision(device: torch.device, precision: str) -> torch.autocast:
     """The autocast context for sampling at ``precision`` (``bf16`` or ``32``) on ``device``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    SAMPLING_PRECISION.check("precision", precision)
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU has no bf16: use precision=32")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -344,8 +341,7 @@ class ClassConditionalPipeline:
         check_guidance(guidance, guidance_interval, guidance_rescale, autoguidance)
         if autoguidance > 0:
             _ = self.guide
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size!r}")
+        BATCH_SIZE.check("batch_size", batch_size)
         return network_precision(self.device, precision)
 
     def sampler(self, sampler: str | Sampler = "auto", steps: int | None = None, **sampler_kwargs: object) -> Sampler:

@@ -3,7 +3,8 @@
 Each experiment (``experiments/NAME.yaml``) names the command it belongs to in its ``task_name`` key,
 as every command's own config does (``conf/train.yaml``: ``task_name: train``). An experiment given to
 another command is refused before Hydra composes anything or makes a run folder, with one line naming
-the command to run instead.
+the command to run instead. An argument given by an earlier name (:data:`RENAMED`) still works, with a
+one-line notice.
 """
 
 from __future__ import annotations
@@ -26,6 +27,22 @@ from diffusion_lab.config_schema import SCHEMAS, ConfigError, check_config
 
 #: A hint at what to pass for ``ckpt=``, in the line that names another command's experiment.
 CKPT_HINT = "ckpt=outputs/train/<run>/checkpoints/last.ckpt"
+#: Arguments renamed since an earlier version: earlier name -> name. The earlier one is still accepted.
+RENAMED = {"ckpt_path": "ckpt"}
+
+
+def renamed_arguments(argv: Sequence[str]) -> list[str]:
+    """``argv`` with each argument given by an earlier name (:data:`RENAMED`) under its name, and one
+    ``notice:`` line on stderr for each (``ckpt_path=X`` -> ``ckpt=X``; also ``+KEY=``, ``~KEY``)."""
+    arguments = []
+    for arg in argv:
+        body = arg.lstrip("+~")
+        key, sep, value = body.partition("=")
+        if key in RENAMED:
+            print(f"notice: {key}= is now {RENAMED[key]}=", file=sys.stderr)
+            arg = f"{arg[: len(arg) - len(body)]}{RENAMED[key]}{sep}{value}"
+        arguments.append(arg)
+    return arguments
 
 
 def experiment_names(argv: Sequence[str]) -> list[str]:
@@ -54,28 +71,36 @@ def wrong_experiment(command: str, argv: Sequence[str]) -> str | None:
     return None
 
 
-def precheck(config_name: str, argv: Sequence[str]) -> None:
-    """Compose the command line's config and check it (:func:`check_config`) before Hydra makes a run folder.
+def precheck(config_name: str, argv: Sequence[str]) -> bool:
+    """Compose the command line's config and check its values (:func:`check_config`, ``before_run``) before
+    Hydra makes a run folder; whether it did.
 
     So a bad value writes nothing, not even the run folder's ``.hydra/``. A ``-m`` sweep or any other
     Hydra flag is left to the check inside each job. Raises what composing raises, or :class:`ConfigError`.
     """
     if config_name not in SCHEMAS or any(arg.startswith("-") for arg in argv):
-        return
+        return False
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(argv), return_hydra_config=True)
-    check_config(cfg, config_name, resolve_runtime=False)
+    check_config(cfg, config_name, stage="before_run")
+    return True
 
 
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
-    """``hydra.main`` on the project's config tree ``conf/CONFIG_NAME.yaml``, with one-line errors."""
+    """``hydra.main`` on the project's config tree ``conf/CONFIG_NAME.yaml``, with one-line errors.
+
+    The config is checked once per run: its values before Hydra makes the run folder (:func:`precheck`),
+    the values only the run knows inside it; a job of a ``-m`` sweep checks all of its config in the job.
+    """
 
     def decorator(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        prechecked = False
+
         @functools.wraps(task)
         def checked_task(cfg: DictConfig) -> Any:
             if config_name in SCHEMAS:
                 try:
-                    check_config(cfg, config_name)
+                    check_config(cfg, config_name, stage="in_run" if prechecked else "all")
                 except ConfigError as err:
                     fail(err)
             return task(cfg)
@@ -84,6 +109,9 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
 
         @functools.wraps(task)
         def main() -> Any:
+            nonlocal prechecked
+            prechecked = False
+            sys.argv[1:] = renamed_arguments(sys.argv[1:])
             if (message := wrong_experiment(config_name, sys.argv[1:])) is not None:
                 exit_with(message)
             if full_error_requested():
@@ -91,7 +119,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
             saved = {key: os.environ.get(key) for key in ("HYDRA_FULL_ERROR", RAISING_ENV)}
             os.environ.update({"HYDRA_FULL_ERROR": "1", RAISING_ENV: "1"})  # Hydra raises; we print one line
             try:
-                precheck(config_name, sys.argv[1:])
+                prechecked = precheck(config_name, sys.argv[1:])
                 return hydra_main()
             except (HydraException, OmegaConfBaseException, JobFailed, ConfigError) as err:
                 exit_with(err)

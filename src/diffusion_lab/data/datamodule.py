@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from diffusion_lab.data.labels import Label, label_index
 from diffusion_lab.data.sources import dataset_info, load_arrays, prepare
 from diffusion_lab.data.styles import StyleStats, measure
+from diffusion_lab.rules import VAL_FRACTION
 
 #: A batch: images ``[B, 1, 28, 28]`` and labels ``[B]``, then raw style attributes ``[B, 2]`` when the data has them.
 Batch = tuple[Tensor, ...]
@@ -152,8 +153,7 @@ class MNISTDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.info = dataset_info(name)
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        VAL_FRACTION.check("data.val_fraction", val_fraction)
         self.name = name
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from diffusion_lab.data.sources import dataset_info
+from diffusion_lab.rules import is_int
+
 #: A class as a caller names it: an index (``7``) or a class name (``"trouser"``, ``"Ankle boot"``).
 Label = int | str
 
@@ -44,7 +47,7 @@ def label_index(label: Label, names: Sequence[str]) -> int:
 
 def resolve_labels(label: Label | Sequence[Label], num_samples: int, names: Sequence[str]) -> Tensor:
     """``[N]`` class indices: ``num_samples`` of one class, of each listed class, or of every class (``all``)."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
+    if not is_int(num_samples) or num_samples <= 0:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     if isinstance(label, str) and label.strip().lower() == "all":
         indices = list(range(len(names)))
@@ -55,3 +58,8 @@ def resolve_labels(label: Label | Sequence[Label], num_samples: int, names: Sequ
         if not indices:
             raise ValueError("label must name at least one class")
     return torch.tensor(indices, dtype=torch.long).repeat_interleave(num_samples)
+
+
+def class_keys(dataset: str) -> tuple[str, ...]:
+    """Metric-key names of the classes: ``0``..``9`` for MNIST, ``t_shirt_top``, ``trouser``... for Fashion."""
+    return tuple(slug(name) for name in dataset_info(dataset).class_names)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffusion_lab.rules import is_number
+
 #: Attribute names, in the order of the last dimension of every style tensor.
 STYLE_NAMES = ("slant", "thickness")
 #: Unit of each attribute.
@@ -190,7 +192,7 @@ class StyleStats:
                 request = float(key)
             except ValueError:
                 raise ValueError(f"{name}={request!r} is not a style value: use {hint}") from None
-        if isinstance(request, bool) or not isinstance(request, (int, float)) or not math.isfinite(request):
+        if not is_number(request):
             raise ValueError(f"{name}={request!r} is not a style value: use {hint}")
         if not low <= request <= high:
             raise ValueError(f"{name}={request:g} is outside what the model was trained on: use {hint}")

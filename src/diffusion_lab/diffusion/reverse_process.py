@@ -19,6 +19,7 @@ from torch import Tensor
 
 from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.diffusion.samplers import Sampler, make_sampler
+from diffusion_lab.rules import AUTOGUIDANCE, GUIDANCE, GUIDANCE_INTERVAL, GUIDANCE_RESCALE
 
 
 class Denoiser(Protocol):
@@ -109,20 +110,13 @@ def _cond_uncond(
     return cond, uncond
 
 
-def _weight(value: object) -> bool:
-    """A guidance weight: a finite number >= 0 (not a bool)."""
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
-
-
 def check_guidance(guidance: float, interval: Interval = None, rescale: float = 0.0, autoguidance: float = 0.0) -> None:
-    """Refuse a (auto)guidance weight that is not a finite number >= 0, a bad interval or rescale (one line)."""
-    if not _weight(guidance):
-        raise ValueError(f"guidance must be a finite number >= 0 (0 = no guidance), got {guidance!r}")
-    if not _weight(autoguidance):
-        raise ValueError(f"autoguidance must be a finite number >= 0 (0 = no autoguidance), got {autoguidance!r}")
-    interval_bounds(interval)
-    if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 <= rescale <= 1:
-        raise ValueError(f"guidance_rescale must be a number in [0, 1], got {rescale!r}")
+    """Refuse a (auto)guidance weight that is not a finite number >= 0, a bad interval or rescale (one line, by the
+    rules the commands' configs are checked with: :mod:`diffusion_lab.rules`)."""
+    GUIDANCE.check("guidance", guidance)
+    AUTOGUIDANCE.check("autoguidance", autoguidance)
+    GUIDANCE_INTERVAL.check("guidance_interval", interval)
+    GUIDANCE_RESCALE.check("guidance_rescale", rescale)
 
 
 def interval_bounds(interval: Interval) -> tuple[float, float] | None:
@@ -131,21 +125,11 @@ def interval_bounds(interval: Interval) -> tuple[float, float] | None:
     Raises:
         ValueError: one line, for anything but two numbers with 0 <= SIGMA_LO <= SIGMA_HI (SIGMA_HI may be null).
     """
+    GUIDANCE_INTERVAL.check("guidance_interval", interval)
     if interval is None:
         return None
-    values = list(interval)
-    if len(values) == 2 and values[1] is None:
-        values[1] = math.inf
-    numbers = len(values) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) for v in values
-    )
-    if not numbers:
-        raise ValueError(
-            f"guidance_interval must be [SIGMA_LO, SIGMA_HI] (SIGMA_HI null: no upper end) or null, got {interval!r}"
-        )
-    if not 0 <= values[0] <= values[1]:
-        raise ValueError(f"guidance_interval must have 0 <= SIGMA_LO <= SIGMA_HI, got {list(interval)}")
-    return float(values[0]), float(values[1])
+    low, high = interval
+    return float(low), math.inf if high is None else float(high)
 
 
 def in_interval(interval: Interval, sigma: float) -> bool:

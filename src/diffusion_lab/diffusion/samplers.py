@@ -18,8 +18,9 @@ import diffusers
 import torch
 from torch import Tensor
 
-from diffusion_lab.diffusion.objectives import Objective
+from diffusion_lab.diffusion.objectives import OBJECTIVES, Objective
 from diffusion_lab.diffusion.objectives.base import DiscreteObjective, init_parameters
+from diffusion_lab.rules import is_int
 
 #: Sampler names of the ``sampler`` config group -> the diffusers scheduler class each one builds.
 NAMED_SAMPLERS: dict[str, str] = {
@@ -47,8 +48,8 @@ NAMED_OPTIONS: dict[str, dict[str, Any]] = {
     "unipc": {"thresholding": True, "sample_max_value": 1.0},
     "dpm_solver_sde": {"algorithm_type": "sde-dpmsolver++", "thresholding": True, "sample_max_value": 1.0},
 }
-#: ``sampler=auto``: the named sampler each objective samples with by default.
-AUTO_SAMPLERS: dict[str, str] = {"eps": "ddim", "v": "ddim", "flow": "flow_euler", "edm": "edm_euler"}
+#: ``sampler=auto``: the named sampler each objective samples with by default (its ``default_sampler``).
+AUTO_SAMPLERS: dict[str, str] = {name: cls.default_sampler for name, cls in OBJECTIVES.items()}
 #: Titles of figures, by scheduler class.
 TITLES = {
     "DDIMScheduler": "DDIM",
@@ -154,7 +155,7 @@ class Sampler:
         limit = self.objective.timesteps if isinstance(self.objective, DiscreteObjective) else None
         if steps is None:
             steps = min(filter(None, (self.default_steps, limit))) if self.default_steps or limit else 20
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or (limit and steps > limit):
+        if not is_int(steps) or steps < 1 or (limit and steps > limit):
             raise ValueError(f"steps must be an integer in 1..{limit or 'inf'}, got {steps!r}")
         self.scheduler.set_timesteps(steps, device=device)
         self.num_steps = steps
@@ -207,7 +208,7 @@ def make_sampler(sampler: str | Sampler, objective: Objective, **options: Any) -
     if isinstance(sampler, Sampler):
         return sampler
     if sampler == "auto":
-        sampler = AUTO_SAMPLERS[objective.name]
+        sampler = objective.default_sampler
     name = NAMED_SAMPLERS.get(sampler, sampler)
     if name not in scheduler_classes():
         raise ValueError(

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from diffusion_lab.rules import TIMESTEPS
+
 log = logging.getLogger(__name__)
 
 #: A schedule whose alpha_bar_T stays above this leaves visible signal at t = T-1, so sampling
@@ -91,8 +93,7 @@ class NoiseSchedule(nn.Module):
 
 
 def _check_timesteps(timesteps: int) -> None:
-    if not isinstance(timesteps, int) or isinstance(timesteps, bool) or timesteps <= 0:
-        raise ValueError(f"diffusion.timesteps must be a positive integer, got {timesteps!r}")
+    TIMESTEPS.check("diffusion.timesteps", timesteps)
 
 
 def linear(

@@ -27,7 +27,7 @@ import logging
 import pickle
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,13 +35,14 @@ from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from diffusion_lab.data.labels import slug
-from diffusion_lab.data.sources import dataset_info, load_arrays
+from diffusion_lab.data.labels import class_keys
+from diffusion_lab.data.sources import load_arrays
 from diffusion_lab.evaluation.classifier import ClassifierFeatures, load_classifier, split_images
 from diffusion_lab.evaluation.clip import ClipScorer
 from diffusion_lab.evaluation.clip import summarize as summarize_clip
 from diffusion_lab.evaluation.fidelity_variety import K, fidelity_variety
 from diffusion_lab.evaluation.inception import inception_weights
+from diffusion_lab.rules import FID_PER_CLASS
 from diffusion_lab.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,6 @@ def first_per_class(labels: Tensor, per_class: int, num_classes: int, key: str, 
     return torch.cat(picks)
 
 
-def class_keys(dataset: str) -> tuple[str, ...]:
-    """Metric-key names of the classes: ``0``..``9`` for MNIST, ``t_shirt_top``, ``trouser``... for Fashion."""
-    return tuple(slug(name) for name in dataset_info(dataset).class_names)
-
-
 def _stats(metric: FrechetInceptionDistance, which: str) -> dict[str, Tensor]:
     """The running feature statistics of one side (``real`` or ``fake``) of a FID metric."""
     return {k: getattr(metric, f"{which}_features_{k}").clone() for k in ("sum", "cov_sum", "num_samples")}
@@ -135,8 +131,7 @@ class Evaluator:
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        if num_per_class < 2:
-            raise ValueError(f"num_per_class must be at least 2 for FID, got {num_per_class}")
+        FID_PER_CLASS.check("num_per_class", num_per_class)
         self.dataset = dataset
         self.keys = class_keys(dataset)
         self.clip = clip
@@ -323,8 +318,3 @@ class Evaluator:
             precision_recall=lambda: self.precision_recall(None, None, prefix="real"),
             clip=lambda: self.clip_metrics(*self.reference, prefix="real"),
         )
-
-
-def per_class(metrics: dict[str, float], prefix: str, name: str, keys: Sequence[str]) -> list[float | None]:
-    """The per-class values of ``PREFIX/NAME/KEY`` in class order (None where absent)."""
-    return [metrics.get(f"{prefix}/{name}/{key}") for key in keys]

@@ -17,6 +17,7 @@ from diffusion_lab.data.styles import STYLE_NAMES, StyleStats
 from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.models.checkpoints import CONFIG_KEY, STYLE_STATS_KEY, read_checkpoint, upgrade_run_config
 from diffusion_lab.models.unet import ConditionalUNet
+from diffusion_lab.rules import DROP_PROB
 
 
 class DiffusionModule(L.LightningModule):
@@ -69,10 +70,8 @@ class DiffusionModule(L.LightningModule):
         style_drop_prob: float = 0.1,
     ) -> None:
         super().__init__()
-        if not 0.0 <= cond_drop_prob < 1.0:
-            raise ValueError(f"model.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
-        if not 0.0 <= style_drop_prob < 1.0:
-            raise ValueError(f"model.style_drop_prob must be in [0, 1), got {style_drop_prob}")
+        DROP_PROB.check("model.cond_drop_prob", cond_drop_prob)
+        DROP_PROB.check("model.style_drop_prob", style_drop_prob)
         wanted = len(STYLE_NAMES) if style_conditioning else 0
         if unet.num_styles != wanted:
             raise ValueError(

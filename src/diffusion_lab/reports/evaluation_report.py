@@ -5,14 +5,15 @@ Each number stands beside the same number on real images (see :mod:`diffusion_la
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from diffusion_lab.data.labels import class_keys
 from diffusion_lab.data.sources import dataset_info
 from diffusion_lab.data.styles import STYLE_NAMES, STYLE_UNITS
-from diffusion_lab.evaluation.evaluator import class_keys, per_class
 from diffusion_lab.reports.render import markdown_table
 
 #: Images per class in the report's grids.
@@ -32,6 +33,11 @@ SUMMARY = (
     ("clip_zero_shot_accuracy", "higher is better"),
     ("clip_good_fraction", "higher is better"),
 )
+
+
+def per_class(metrics: dict[str, float], prefix: str, name: str, keys: Sequence[str]) -> list[float | None]:
+    """The per-class values of ``PREFIX/NAME/KEY`` in class order (None where absent)."""
+    return [metrics.get(f"{prefix}/{name}/{key}") for key in keys]
 
 
 def per_class_chart(metrics: dict[str, float], dataset: str) -> Figure:

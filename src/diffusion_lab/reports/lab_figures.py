@@ -30,6 +30,7 @@ from diffusion_lab.diffusion.samplers import Sampler
 from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine, linear, quadratic
 from diffusion_lab.pipeline import ClassConditionalPipeline
 from diffusion_lab.reports.images import image_grid
+from diffusion_lab.rules import is_int
 
 #: Width and height, in inches, of one 28x28 image cell in the image-grid figures.
 CELL_INCHES = 1.15
@@ -204,7 +205,7 @@ def visualize_generation_steps(
         guidance_rescale: guidance rescale phi (0: none).
         autoguidance: autoguidance weight w_a, guided by ``pipe.guide`` (0: none).
     """
-    if isinstance(num_snapshots, bool) or not isinstance(num_snapshots, int) or num_snapshots < 2:
+    if not is_int(num_snapshots) or num_snapshots < 2:
         raise ValueError(f"num_snapshots must be an integer >= 2 (noise and sample), got {num_snapshots!r}")
     label_idx = pipe.label_tensor(torch.arange(pipe.num_classes) if labels is None else labels)
     built = pipe.sampler(sampler, steps, **sampler_kwargs)
@@ -292,7 +293,7 @@ def guidance_sweep(
         raise ValueError("guidance_sweep needs at least one guidance weight")
     for w in weights:
         check_guidance(w, guidance_interval, guidance_rescale, autoguidance)
-    if isinstance(num_per_class, bool) or not isinstance(num_per_class, int) or num_per_class <= 0:
+    if not is_int(num_per_class) or num_per_class <= 0:
         raise ValueError(f"num_per_class must be a positive integer, got {num_per_class!r}")
     names = pipe.class_names
     num_classes = pipe.num_classes

@@ -15,13 +15,15 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from diffusion_lab.data.labels import class_keys
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval
 from diffusion_lab.diffusion.samplers import SamplerFactory
 from diffusion_lab.evaluation.clip import ClipScorer, clip_from_config
-from diffusion_lab.evaluation.evaluator import Evaluator, class_keys
+from diffusion_lab.evaluation.evaluator import Evaluator
 from diffusion_lab.pipeline import ClassConditionalPipeline, Guide, check_guide, load_guide, weights_guide
 from diffusion_lab.reports.images import image_grid, save_png
 from diffusion_lab.reports.render import markdown_table
+from diffusion_lab.rules import EVERY_N_EPOCHS, FID_PER_CLASS, GRID_PER_CLASS
 from diffusion_lab.training.guide_snapshot import GuideSnapshot
 from diffusion_lab.utils.files import atomic_write_text
 
@@ -167,8 +169,8 @@ class SampleGrid(FixedSamples):
         autoguidance: float = 0.0,
         guide: str | Path | None = None,
     ) -> None:
-        if num_per_class <= 0 or every_n_epochs <= 0:
-            raise ValueError("callbacks.sample_grid.num_per_class and every_n_epochs must be positive")
+        GRID_PER_CLASS.check("callbacks.sample_grid.num_per_class", num_per_class)
+        EVERY_N_EPOCHS.check("callbacks.sample_grid.every_n_epochs", every_n_epochs)
         super().__init__(
             num_per_class, sampler, steps, guidance, seed, every_n_epochs, guidance_interval, guidance_rescale,
             autoguidance, guide,
@@ -242,8 +244,8 @@ class SampleQuality(FixedSamples):
         autoguidance: float = 0.0,
         guide: str | Path | None = None,
     ) -> None:
-        if num_per_class < 2 or every_n_epochs <= 0:
-            raise ValueError("callbacks.sample_quality: num_per_class must be >= 2 and every_n_epochs positive")
+        FID_PER_CLASS.check("callbacks.sample_quality.num_per_class", num_per_class)
+        EVERY_N_EPOCHS.check("callbacks.sample_quality.every_n_epochs", every_n_epochs)
         super().__init__(
             num_per_class, sampler, steps, guidance, seed, every_n_epochs, guidance_interval, guidance_rescale,
             autoguidance, guide,

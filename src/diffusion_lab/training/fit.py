@@ -1,8 +1,9 @@
 """Fit a class-conditioned diffusion model from a composed training config: what ``diffusion-lab-train`` runs.
 
 :func:`train` is the whole run, as the command and the tests call it: refuse a run folder that already
-holds a run, check the config, build data, model, callbacks, logger and trainer, check a checkpoint
-to resume from against the model, and fit.
+holds a run, build data, model, callbacks, logger and trainer, check a checkpoint to resume from against
+the model, and fit. The command checks the config's values before (:mod:`diffusion_lab.config_schema`);
+the components check theirs again when built, with the same rules (:mod:`diffusion_lab.rules`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.config_schema import check_config
 from diffusion_lab.models.checkpoints import checkpoint_file
 from diffusion_lab.training.callbacks import MetricsJson
 from diffusion_lab.training.checkpointing import check_resumable, load_initial_weights
@@ -34,13 +34,13 @@ LOCK_FILE = ".train.lock"
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint ``fit`` continues from: ``ckpt_path``, or the run dir's ``last.ckpt`` with ``resume=true``.
+    """The checkpoint ``fit`` continues from: ``ckpt``, or the run dir's ``last.ckpt`` with ``resume=true``.
 
     Refuses to start a fresh run in a folder that already holds one, which would overwrite its checkpoints.
     """
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    if cfg.get("ckpt_path"):
-        return str(checkpoint_file(cfg.ckpt_path, folders=False))
+    if cfg.get("ckpt"):
+        return str(checkpoint_file(cfg.ckpt, folders=False))
     if cfg.get("resume"):
         if last.is_file():
             log.info("Resuming from %s", last)
@@ -55,8 +55,7 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """Check ``cfg``, then instantiate data, model, callbacks, logger and trainer; no checkpoint is written yet."""
-    check_config(cfg, "train")
+    """Instantiate data, model, callbacks, logger and trainer of ``cfg``; no checkpoint is written yet."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, objective=instantiate(cfg.objective))

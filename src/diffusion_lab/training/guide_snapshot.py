@@ -20,6 +20,9 @@ from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
 from diffusion_lab.models.checkpoints import GUIDE_SNAPSHOT_KEY
+from diffusion_lab.rules import GUIDE_FRACTION
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,7 @@ class GuideSnapshot(L.Callback):
     """
 
     def __init__(self, fraction: float = 0.33) -> None:
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-            raise ValueError(f"callbacks.guide_snapshot.fraction must be a number in (0, 1), got {fraction!r}")
+        GUIDE_FRACTION.check("callbacks.guide_snapshot.fraction", fraction)
         self.fraction = float(fraction)
         #: The optimizer step the snapshot was taken at (None: not yet).
         self.step: int | None = None

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from diffusion_lab.diffusion.schedules import NoiseSchedule
+from diffusion_lab.rules import MIN_SNR_GAMMA
 
 
 @dataclass
@@ -57,6 +58,8 @@ class Objective(nn.Module, ABC):
     name: str = ""
     #: The diffusers ``prediction_type`` of the network's output.
     prediction_type: str = ""
+    #: The named sampler ``sampler=auto`` samples it with (``conf/sampler/NAME.yaml``).
+    default_sampler: str = ""
 
     def __init__(self, min_snr_gamma: float | None = None) -> None:
         super().__init__()
@@ -65,8 +68,7 @@ class Objective(nn.Module, ABC):
                 f"Min-SNR weighting is defined for objective=eps and v, not {self.name}: "
                 "set objective.min_snr_gamma=null"
             )
-        if min_snr_gamma is not None and not min_snr_gamma > 0:
-            raise ValueError(f"objective.min_snr_gamma must be positive or null, got {min_snr_gamma}")
+        MIN_SNR_GAMMA.check("objective.min_snr_gamma", min_snr_gamma)
         self.min_snr_gamma = min_snr_gamma
 
     @classmethod

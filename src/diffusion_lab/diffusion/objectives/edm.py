@@ -29,6 +29,7 @@ class EDMObjective(Objective):
     """
 
     name = "edm"
+    default_sampler = "edm_euler"
     prediction_type = "epsilon"  # diffusers' EDM schedulers: c_out = +sigma sd / sqrt(sigma^2 + sd^2)
 
     def __init__(

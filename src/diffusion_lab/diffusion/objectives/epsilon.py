@@ -14,6 +14,7 @@ class EpsilonObjective(DiscreteObjective):
     """
 
     name = "eps"
+    default_sampler = "ddim"
     prediction_type = "epsilon"
 
     def target(self, x0: Tensor, levels: Tensor, noise: Tensor) -> Tensor:

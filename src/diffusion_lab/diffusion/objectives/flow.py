@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.diffusion.objectives.base import NOT_SAMPLERS, Objective, TrainingBatch, expand, init_parameters
+from diffusion_lab.rules import TIME_DISTRIBUTION
 
 #: How training flow times t are drawn.
-TIME_DISTRIBUTIONS = ("logit_normal", "uniform")
 #: diffusers' flow schedulers run on ``t * NUM_TRAIN_TIMESTEPS``, which is also the network's time input.
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -31,6 +31,7 @@ class FlowObjective(Objective):
     """
 
     name = "flow"
+    default_sampler = "flow_euler"
     prediction_type = "flow_prediction"
 
     def __init__(
@@ -42,10 +43,7 @@ class FlowObjective(Objective):
         min_snr_gamma: float | None = None,
     ) -> None:
         super().__init__(min_snr_gamma)
-        if time_distribution not in TIME_DISTRIBUTIONS:
-            raise ValueError(
-                f"objective.time_distribution must be one of {', '.join(TIME_DISTRIBUTIONS)}, got {time_distribution!r}"
-            )
+        TIME_DISTRIBUTION.check("objective.time_distribution", time_distribution)
         self.time_distribution = time_distribution
         self.logit_mean = logit_mean
         self.logit_std = logit_std

@@ -11,6 +11,7 @@ class VObjective(DiscreteObjective):
     """``target = v``; x_0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v. Min-SNR weight min(SNR, gamma) / (SNR + 1)."""
 
     name = "v"
+    default_sampler = "ddim"
     prediction_type = "v_prediction"
 
     def target(self, x0: Tensor, levels: Tensor, noise: Tensor) -> Tensor:

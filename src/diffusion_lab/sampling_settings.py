@@ -1,4 +1,5 @@
-"""Arguments the commands that sample share: ``device=`` and the guidance settings (autoguidance's among them)."""
+"""The sampling settings of a command's config: ``device=``, the guidance settings (autoguidance's among them) and
+their one-line summary; shared by the sampling, evaluation and figures commands."""
 
 from __future__ import annotations
 
