@@ -1,6 +1,6 @@
 """The Hydra application every command runs as: the project's config tree, one-line errors, the right experiment.
 
-Each experiment (``experiments/NAME.yaml``) names the command it belongs to in its ``task_name`` key,
+Each experiment (``conf/experiment/NAME.yaml``) names the command it belongs to in its ``task_name`` key,
 as every command's own config does (``conf/train.yaml``: ``task_name: train``). An experiment given to
 another command is refused before Hydra composes anything or makes a run folder, with one line naming
 the command to run instead.
@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import hydra
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from diffusion_lab.cli.errors import RAISING_ENV, JobFailed, exit_with, fail, full_error_requested
-from diffusion_lab.config import CONF_DIR
+from diffusion_lab.config import CONF_DIR, CONF_MODULE, CONF_SOURCE
 from diffusion_lab.config_schema import SCHEMAS, ConfigError, check_config
 
 #: A hint at what to pass for ``ckpt=``, in the line that names another command's experiment.
@@ -62,13 +62,13 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
     """
     if config_name not in SCHEMAS or any(arg.startswith("-") for arg in argv):
         return
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(argv), return_hydra_config=True)
     check_config(cfg, config_name, resolve_runtime=False)
 
 
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
-    """``hydra.main`` on the project's config tree ``conf/CONFIG_NAME.yaml``, with one-line errors."""
+    """``hydra.main`` on the package's config tree (``conf/CONFIG_NAME.yaml``), with one-line errors."""
 
     def decorator(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         @functools.wraps(task)
@@ -80,7 +80,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
                     fail(err)
             return task(cfg)
 
-        hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(checked_task)
+        hydra_main = hydra.main(version_base="1.3", config_path=CONF_SOURCE, config_name=config_name)(checked_task)
 
         @functools.wraps(task)
         def main() -> Any:
