@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra
 from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from diffusion_lab.cli.errors import RAISING_ENV, JobFailed, exit_with, fail, full_error_requested
 from diffusion_lab.config import CONF_DIR, CONF_MODULE, CONF_SOURCE
 from diffusion_lab.config_schema import SCHEMAS, ConfigError, check_config
+from diffusion_lab.extras import MissingExtra, check_choices
 
 #: A hint at what to pass for ``ckpt=``, in the line that names another command's experiment.
 CKPT_HINT = "ckpt=outputs/train/<run>/checkpoints/last.ckpt"
@@ -58,13 +60,15 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
     """Compose the command line's config and check it (:func:`check_config`) before Hydra makes a run folder.
 
     So a bad value writes nothing, not even the run folder's ``.hydra/``. A ``-m`` sweep or any other
-    Hydra flag is left to the check inside each job. Raises what composing raises, or :class:`ConfigError`.
+    Hydra flag is left to the check inside each job. Raises what composing raises, :class:`ConfigError`,
+    or :class:`MissingExtra` for a chosen feature whose extra is not installed.
     """
     if config_name not in SCHEMAS or any(arg.startswith("-") for arg in argv):
         return
     with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(argv), return_hydra_config=True)
     check_config(cfg, config_name, resolve_runtime=False)
+    check_choices(cfg.hydra.runtime.choices, argv)
 
 
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
@@ -73,11 +77,13 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
     def decorator(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         @functools.wraps(task)
         def checked_task(cfg: DictConfig) -> Any:
-            if config_name in SCHEMAS:
-                try:
+            hydra_cfg = HydraConfig.get()
+            try:
+                if config_name in SCHEMAS:
                     check_config(cfg, config_name)
-                except ConfigError as err:
-                    fail(err)
+                check_choices(hydra_cfg.runtime.choices, hydra_cfg.overrides.task)
+            except (ConfigError, MissingExtra) as err:
+                fail(err)
             return task(cfg)
 
         hydra_main = hydra.main(version_base="1.3", config_path=CONF_SOURCE, config_name=config_name)(checked_task)
@@ -93,7 +99,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
             try:
                 precheck(config_name, sys.argv[1:])
                 return hydra_main()
-            except (HydraException, OmegaConfBaseException, JobFailed, ConfigError) as err:
+            except (HydraException, OmegaConfBaseException, JobFailed, ConfigError, MissingExtra) as err:
                 exit_with(err)
             finally:
                 for key, value in saved.items():
