@@ -14,6 +14,8 @@ setup: venv data
 
 venv: $(VENV)/.installed
 
+# The project with [dev]: the test and docs tools and every optional feature ([all]: clip, wandb, tensorboard,
+# cluster), so that make train and make test have all they use.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

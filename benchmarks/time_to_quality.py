@@ -4,7 +4,7 @@
     python benchmarks/time_to_quality.py --every-s 30 --overrides trainer.max_epochs=2
     python benchmarks/time_to_quality.py --overrides model=base --target 0.99 --fid-ratio 1.5
 
-Trains ``conf/train.yaml`` (with ``--overrides``) exactly as ``diffusion-lab-train`` does, callbacks
+Trains ``src/diffusion_lab/conf/train.yaml`` (with ``--overrides``) exactly as ``diffusion-lab-train`` does, callbacks
 included, and every ``--every-s`` seconds of training, and at its end, keeps a copy of the weights
 sampling uses (the EMA weights). The clock counts the whole fit (validation and sample grids too)
 but not the copies. After training, each snapshot draws ``--num-per-class`` images of every class

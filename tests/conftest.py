@@ -48,7 +48,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def compose_train(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
-    """Compose ``conf/train.yaml`` with overrides, with ``paths.output_dir`` set to a temp folder."""
+    """Compose ``src/diffusion_lab/conf/train.yaml`` with overrides, with ``paths.output_dir`` set to a temp folder."""
 
     def _compose(*overrides: str) -> DictConfig:
         GlobalHydra.instance().clear()

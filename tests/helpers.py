@@ -53,7 +53,8 @@ def main_in_process(monkeypatch: pytest.MonkeyPatch, name: str, *overrides: str)
 
 
 def compose_hydra(*overrides: str, config_name: str = "train", conf_dir: Path = CONF_DIR) -> DictConfig:
-    """``conf/<config_name>.yaml`` with its ``hydra`` node, as ``diffusion-lab-<config_name> -m`` composes it."""
+    """``conf/<config_name>.yaml`` (``src/diffusion_lab/conf/``, or ``conf_dir``) with its ``hydra`` node, as
+    ``diffusion-lab-<config_name> -m`` composes it."""
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):

@@ -207,7 +207,7 @@ def test_a_checkpoint_without_a_snapshot_and_no_guide_is_refused_in_one_line(
 
 
 def compose_run(output_dir: Path, *overrides: str) -> DictConfig:
-    """``conf/train.yaml`` of a six-step run into ``output_dir``, as the entry point composes it."""
+    """``src/diffusion_lab/conf/train.yaml`` of a six-step run into ``output_dir``, as the entry point composes it."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True, overrides=[

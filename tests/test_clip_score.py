@@ -4,12 +4,15 @@ CLIP-guided selection, and one clear line when no weights can be had."""
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from diffusion_lab.config import CONF_DIR
@@ -21,7 +24,7 @@ from diffusion_lab.evaluation.clip import (
     select_top,
     summarize,
 )
-from tests.helpers import TINY_CLIP
+from tests.helpers import TINY_CLIP, compose_hydra, main_in_process, one_error_line
 
 PROMPTS = {name: OmegaConf.load(CONF_DIR / "clip" / "prompts" / f"{name}.yaml") for name in ("mnist", "fashion_mnist")}
 
@@ -134,6 +137,39 @@ def test_config_group_composes_and_degrades_to_a_status(tmp_path: Path, tiny_cli
     scorer, status = clip_from_config({**config, "model_name": f"local-dir:{tiny_clip_dir}"}, "fashion_mnist")
     assert isinstance(scorer, ClipScorer) and status == f"ok: local-dir:{tiny_clip_dir}"
     assert scorer.prompts.classes[9] == "a photo of an ankle boot"
+
+
+CLIP_EXTRA = "needs the [clip] extra: pip install 'diffusion-lab[clip]'"
+
+
+def test_missing_open_clip_skips_a_default_clip_and_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the [clip] extra, a command's default CLIP is skipped like missing weights, its status naming it."""
+    monkeypatch.setitem(sys.modules, "open_clip", None)
+    config = instantiate(compose_hydra("ckpt=x.ckpt", config_name="evaluate").clip)
+    assert clip_from_config(config, "mnist") == (None, f"unavailable: CLIP {CLIP_EXTRA}")
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "line"),
+    [
+        ("train", ["clip=openai"], f"clip=openai {CLIP_EXTRA}"),
+        ("evaluate", ["ckpt={ckpt}", "clip.download=true"], f"clip=laion2b {CLIP_EXTRA}"),
+        ("sample", ["ckpt={ckpt}", "select_top=2"], f"select_top needs CLIP, which is unavailable: CLIP {CLIP_EXTRA}"),
+    ],
+)
+def test_missing_open_clip_refuses_a_clip_asked_for_in_one_line(
+    command: str, args: list[str], line: str, make_checkpoint: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:  # fmt: skip
+    """A command line that asks for CLIP without the [clip] extra stops in one line naming it, before any run."""
+    ckpt = make_checkpoint() if command != "train" else None
+    monkeypatch.setitem(sys.modules, "open_clip", None)
+    with pytest.raises(SystemExit) as exit_info:
+        main_in_process(monkeypatch, command, *(a.format(ckpt=ckpt) for a in args), f"hydra.run.dir={tmp_path / 'run'}")
+    assert exit_info.value.code == 1
+    assert one_error_line(capsys.readouterr().err) == f"error: {line}"
+    if command != "sample":  # sample's select_top finds out when it loads CLIP
+        assert not (tmp_path / "run").exists(), "refused before the run folder is made"
 
 
 def test_prompt_sets_have_one_prompt_per_class() -> None:

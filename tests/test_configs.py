@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.config import CONF_DIR, run_id
+from diffusion_lab.config import CONF_DIR, project_root, run_id
 from diffusion_lab.data.datamodule import MNISTDataModule
 from diffusion_lab.diffusion.objectives import OBJECTIVES, EpsilonObjective, FlowObjective
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
@@ -35,12 +35,12 @@ def test_groups_have_their_options() -> None:
     assert options("schedule") == ["cosine", "linear", "quadratic"]
     assert set(options("trainer")) >= {"cpu", "gpu", "ddp"}
     assert set(options("logger")) == {"csv", "tensorboard", "wandb", "none"}
-    assert options("experiment"), "experiments/ must be reachable as the experiment group"
+    assert options("experiment"), "conf/experiment/ holds the named experiments"
     assert options("sampler") == sorted([*NAMED_SAMPLERS, "auto", "diffusers"])
     assert options("clip") == ["laion2b", "none", "openai"]
     assert options("debug") == ["fdr", "limit", "overfit", "profiler"]
     assert options("hparams_search") == ["optuna"]
-    assert "example" in options("local"), "conf/local/default.yaml, if any, is the user's own and git-ignored"
+    assert "example" in options("local"), "local/default.yaml, if any, is the user's own and git-ignored"
 
 
 @pytest.mark.parametrize("name", options("data"))
@@ -119,7 +119,7 @@ def test_logger_options(compose_train, name: str, tmp_path: Path) -> None:
 def test_experiment_options(compose_train, name: str) -> None:
     """Each experiment names its command (``task_name``), composes with it and builds what it configures."""
     task_name = OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml").get("task_name")
-    assert task_name in ("train", "evaluate"), f"experiments/{name}.yaml must name its command in task_name"
+    assert task_name in ("train", "evaluate"), f"experiment/{name}.yaml must name its command in task_name"
     if task_name == "train":
         cfg = compose_train(f"experiment={name}")
         instantiate(cfg.model, objective=instantiate(cfg.objective))
@@ -133,7 +133,7 @@ def test_experiment_options(compose_train, name: str) -> None:
 def test_every_command_runs_in_its_own_folder_from_one_hydra_setup(config_name: str) -> None:
     cfg = compose_hydra(config_name=config_name)
     assert cfg.task_name == config_name
-    outputs = CONF_DIR.parent / "outputs"
+    outputs = project_root() / "outputs"
     assert Path(cfg.hydra.run.dir).parent == outputs / config_name
     multirun = "multirun" if config_name == "train" else f"{config_name}-multirun"
     assert Path(cfg.hydra.sweep.dir).parent == outputs / multirun
@@ -152,7 +152,7 @@ def test_callbacks_build_in_order(compose_train) -> None:
 
 def test_run_dirs_live_under_outputs(compose_train) -> None:
     compose_train()
-    assert Path(HydraConfig.get().run.dir).parent == CONF_DIR.parent / "outputs" / "train"
+    assert Path(HydraConfig.get().run.dir).parent == project_root() / "outputs" / "train"
 
 
 @pytest.mark.parametrize("name", options("sampler"))
@@ -195,16 +195,22 @@ def test_clip_options_compose_with_both_prompt_sets(config_name: str, name: str)
     assert factory.func is load_clip_scorer and factory.keywords["model_name"].startswith("ViT-B-32")
 
 
-def test_local_machine_settings_reach_every_command(tmp_path: Path) -> None:
-    """``conf/local/default.yaml`` (git-ignored, the user's own) is picked up by every command when present."""
-    conf = tmp_path / "conf"
-    shutil.copytree(CONF_DIR, conf, symlinks=False)
-    (conf / "local" / "default.yaml").write_text(
-        "# @package _global_\npaths:\n  data_dir: /scratch/data\ndefaults:\n  - override /hydra/launcher: slurm\n"
-        "hydra:\n  launcher:\n    partition: gpu\n    account: my-project\n"
-    )
+@pytest.mark.parametrize("where", ["checkout", "own_folder"])
+def test_local_machine_settings_reach_every_command(where: str, tmp_path: Path) -> None:
+    """``local/default.yaml`` (the user's own) is picked up by every command: in a checkout's config tree
+    (git-ignored), or in the user's own config folder on the search path (an installed package)."""
+    local = "# @package _global_\npaths:\n  data_dir: /scratch/data\ndefaults:\n  - override /hydra/launcher: slurm\n"
+    local += "hydra:\n  launcher:\n    partition: gpu\n    account: my-project\n"
+    conf, overrides = CONF_DIR, []
+    if where == "checkout":
+        conf = tmp_path / "conf"
+        shutil.copytree(CONF_DIR, conf, symlinks=False)
+    else:
+        overrides = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]"]
+    (tmp_path / "conf" / "local").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "conf" / "local" / "default.yaml").write_text(local)
     for config_name in ("train", "sample", "evaluate", "figures", "export"):
-        cfg = compose_hydra(config_name=config_name, conf_dir=conf)
+        cfg = compose_hydra(*overrides, config_name=config_name, conf_dir=conf)
         assert cfg.paths.data_dir == "/scratch/data", config_name
         assert (cfg.hydra.launcher.partition, cfg.hydra.launcher.account) == ("gpu", "my-project"), config_name
     assert compose_hydra().paths.data_dir != "/scratch/data", "without the file, nothing changes"

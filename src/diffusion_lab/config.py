@@ -1,4 +1,4 @@
-"""Where the project's config tree lives, and the OmegaConf resolvers the configs use."""
+"""Where the config tree and the project folder are, and the OmegaConf resolvers the configs use."""
 
 from __future__ import annotations
 
@@ -13,18 +13,23 @@ from omegaconf import OmegaConf
 from diffusion_lab.data.sources import dataset_info
 from diffusion_lab.data.styles import STYLE_NAMES
 
+#: The config tree every command composes: the package ``diffusion_lab.conf``, shipped with the code.
+CONF_MODULE = "diffusion_lab.conf"
+#: Hydra's name for it, as a config source (``config_path`` of every command).
+CONF_SOURCE = f"pkg://{CONF_MODULE}"
+#: The same tree as a folder, to read single files of it (an installed package is a folder too).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
 
 def project_root() -> Path:
-    """The checkout that holds ``conf/`` (``DIFFUSION_LAB_ROOT`` overrides; else the current folder)."""
+    """Where ``data/`` and ``outputs/`` live: ``DIFFUSION_LAB_ROOT`` if set, else the checkout this package
+    runs from (a source or editable install), else the current folder (an installed package)."""
     if "DIFFUSION_LAB_ROOT" in os.environ:
         return Path(os.environ["DIFFUSION_LAB_ROOT"]).resolve()
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "conf" / "train.yaml").is_file():
-        return checkout
+    package = Path(__file__).resolve().parent
+    if package.parent.name == "src" and (package.parents[1] / "pyproject.toml").is_file():
+        return package.parents[1]
     return Path.cwd()
-
-
-CONF_DIR = project_root() / "conf"
 
 
 def run_id(run_dir: str) -> str:

@@ -1,6 +1,6 @@
 """The Hydra application every command runs as: the project's config tree, one-line errors, the right experiment.
 
-Each experiment (``experiments/NAME.yaml``) names the command it belongs to in its ``task_name`` key,
+Each experiment (``conf/experiment/NAME.yaml``) names the command it belongs to in its ``task_name`` key,
 as every command's own config does (``conf/train.yaml``: ``task_name: train``). An experiment given to
 another command is refused before Hydra composes anything or makes a run folder, with one line naming
 the command to run instead. An argument given by an earlier name (:data:`RENAMED`) still works, with a
@@ -16,14 +16,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import hydra
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from diffusion_lab.cli.errors import RAISING_ENV, JobFailed, exit_with, fail, full_error_requested
-from diffusion_lab.config import CONF_DIR
+from diffusion_lab.config import CONF_DIR, CONF_MODULE, CONF_SOURCE
 from diffusion_lab.config_schema import SCHEMAS, ConfigError, check_config
+from diffusion_lab.extras import MissingExtra, check_choices
 
 #: A hint at what to pass for ``ckpt=``, in the line that names another command's experiment.
 CKPT_HINT = "ckpt=outputs/train/<run>/checkpoints/last.ckpt"
@@ -76,18 +78,20 @@ def precheck(config_name: str, argv: Sequence[str]) -> bool:
     Hydra makes a run folder; whether it did.
 
     So a bad value writes nothing, not even the run folder's ``.hydra/``. A ``-m`` sweep or any other
-    Hydra flag is left to the check inside each job. Raises what composing raises, or :class:`ConfigError`.
+    Hydra flag is left to the check inside each job. Raises what composing raises, :class:`ConfigError`,
+    or :class:`MissingExtra` for a chosen feature whose extra is not installed.
     """
     if config_name not in SCHEMAS or any(arg.startswith("-") for arg in argv):
         return False
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(argv), return_hydra_config=True)
     check_config(cfg, config_name, stage="before_run")
+    check_choices(cfg.hydra.runtime.choices, argv)
     return True
 
 
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
-    """``hydra.main`` on the project's config tree ``conf/CONFIG_NAME.yaml``, with one-line errors.
+    """``hydra.main`` on the package's config tree (``conf/CONFIG_NAME.yaml``), with one-line errors.
 
     The config is checked once per run: its values before Hydra makes the run folder (:func:`precheck`),
     the values only the run knows inside it; a job of a ``-m`` sweep checks all of its config in the job.
@@ -98,14 +102,16 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
 
         @functools.wraps(task)
         def checked_task(cfg: DictConfig) -> Any:
-            if config_name in SCHEMAS:
-                try:
+            hydra_cfg = HydraConfig.get()
+            try:
+                if config_name in SCHEMAS:
                     check_config(cfg, config_name, stage="in_run" if prechecked else "all")
-                except ConfigError as err:
-                    fail(err)
+                check_choices(hydra_cfg.runtime.choices, hydra_cfg.overrides.task)
+            except (ConfigError, MissingExtra) as err:
+                fail(err)
             return task(cfg)
 
-        hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(checked_task)
+        hydra_main = hydra.main(version_base="1.3", config_path=CONF_SOURCE, config_name=config_name)(checked_task)
 
         @functools.wraps(task)
         def main() -> Any:
@@ -121,7 +127,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
             try:
                 prechecked = precheck(config_name, sys.argv[1:])
                 return hydra_main()
-            except (HydraException, OmegaConfBaseException, JobFailed, ConfigError) as err:
+            except (HydraException, OmegaConfBaseException, JobFailed, ConfigError, MissingExtra) as err:
                 exit_with(err)
             finally:
                 for key, value in saved.items():

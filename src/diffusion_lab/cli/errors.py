@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
 from diffusion_lab.config_schema import ConfigError
+from diffusion_lab.extras import missing_plugin
 from diffusion_lab.utils.files import JOB_ERROR_FILE, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ def one_line(err: BaseException) -> str:
         err = err.__cause__  # our own checks name the config key and the fix
     if isinstance(err, ConfigError):
         return "; ".join(err.lines)
+    if isinstance(err, MissingConfigException) and (extra := missing_plugin(err.missing_cfg_file)) is not None:
+        return str(extra)  # a launcher or sweeper whose plugin the base install leaves out
     if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
         return f"{group}={name} is not an option: use one of {', '.join(sorted(err.options))}"

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusion_lab.data.sources import dataset_info
+from diffusion_lab.extras import MissingExtra, require
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +235,12 @@ def load_clip_scorer(
         random_init: build the model with random weights (for tests; scores are meaningless).
 
     Raises:
-        ClipUnavailable: no weights, or a model or tag that does not exist.
+        ClipUnavailable: no weights, a model or tag that does not exist, or no open_clip (the ``[clip]`` extra).
     """
+    try:
+        require("open_clip", "CLIP")
+    except MissingExtra as err:
+        raise ClipUnavailable(str(err)) from None
     import open_clip
 
     if dataset not in prompts:

@@ -11,6 +11,8 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from diffusion_lab.extras import require
+
 
 class _AppendingWriter(ExperimentWriter):
     """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued, not deleted."""
@@ -48,9 +50,13 @@ class CheckedWandbLogger(WandbLogger):
     Args:
         init_timeout: seconds wandb may take to start an online run before the run goes offline.
         **kwargs: ``WandbLogger``'s.
+
+    Raises:
+        MissingExtra: wandb is not installed (the ``[wandb]`` extra).
     """
 
     def __init__(self, *args: Any, init_timeout: float = 30.0, **kwargs: Any) -> None:
+        require("wandb", "logger=wandb")
         super().__init__(*args, **kwargs)
         if not self._offline and "settings" not in self._wandb_init:
             import wandb
