@@ -17,7 +17,7 @@ PACKAGE = Path(diffusion_lab.__file__).parent
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(names.split())
     for names in (
-        "diffusion_lab utils rules",  # __version__; file writes and locks; what a setting takes
+        "diffusion_lab utils rules extras conf",  # __version__; files; what a setting takes; optional features; configs
         "data",  # datasets, labels, styles
         "diffusion",  # schedules, objectives, samplers, the reverse process
         "models",  # the network, the LightningModule, the checkpoint format, model folders
