@@ -65,7 +65,9 @@ def wrong_experiment(command: str, argv: Sequence[str]) -> str | None:
             continue
         sweep = " -m" if OmegaConf.select(experiment, "hydra.sweeper.params") else ""
         owner_config = CONF_DIR / f"{owner}.yaml"
-        ckpt = f" {CKPT_HINT}" if owner_config.is_file() and "ckpt" in OmegaConf.load(owner_config) else ""
+        # a checkpoint is what the other commands work on; training takes one only to resume
+        reads_one = owner != "train" and owner_config.is_file() and "ckpt" in OmegaConf.load(owner_config)
+        ckpt = f" {CKPT_HINT}" if reads_one else ""
         return (
             f"experiment={name} is not a diffusion-lab-{command} experiment (its task_name is {owner}): "
             f"run diffusion-lab-{owner}{sweep} experiment={name}{ckpt}"
