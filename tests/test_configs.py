@@ -15,7 +15,7 @@ from diffusion_lab.config import CONF_DIR, project_root, run_id
 from diffusion_lab.data.datamodule import MNISTDataModule
 from diffusion_lab.diffusion.objectives import OBJECTIVES, EpsilonObjective, FlowObjective
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
-from diffusion_lab.diffusion.samplers import AUTO_SAMPLERS, DEFAULT_STEPS, NAMED_SAMPLERS, Sampler, fitting_samplers
+from diffusion_lab.diffusion.samplers import AUTO_SAMPLERS, Sampler, fitting_samplers, make_sampler
 from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine
 from diffusion_lab.evaluation.clip import load_clip_scorer
 from diffusion_lab.models.diffusion_module import DiffusionModule
@@ -36,7 +36,10 @@ def test_groups_have_their_options() -> None:
     assert set(options("trainer")) >= {"cpu", "gpu", "ddp"}
     assert set(options("logger")) == {"csv", "tensorboard", "wandb", "none"}
     assert options("experiment"), "conf/experiment/ holds the named experiments"
-    assert options("sampler") == sorted([*NAMED_SAMPLERS, "auto", "diffusers"])
+    assert options("sampler") == [
+        "auto", "ddim", "ddpm", "diffusers", "dpm_solver", "dpm_solver_sde", "edm_euler", "euler", "euler_ancestral",
+        "flow_euler", "heun", "unipc",
+    ]  # fmt: skip
     assert options("clip") == ["laion2b", "none", "openai"]
     assert options("debug") == ["fdr", "limit", "overfit", "profiler"]
     assert options("hparams_search") == ["optuna"]
@@ -167,9 +170,14 @@ def test_sampler_options_build_the_named_sampler(name: str) -> None:
         sampler = instantiate(cfg.sampler)(objective=objective)
         assert isinstance(sampler, Sampler)
         named = AUTO_SAMPLERS[objective.name] if name == "auto" else name
-        assert sampler.name == NAMED_SAMPLERS.get(named, cfg.sampler.get("name"))
+        # The notebook's make_sampler(NAME) builds what sampler=NAME builds.
+        built = make_sampler(cfg.sampler.name if name == "diffusers" else named, objective)
+        assert (sampler.name, sampler.default_steps, sampler.step_options) == (
+            built.name, built.default_steps, built.step_options
+        )  # fmt: skip
+        assert dict(sampler.scheduler.config) == dict(built.scheduler.config)
         sampler.set_timesteps(None)
-        assert sampler.num_steps == (DEFAULT_STEPS.get(named, 20) or 1000)
+        assert sampler.num_steps == (sampler.default_steps or 1000)
     assert cfg.label == "all" and cfg.steps is None
 
 

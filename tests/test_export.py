@@ -122,6 +122,7 @@ def test_the_diffusers_pipeline_calls_back_every_step_and_shows_its_progress(exp
     seen = []
 
     def last_step_to_zero(p: DiffusionLabPipeline, index: int, timestep: torch.Tensor, kwargs: dict) -> dict:
+        assert p is pipe, "the callback is told the diffusers pipeline"
         seen.append((index, int(timestep), kwargs["latents"].shape[0]))
         return {"latents": torch.zeros_like(kwargs["latents"])} if index == 4 else kwargs
 

@@ -47,6 +47,14 @@ def test_same_seed_same_images_other_seed_other_images(
     assert not torch.equal(a, c)
 
 
+def test_a_generator_draws_as_its_seed_and_goes_on_from_where_it_is(model: ClassConditionalPipeline) -> None:
+    """diffusers' way to seed: a generator seeded with S gives the images of seed=S, stochastic steps included."""
+    generator = torch.Generator().manual_seed(5)
+    first = model([0, 3], sampler="ddpm", steps=5, generator=generator)
+    assert torch.equal(first, model([0, 3], seed=5, sampler="ddpm", steps=5))
+    assert not torch.equal(first, model([0, 3], sampler="ddpm", steps=5, generator=generator))
+
+
 def test_deterministic_samplers_do_not_depend_on_batch_size(model: ClassConditionalPipeline) -> None:
     labels = list(range(10))
     whole = generate(model, labels, seed=1, steps=10)

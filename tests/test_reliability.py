@@ -189,7 +189,10 @@ BAD_TRAIN_INPUT = [
         "objective=eps sampler=flow_euler",
         "sampler FlowMatchEulerDiscreteScheduler does not fit objective=eps: use sampler=ddim,",
     ),
-    ("sampler=ddim", "sampler DDIMScheduler does not fit objective=flow: use sampler=dpm_solver, unipc, flow_euler"),
+    (
+        "sampler=ddim",
+        "sampler DDIMScheduler does not fit objective=flow: use sampler=dpm_solver, dpm_solver_sde, flow_euler, unipc,",
+    ),
     (
         "callbacks.sample_grid.guidance_interval=[5,1]",
         "callbacks.sample_grid.guidance_interval must be [SIGMA_LO, SIGMA_HI] with 0 <= SIGMA_LO <= SIGMA_HI "

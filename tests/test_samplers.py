@@ -12,11 +12,9 @@ from diffusion_lab.config import CONF_DIR
 from diffusion_lab.diffusion.reverse_process import sample
 from diffusion_lab.diffusion.samplers import (
     AUTO_SAMPLERS,
-    DEFAULT_STEPS,
-    NAMED_OPTIONS,
-    NAMED_SAMPLERS,
     fitting_samplers,
     make_sampler,
+    named_samplers,
     scheduler_classes,
 )
 from tests.toy_models import MU0, MU_STEP, GaussianDenoiser, S, toy_objectives
@@ -82,11 +80,24 @@ def test_sampler_configs_name_their_schedulers(path: Path) -> None:
         assert config["_target_"].endswith("auto_sampler")
         return
     assert config["name"] in scheduler_classes()
-    if path.stem in NAMED_SAMPLERS:
-        assert config["name"] == NAMED_SAMPLERS[path.stem]
-        assert config["default_steps"] == DEFAULT_STEPS[path.stem]
-        assert {k: config[k] for k in NAMED_OPTIONS.get(path.stem, {})} == NAMED_OPTIONS.get(path.stem, {})
-    assert {p.stem for p in (CONF_DIR / "sampler").glob("*.yaml")} == {*NAMED_SAMPLERS, "auto", "diffusers"}
+    if path.stem != "diffusers":  # any class by sampler.name; every other file is a named sampler
+        settings = {key: value for key, value in config.items() if not key.startswith("_")}
+        assert named_samplers()[path.stem] == settings
+
+
+def test_a_named_sampler_is_one_file_of_the_sampler_group() -> None:
+    assert list(named_samplers()) == [
+        "ddim", "ddpm", "dpm_solver", "dpm_solver_sde", "edm_euler", "euler", "euler_ancestral", "flow_euler", "heun",
+        "unipc",
+    ]  # fmt: skip
+    ddim = make_sampler("ddim", OBJECTIVES["eps"])
+    assert (ddim.name, ddim.default_steps, ddim.step_options) == (
+        "DDIMScheduler", 50, {"eta": 0.0, "use_clipped_model_output": True}
+    )  # fmt: skip
+    assert ddim.scheduler.config.timestep_spacing == "leading" and ddim.scheduler.config.clip_sample
+    sde = make_sampler("dpm_solver_sde", OBJECTIVES["flow"], solver_order=1)  # its options, overridable
+    assert sde.scheduler.config.algorithm_type == "sde-dpmsolver++" and sde.scheduler.config.solver_order == 1
+    assert make_sampler("DEISMultistepScheduler", OBJECTIVES["eps"]).default_steps == 20
 
 
 def test_deterministic_samplers_do_not_depend_on_batch_size() -> None:
@@ -129,7 +140,8 @@ def test_a_sampler_that_does_not_fit_is_refused_naming_those_that_do() -> None:
     assert "DEISMultistepScheduler" in message and "FlowMatch" not in message.partition(": ")[2]
     with pytest.raises(ValueError, match="does not fit objective=edm: use sampler=edm_euler, or"):
         make_sampler("ddim", OBJECTIVES["edm"])
-    with pytest.raises(ValueError, match="does not fit objective=flow: use sampler=dpm_solver, unipc, flow_euler"):
+    flow_fits = "does not fit objective=flow: use sampler=dpm_solver, dpm_solver_sde, flow_euler, unipc, or"
+    with pytest.raises(ValueError, match=flow_fits):
         make_sampler("EulerDiscreteScheduler", OBJECTIVES["flow"])
 
 

@@ -6,8 +6,9 @@ It is a real ``diffusers.DiffusionPipeline``: its components are the U-Net (``un
 scheduler (``scheduler/``) and autoguidance's guide (``guide/``, optional); ``model_index.json`` ``diffusion_lab``
 holds the rest of the model (:mod:`diffusion_lab.models.hub_format`). A call takes diffusers' arguments
 (``class_labels``, ``num_inference_steps``, ``guidance_scale``, ``generator``, ``output_type``,
-``callback_on_step_end``), shows diffusers' progress bar, and samples through the project's own pipeline
-(:class:`diffusion_lab.pipeline.ClassConditionalPipeline`), so a seed gives the images ``load_model(DIR)`` gives::
+``callback_on_step_end``) and samples through the project's own pipeline
+(:class:`diffusion_lab.pipeline.ClassConditionalPipeline`, with its progress bar, set by diffusers'
+``pipe.set_progress_bar_config``), so a seed gives the images ``load_model(DIR)`` gives::
 
     import torch
     from diffusers import DiffusionPipeline
@@ -22,7 +23,6 @@ class from the installed diffusion-lab and nothing else.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,14 +32,13 @@ import diffusers
 import torch
 from diffusers import ImagePipelineOutput, SchedulerMixin
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from diffusion_lab.data.labels import Label
 from diffusion_lab.diffusion.objectives import Objective
 from diffusion_lab.diffusion.objectives.base import init_parameters
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE, Interval
-from diffusion_lab.diffusion.samplers import DEFAULT_STEPS, NAMED_OPTIONS, NAMED_SAMPLERS, Sampler
+from diffusion_lab.diffusion.samplers import Sampler, named_samplers
 from diffusion_lab.models.hub_format import INDEX_FILE, INDEX_KEY, build_module, guide_config, recorded_autoguidance
 from diffusion_lab.models.unet import ConditionalUNet
 from diffusion_lab.pipeline import ClassConditionalPipeline, Guide, Style
@@ -61,37 +60,17 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 StepCallback = Callable[[diffusers.DiffusionPipeline, int, Tensor, dict[str, Tensor]], dict[str, Tensor]]
 
 
-class _SchedulerSampler(Sampler):
-    """A pipeline's scheduler as the project's :class:`Sampler`: built from the scheduler's config with the settings
-    of the named sampler of its class (DDIM's clipped model output, its default steps), drawing stochastic steps
-    from ``generator`` and passing every step's result through ``on_step`` (which may replace it)."""
-
-    def __init__(
-        self,
-        objective: Objective,
-        scheduler: SchedulerMixin,
-        generator: torch.Generator | None,
-        on_step: Callable[[int, Tensor, Tensor], Tensor],
-    ) -> None:
-        cls = type(scheduler)
-        named = next((name for name, class_name in NAMED_SAMPLERS.items() if class_name == cls.__name__), None)
-        fitted = objective.scheduler_config(cls) or {}
-        settings = init_parameters(cls)
-        options = {key: value for key, value in scheduler.config.items() if key in settings and key not in fitted}
-        step_options = {key: value for key, value in NAMED_OPTIONS.get(named, {}).items() if key not in settings}
-        super().__init__(objective, cls.__name__, DEFAULT_STEPS.get(named, 20), **options, **step_options)
-        self.generator = generator
-        self.on_step = on_step
-        self.step_index = 0
-
-    def set_timesteps(self, steps: int | None = None, device: torch.device | str = "cpu") -> None:
-        super().set_timesteps(steps, device)
-        self.step_index = 0
-
-    def step(self, output: Tensor, timestep: Tensor, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        x = self.on_step(self.step_index, timestep, super().step(output, timestep, x, generator=self.generator))
-        self.step_index += 1
-        return x
+def scheduler_sampler(objective: Objective, scheduler: SchedulerMixin) -> Sampler:
+    """A pipeline's scheduler (the saved one, or one swapped in) as the project's :class:`Sampler`: the settings of
+    its config, with the ``step`` options and default steps of the named sampler of its class (DDIM's clipped
+    model output, its 50 steps)."""
+    cls = type(scheduler)
+    named = next((s for s in named_samplers().values() if s["name"] == cls.__name__), {"default_steps": 20})
+    fitted = objective.scheduler_config(cls) or {}
+    settings = init_parameters(cls)
+    options = {key: value for key, value in scheduler.config.items() if key in settings and key not in fitted}
+    step_options = {key: value for key, value in named.items() if key not in {*settings, "name", "default_steps"}}
+    return Sampler(objective, cls.__name__, named["default_steps"], **options, **step_options)
 
 
 class DiffusionLabPipeline(diffusers.DiffusionPipeline):
@@ -181,6 +160,7 @@ class DiffusionLabPipeline(diffusers.DiffusionPipeline):
                 (1: none): diffusion-lab's weight w = s - 1 (None: diffusion-lab's default w).
             generator: draws the starting noise, then the noise of stochastic steps: the images of
                 ``load_model(DIR)(labels, seed=S)`` come from ``torch.Generator().manual_seed(S)`` (on the CPU).
+                None: torch's global generator, as in diffusers.
             output_type: ``pil``, ``np`` (``[N, H, W, C]``) or ``pt`` (``[N, C, H, W]``), in [0, 1].
             return_dict: an ``ImagePipelineOutput`` (else a tuple).
             callback_on_step_end: called after every step of every batch as
@@ -203,26 +183,19 @@ class DiffusionLabPipeline(diffusers.DiffusionPipeline):
             raise ValueError(f"guidance_scale must be a number >= 1 (1: no guidance), got {guidance_scale!r}")
         guidance = DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale - 1
         lab = self.lab_pipeline()
-        labels = lab.label_tensor(class_labels)
-        lab.check_settings(guidance, batch_size, precision, guidance_interval, guidance_rescale, autoguidance or 0.0)
+        lab.set_progress_bar_config(**{"disable": False, **getattr(self, "_progress_bar_config", {})})
 
-        def on_step(index: int, timestep: Tensor, latents: Tensor) -> Tensor:
-            progress.update()
-            if callback_on_step_end is None:
-                return latents
-            given = {"latents": latents}
-            asked = {name: given[name] for name in callback_on_step_end_tensor_inputs}
-            return callback_on_step_end(self, index, timestep, asked).pop("latents", latents)
+        def step_end(_: ClassConditionalPipeline, step: int, timestep: Tensor, tensors: dict) -> dict:
+            return callback_on_step_end(self, step, timestep, tensors)  # told this pipeline, as in diffusers
 
-        sampler = _SchedulerSampler(lab.model.objective, self.scheduler, generator, on_step)
-        sampler.set_timesteps(num_inference_steps, device=lab.device)
-        noise = randn_tensor((len(labels), *lab.image_shape), generator=generator, device=lab.device)
-        with self.progress_bar(total=len(sampler.timesteps) * math.ceil(len(labels) / batch_size)) as progress:
-            images = lab(
-                labels, sampler=sampler, steps=num_inference_steps, guidance=guidance, batch_size=batch_size,
-                precision=precision, style=style, noise=noise, guidance_interval=guidance_interval,
-                guidance_rescale=guidance_rescale, autoguidance=autoguidance,
-            )  # fmt: skip
+        images = lab(
+            class_labels, sampler=scheduler_sampler(lab.model.objective, self.scheduler), steps=num_inference_steps,
+            guidance=guidance, batch_size=batch_size, precision=precision, style=style,
+            guidance_interval=guidance_interval, guidance_rescale=guidance_rescale, autoguidance=autoguidance,
+            callback_on_step_end=None if callback_on_step_end is None else step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            generator=torch.default_generator if generator is None else generator,
+        )  # fmt: skip
         self.maybe_free_model_hooks()
         if output_type == "pt":
             out: Any = images

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -366,10 +367,14 @@ class ClassConditionalPipeline:
         """A tqdm bar of ``total`` steps titled ``desc``, under :meth:`set_progress_bar_config`."""
         return tqdm(total=total, **{"desc": desc, "unit": "step", "disable": None, **self._progress_bar_config})
 
-    def starting_noise(self, num: int, seed: int) -> tuple[Tensor, torch.Generator]:
-        """x_T ``[num, C, H, W]`` drawn from ``seed`` on the model's device, and the generator to go on with."""
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        return torch.randn((num, *self.image_shape), generator=generator, device=self.device), generator
+    def starting_noise(
+        self, num: int, seed: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, torch.Generator]:
+        """x_T ``[num, C, H, W]`` on the model's device, drawn from ``generator`` (None: a new one seeded with
+        ``seed`` on the model's device; a CPU one serves any device), and the generator to go on with."""
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        return randn_tensor((num, *self.image_shape), generator=generator, device=self.device), generator
 
     @torch.no_grad()
     def __call__(
@@ -388,6 +393,7 @@ class ClassConditionalPipeline:
         autoguidance: float | None = None,
         callback_on_step_end: StepEndCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        generator: torch.Generator | None = None,
         **sampler_kwargs: object,
     ) -> Tensor:
         """Generate one image per label, reproducibly.
@@ -423,6 +429,9 @@ class ClassConditionalPipeline:
                 (:class:`StepEndCallback`): ``callback(pipe, step, timestep, callback_kwargs)``.
             callback_on_step_end_tensor_inputs: the tensors it gets in ``callback_kwargs``: ``latents`` (the
                 batch's x after the step, in the objective's space) and ``labels``.
+            generator: draws the starting noise, then the noise of stochastic steps, in place of ``seed``'s
+                (diffusers' way to seed; on the CPU ``torch.Generator().manual_seed(S)`` gives the images of
+                ``seed=S``).
 
         Returns:
             ``[N, C, H, W]`` float images in [0, 1] on the CPU.
@@ -441,7 +450,7 @@ class ClassConditionalPipeline:
         raw_styles = self.style_request(style, len(labels))
         styles = None if raw_styles is None else self.model.style_condition(raw_styles).to(self.device)
         built = self.sampler(sampler, steps, **sampler_kwargs)
-        drawn, generator = self.starting_noise(len(labels), seed)
+        drawn, generator = self.starting_noise(len(labels), seed, generator)
         if noise is None:
             noise = drawn
         elif noise.shape != drawn.shape:

@@ -1,9 +1,9 @@
 """Samplers: diffusers' schedulers, each fitted to the model's objective (its schedule and ``prediction_type``).
 
-``sampler=NAME`` picks a named scheduler (:data:`NAMED_SAMPLERS`), ``sampler=diffusers sampler.name=CLASS``
-any other; every option of ``sampler`` goes to the scheduler's constructor or to its ``step``. A scheduler
-that does not fit the model's objective (a flow scheduler on a DDPM model, a DDPM one on an EDM model) is
-refused in one line naming those that do.
+``sampler=NAME`` picks a named scheduler (:func:`named_samplers`: one file of the ``sampler`` config group
+each), ``sampler=diffusers sampler.name=CLASS`` any other; every option of ``sampler`` goes to the scheduler's
+constructor or to its ``step``. A scheduler that does not fit the model's objective (a flow scheduler on a DDPM
+model, a DDPM one on an EDM model) is refused in one line naming those that do.
 """
 
 from __future__ import annotations
@@ -12,42 +12,23 @@ import copy
 import functools
 import inspect
 from collections.abc import Callable
+from importlib.resources import files
 from typing import Any
 
 import diffusers
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor
 
+from diffusion_lab import conf
 from diffusion_lab.diffusion.objectives import OBJECTIVES, Objective
 from diffusion_lab.diffusion.objectives.base import DiscreteObjective, init_parameters
 from diffusion_lab.rules import is_int
 
-#: Sampler names of the ``sampler`` config group -> the diffusers scheduler class each one builds.
-NAMED_SAMPLERS: dict[str, str] = {
-    "ddim": "DDIMScheduler",
-    "ddpm": "DDPMScheduler",
-    "dpm_solver": "DPMSolverMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_ancestral": "EulerAncestralDiscreteScheduler",
-    "heun": "HeunDiscreteScheduler",
-    "edm_euler": "EDMEulerScheduler",
-    "flow_euler": "FlowMatchEulerDiscreteScheduler",
-    "dpm_solver_sde": "DPMSolverMultistepScheduler",
-}
-#: Steps of each named sampler when none are asked for (``default_steps`` of ``conf/sampler/NAME.yaml``; None:
-#: every training timestep), at most the model's T.
-DEFAULT_STEPS: dict[str, int | None] = {
-    "ddim": 50, "ddpm": None, "dpm_solver": 20, "unipc": 20, "euler": 20, "euler_ancestral": 20, "heun": 10,
-    "edm_euler": 20, "flow_euler": 20, "dpm_solver_sde": 20,
-}  # fmt: skip
-#: Options a named sampler built in Python gets, as its ``conf/sampler/NAME.yaml`` sets them.
-NAMED_OPTIONS: dict[str, dict[str, Any]] = {
-    "ddim": {"use_clipped_model_output": True},
-    "dpm_solver": {"thresholding": True, "sample_max_value": 1.0},
-    "unipc": {"thresholding": True, "sample_max_value": 1.0},
-    "dpm_solver_sde": {"algorithm_type": "sde-dpmsolver++", "thresholding": True, "sample_max_value": 1.0},
-}
+#: The ``sampler`` config group (``diffusion_lab/conf/sampler/NAME.yaml``): each file is a named sampler, but for
+#: ``auto`` (the objective's own, :func:`auto_sampler`) and ``diffusers`` (any scheduler class by ``sampler.name``).
+SAMPLER_GROUP = "sampler"
+AUTO, ANY_SCHEDULER = "auto", "diffusers"
 #: ``sampler=auto``: the named sampler each objective samples with by default (its ``default_sampler``).
 AUTO_SAMPLERS: dict[str, str] = {name: cls.default_sampler for name, cls in OBJECTIVES.items()}
 #: Titles of figures, by scheduler class.
@@ -84,18 +65,34 @@ def scheduler_classes() -> dict[str, type]:
     return found
 
 
+@functools.cache
+def named_samplers() -> dict[str, dict[str, Any]]:
+    """The named samplers of the packaged ``sampler`` config group, read once, in name order: NAME -> the
+    :class:`Sampler` arguments ``NAME.yaml`` gives (``name``, the diffusers class; ``default_steps``; its options),
+    so ``make_sampler(NAME, objective)`` builds what ``sampler=NAME`` builds. Shared: do not modify it."""
+    group = files(conf) / SAMPLER_GROUP
+    found = {}
+    for entry in sorted(group.iterdir(), key=lambda entry: entry.name):
+        name = entry.name.removesuffix(".yaml")
+        if entry.name.endswith(".yaml") and name not in (AUTO, ANY_SCHEDULER):
+            config = OmegaConf.to_container(OmegaConf.create(entry.read_text()), resolve=True)
+            found[name] = {key: value for key, value in config.items() if not key.startswith("_")}
+    return found
+
+
 def fitting_samplers(objective: Objective) -> tuple[list[str], list[str]]:
     """The named samplers and the diffusers scheduler classes that fit ``objective``."""
     classes = scheduler_classes()
-    named = [n for n, c in NAMED_SAMPLERS.items() if objective.scheduler_config(classes[c]) is not None]
+    named = [n for n, s in named_samplers().items() if objective.scheduler_config(classes[s["name"]]) is not None]
     return named, sorted(n for n, c in classes.items() if objective.scheduler_config(c) is not None)
 
 
 def _refusal(name: str, objective: Objective) -> str:
     named, classes = fitting_samplers(objective)
+    named_classes = {settings["name"] for settings in named_samplers().values()}
     return (
         f"sampler {name} does not fit objective={objective.name}: use sampler={', '.join(named)}, or "
-        f"sampler=diffusers sampler.name= one of {', '.join(c for c in classes if c not in NAMED_SAMPLERS.values())}"
+        f"sampler={ANY_SCHEDULER} sampler.name= one of {', '.join(c for c in classes if c not in named_classes)}"
     )
 
 
@@ -203,21 +200,18 @@ SamplerFactory = Callable[..., Sampler]
 
 
 def make_sampler(sampler: str | Sampler, objective: Objective, **options: Any) -> Sampler:
-    """A sampler by name (``auto``, a :data:`NAMED_SAMPLERS` key or a diffusers class name) fitted to
-    ``objective``, or a :class:`Sampler` as given."""
+    """A sampler by name (``auto``, one of :func:`named_samplers` with its config's settings, which ``options``
+    override, or a diffusers class name) fitted to ``objective``, or a :class:`Sampler` as given."""
     if isinstance(sampler, Sampler):
         return sampler
-    if sampler == "auto":
+    if sampler == AUTO:
         sampler = objective.default_sampler
-    name = NAMED_SAMPLERS.get(sampler, sampler)
-    if name not in scheduler_classes():
+    settings = named_samplers().get(sampler, {"name": sampler})
+    if settings["name"] not in scheduler_classes():
         raise ValueError(
-            f"unknown sampler {sampler!r}: use auto, one of {', '.join(NAMED_SAMPLERS)} or a diffusers class name"
+            f"unknown sampler {sampler!r}: use {AUTO}, one of {', '.join(named_samplers())} or a diffusers class name"
         )
-    options.setdefault("default_steps", DEFAULT_STEPS.get(sampler, 20))
-    for key, value in NAMED_OPTIONS.get(sampler, {}).items():
-        options.setdefault(key, value)
-    return Sampler(objective, name, **options)
+    return Sampler(objective, **{**settings, **options})
 
 
 def auto_sampler(objective: Objective, **options: Any) -> Sampler:
