@@ -36,7 +36,9 @@ def assert_nearly_equal(now: np.ndarray, then: np.ndarray) -> None:
 
 def test_every_module_has_a_docstring_and_every_package_an_init() -> None:
     config_groups = PACKAGE / "conf"  # a package for Hydra's pkg:// source; its groups are plain folders of yaml
-    folders = [p for p in PACKAGE.rglob("*") if p.is_dir() and p.name != "__pycache__" and config_groups not in p.parents]
+    folders = [
+        p for p in PACKAGE.rglob("*") if p.is_dir() and p.name != "__pycache__" and config_groups not in p.parents
+    ]
     for folder in [PACKAGE, *folders]:
         assert (folder / "__init__.py").is_file(), folder
     for path in PACKAGE.rglob("*.py"):
