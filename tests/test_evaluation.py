@@ -145,12 +145,12 @@ def test_score_refuses_mismatched_input(evaluator: Evaluator) -> None:
 @pytest.mark.slow
 def test_inception_reference_is_cached_with_the_same_result(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     scratch = scratch_data_dir(data_dir, tmp_path, "classifiers", "downloads", "inception")
-    first = Evaluator("fashion_mnist", str(scratch), num_per_class=3, inception=True, progress=False)
+    first = Evaluator("fashion_mnist", str(scratch), num_per_class=2, inception=True, progress=False)
     floor = first.real_metrics()["real/inception_fid"]
-    assert len(list((scratch / "eval_cache").glob("inception_fashion_mnist_3per_class_seed0_*.pt"))) == 1
+    assert len(list((scratch / "eval_cache").glob("inception_fashion_mnist_2per_class_seed0_*.pt"))) == 1
     calls = []
     monkeypatch.setattr(evaluator_module, "_rgb_uint8", lambda images: calls.append(1))
-    second = Evaluator("fashion_mnist", str(scratch), num_per_class=3, inception=True, progress=False)
+    second = Evaluator("fashion_mnist", str(scratch), num_per_class=2, inception=True, progress=False)
     assert second.real_metrics()["real/inception_fid"] == pytest.approx(floor, rel=1e-6)
     assert not calls, "the cached reference needs no Inception pass"
     assert np.isfinite(floor) and floor > 0
