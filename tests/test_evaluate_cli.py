@@ -18,7 +18,8 @@ from diffusion_lab.evaluation import run as evaluation_run
 from diffusion_lab.evaluation.classifier import load_classifier
 from diffusion_lab.pipeline import ClassConditionalPipeline
 from diffusion_lab.reports.images import save_samples
-from tests.helpers import main_in_process, one_error_line, run_cli
+from tests.helpers import main_in_process, one_error_line
+from tests.test_cas import score_on_fewer_test_images
 
 #: Their runs and evaluations score samples with the reference classifiers, trained once up front.
 pytestmark = pytest.mark.usefixtures("reference_classifiers")
@@ -33,19 +34,18 @@ REQUIRED = [
 
 @pytest.mark.slow
 def test_writes_metrics_report_and_figures(
-    make_checkpoint: Callable[..., Path], tmp_path: Path, tiny_clip_dir: Path
+    make_checkpoint: Callable[..., Path], tmp_path: Path, tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "eval"
     clip = f"clip.model_name=local-dir:{tiny_clip_dir}"
-    proc = run_cli("evaluate", f"ckpt={make_checkpoint()}", "num_per_class=3", "steps=5", f"output={out}", clip,
-                   f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    main_in_process(monkeypatch, "evaluate", f"ckpt={make_checkpoint()}", "num_per_class=2", "steps=5",
+                    f"output={out}", clip, f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert not [k for k in REQUIRED if k not in metrics]
     assert {f"generated/classifier_accuracy/{d}" for d in range(10)} <= metrics.keys()
     assert {f"real/clip_score/{d}" for d in range(10)} <= metrics.keys()
     assert metrics["clip/status"] == f"ok: local-dir:{tiny_clip_dir}"
-    assert metrics["steps"] == 5 and metrics["guidance"] == DEFAULT_GUIDANCE and metrics["num_per_class"] == 3
+    assert metrics["steps"] == 5 and metrics["guidance"] == DEFAULT_GUIDANCE and metrics["num_per_class"] == 2
     assert metrics["real/classifier_accuracy"] >= 0.9 and metrics["classifier/test_accuracy"] >= 0.99
     assert metrics["generated/fid"] > metrics["real/fid"], (
         "an untrained model is further from the data than real images"
@@ -54,10 +54,10 @@ def test_writes_metrics_report_and_figures(
     assert "| classifier_accuracy |" in report and "| clip_score |" in report and "| 7 |" in report
     for image in re.findall(r"\]\((\w+\.png)\)", report):
         assert Image.open(out / image).size[0] > 50, image
-    assert Image.open(out / "generated.png").size == (3 * 30 + 2, 10 * 30 + 2)
+    assert Image.open(out / "generated.png").size == (2 * 30 + 2, 10 * 30 + 2)
     with np.load(out / "samples.npz") as data:
-        assert data["images"].shape == (30, 28, 28) and data["labels"].tolist() == [
-            d for d in range(10) for _ in range(3)
+        assert data["images"].shape == (20, 28, 28) and data["labels"].tolist() == [
+            d for d in range(10) for _ in range(2)
         ]
 
 
@@ -152,6 +152,7 @@ def test_scores_precision_recall_and_cas_and_rescores_its_samples_file(
     make_checkpoint: Callable[..., Path], data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     monkeypatch.setattr(cas_module, "reference_steps", lambda dataset: 20)  # the mechanism, not the recipe
+    score_on_fewer_test_images(monkeypatch)
     ckpt, first, second = make_checkpoint(), tmp_path / "first", tmp_path / "second"
     common = ["steps=3", "inception=false", "clip=none", "cas=true", "cas_per_class=4"]
     main_in_process(monkeypatch, "evaluate", f"ckpt={ckpt}", "num_per_class=5", *common, f"output={first}",
