@@ -11,7 +11,7 @@ import pytest
 from diffusion_lab.training.fit import train
 
 #: A smaller U-Net and batches than the shipped ones: each debugging run's behaviour does not depend on their size.
-SMALL = ("model.unet.down_chs=[8,16]", "data.batch_size=32", "data.eval_batch_size=50")
+SMALL = ("model.unet.down_chs=[8,16]", "data.batch_size=16", "data.eval_batch_size=50")
 
 
 def test_debug_options_compose_with_their_settings(compose_train) -> None:
@@ -39,7 +39,7 @@ def test_fast_dev_run_runs_one_batch_and_writes_no_checkpoint_or_log(compose_tra
 @pytest.mark.slow
 @pytest.mark.usefixtures("reference_classifiers")
 def test_overfit_trains_on_one_batch_until_its_loss_falls(compose_train) -> None:
-    cfg = compose_train("debug=overfit", *SMALL, "trainer.max_epochs=60")
+    cfg = compose_train("debug=overfit", *SMALL, "callbacks.sample_grid.num_per_class=1", "trainer.max_epochs=60")
     train(cfg)
     with (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open() as f:
         losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
