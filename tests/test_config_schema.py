@@ -4,6 +4,7 @@ each leaf key to a value of the wrong type and, for numbers, just out of range, 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,17 @@ def variants(command: str) -> Iterator[tuple[str, ...]]:
             yield (*[o for o in BASE[command] if not o.startswith("experiment=")], f"experiment={experiment.stem}")
 
 
+@cache
+def composed(command: str, overrides: tuple[str, ...]) -> DictConfig:
+    """The command's config with ``overrides``, composed once per process (read-only: the tests share it)."""
+    cfg = compose_hydra(*overrides, config_name=command)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
 def config_leaves(command: str, overrides: tuple[str, ...]) -> dict[str, Any]:
     """The leaf keys of the composed config (no ``hydra`` node) and their values, unresolved."""
-    cfg = compose_hydra(*overrides, config_name=command)
+    cfg = composed(command, overrides)
     return {
         key: OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
         if not is_interpolation(cfg, key) else None
@@ -112,7 +121,7 @@ FUZZ_CASES = fuzz_cases()
 @pytest.mark.parametrize("command", sorted(SCHEMAS))
 def test_every_key_of_every_shipped_config_has_a_rule_and_the_shipped_values_pass(command: str) -> None:
     for overrides in variants(command):
-        cfg = compose_hydra(*overrides, config_name=command)
+        cfg = composed(command, overrides)
         uncovered = [key for key in leaf_keys(cfg) if not key.startswith("hydra") and rule_for(command, key) is None]
         assert uncovered == [], (overrides, uncovered)
         try:

@@ -10,6 +10,9 @@ import pytest
 
 from diffusion_lab.training.fit import train
 
+#: A smaller U-Net and batches than the shipped ones: each debugging run's behaviour does not depend on their size.
+SMALL = ("model.unet.down_chs=[8,16]", "data.batch_size=16", "data.eval_batch_size=50")
+
 
 def test_debug_options_compose_with_their_settings(compose_train) -> None:
     fdr = compose_train("debug=fdr")
@@ -26,7 +29,7 @@ def test_debug_options_compose_with_their_settings(compose_train) -> None:
 @pytest.mark.slow
 @pytest.mark.usefixtures("reference_classifiers")
 def test_fast_dev_run_runs_one_batch_and_writes_no_checkpoint_or_log(compose_train) -> None:
-    cfg = compose_train("debug=fdr")
+    cfg = compose_train("debug=fdr", *SMALL)
     metrics = train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     assert metrics["global_step"] == 1 and "val/loss" in metrics
@@ -36,7 +39,7 @@ def test_fast_dev_run_runs_one_batch_and_writes_no_checkpoint_or_log(compose_tra
 @pytest.mark.slow
 @pytest.mark.usefixtures("reference_classifiers")
 def test_overfit_trains_on_one_batch_until_its_loss_falls(compose_train) -> None:
-    cfg = compose_train("debug=overfit", "trainer.max_epochs=60")
+    cfg = compose_train("debug=overfit", *SMALL, "callbacks.sample_grid.num_per_class=1", "trainer.max_epochs=60")
     train(cfg)
     with (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open() as f:
         losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
@@ -47,7 +50,7 @@ def test_overfit_trains_on_one_batch_until_its_loss_falls(compose_train) -> None
 @pytest.mark.slow
 @pytest.mark.usefixtures("reference_classifiers")
 def test_limit_runs_every_epoch_path_in_a_few_batches(compose_train) -> None:
-    cfg = compose_train("debug=limit")
+    cfg = compose_train("debug=limit", *SMALL)
     train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -57,7 +60,7 @@ def test_limit_runs_every_epoch_path_in_a_few_batches(compose_train) -> None:
 
 @pytest.mark.slow
 def test_profiler_writes_the_time_of_each_hook(compose_train) -> None:
-    cfg = compose_train("debug=profiler", "trainer.limit_train_batches=5")
+    cfg = compose_train("debug=profiler", *SMALL, "trainer.limit_train_batches=5")
     train(cfg)
     report = (Path(cfg.paths.output_dir) / "fit-profile.txt").read_text()
     assert "run_training_batch" in report and "DiffusionModule.optimizer_step" in report

@@ -26,7 +26,7 @@ from diffusion_lab.models.posthoc_ema import (
 from diffusion_lab.pipeline import load_model
 from diffusion_lab.training.fit import train
 from diffusion_lab.training.posthoc_ema import PostHocEMASnapshots
-from tests.helpers import main_in_process, one_error_line, run_cli
+from tests.helpers import main_in_process, one_error_line
 
 
 class Regression(L.LightningModule):
@@ -200,15 +200,17 @@ def test_a_checkpoint_without_snapshots_is_refused_in_one_line(
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("reference_classifiers")
-def test_evaluate_sweeps_the_ema_length_of_a_trained_run(compose_train, tmp_path: Path) -> None:
+def test_evaluate_sweeps_the_ema_length_of_a_trained_run(
+    compose_train, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
     quiet = ("logger=none", "callbacks.sample_grid=null", "callbacks.sample_quality=null")
-    train(compose_train("experiment=smoke", *quiet, "callbacks.posthoc_ema.every_n_steps=5"))
+    small = ("data.batch_size=16", "data.eval_batch_size=50")  # the snapshots do not depend on the batch size
+    train(compose_train("experiment=smoke", *quiet, *small, "callbacks.posthoc_ema.every_n_steps=5"))
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     assert {s.step for s in read_snapshots(tmp_path / "checkpoints" / "posthoc_ema")} == {5, 10, 15, 20}
     sweep = tmp_path / "sweep"
-    proc = run_cli("evaluate", "-m", f"ckpt={ckpt}", "ema_length=0.05,0.2,null", "num_per_class=2", "steps=2",
-                   "inception=false", "clip=none", f"hydra.sweep.dir={sweep}")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    main_in_process(monkeypatch, "evaluate", "-m", f"ckpt={ckpt}", "ema_length=0.05,0.2,null", "num_per_class=2",
+                    "steps=2", "inception=false", "clip=none", f"hydra.sweep.dir={sweep}")  # fmt: skip
     jobs = [json.loads((sweep / str(job) / "metrics.json").read_text()) for job in range(3)]
     assert [(m["ema_length"], m["ema_step"]) for m in jobs] == [(0.05, 20), (0.2, 20), (None, None)]
     assert "EMA sigma_rel 0.05 (post-hoc, step 20)" in jobs[0]["settings"] and "post-hoc" not in jobs[2]["settings"]
