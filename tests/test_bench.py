@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -24,14 +23,25 @@ from diffusion_lab.config import project_root
 SCORES_SAMPLES = pytest.mark.usefixtures("reference_classifiers")
 
 
+def script(name: str) -> ModuleType:
+    """``benchmarks/NAME.py`` as the module ``NAME``."""
+    spec = importlib.util.spec_from_file_location(name, project_root() / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there, and the scripts import each other so
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
     """``benchmarks/bench.py`` as a module."""
-    spec = importlib.util.spec_from_file_location("bench", project_root() / "benchmarks" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return script("bench")
+
+
+@pytest.fixture(scope="module")
+def time_to_quality(bench: ModuleType) -> ModuleType:
+    """``benchmarks/time_to_quality.py`` as a module (it imports ``bench``)."""
+    return script("time_to_quality")
 
 
 def forward_flops(module: nn.Module, out: Tensor) -> int:
@@ -82,14 +92,12 @@ def test_roofline_times_the_step_convolutions(bench: ModuleType) -> None:
 
 @SCORES_SAMPLES
 @pytest.mark.slow
-def test_bench_writes_table_and_json(tmp_path: Path) -> None:
+def test_bench_writes_table_and_json(bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "bench.json"
-    script = project_root() / "benchmarks" / "bench.py"
-    cmd = [sys.executable, str(script), "--presets", "small", "--steps", "3", "--warmup", "1", "--repeats", "1",
-           "--host-steps", "3", "--roofline-repeats", "1", "--sample-count", "20", "--skip-ddpm", "--output",
-           str(output)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    argv = ["--presets", "small", "--steps", "3", "--warmup", "1", "--repeats", "1", "--host-steps", "3",
+            "--roofline-repeats", "1", "--sample-count", "20", "--skip-ddpm", "--output", str(output)]  # fmt: skip
+    assert bench.main(argv) == 0
+    stdout = capsys.readouterr().out
     result = json.loads(output.read_text())
     for key in ("train/small/framework_img_s", "train/small/plain_fp32_img_s", "train/small/host_step_ms",
                 "train/small/plain_host_step_ms", "sample/ddim50_s", "sample/default_s",
@@ -101,7 +109,7 @@ def test_bench_writes_table_and_json(tmp_path: Path) -> None:
     # CFG's two passes a step (conditional and unconditional halves) on MNIST; and the guide's on Fashion-MNIST.
     assert (result["sample/default_passes_per_image"], result["sample/fashion_default_passes_per_image"]) == (40, 60)
     assert result["machine"]["cpu_cores"] >= 1 and result["memory/peak_host_mib"] > 0
-    assert "| small |" in proc.stdout and "framework img/s" in proc.stdout and "host ms/step (batch 2)" in proc.stdout
+    assert "| small |" in stdout and "framework img/s" in stdout and "host ms/step (batch 2)" in stdout
     # The FLOPs and the limit: GFLOP/s are img/s x FLOPs per image, the roofline its convolutions timed alone.
     mflop = result["train/small/mflop_per_image"]
     for run, gflops in (("framework", "gflops"), ("plain_fp32", "plain_fp32_gflops"),
@@ -115,18 +123,19 @@ def test_bench_writes_table_and_json(tmp_path: Path) -> None:
     assert result["train/small/conv_share_of_step"] == pytest.approx(result["train/small/framework_img_s"] / bound)
     table = [key for key in result if key.startswith("roofline/conv3x3/")]
     assert len(table) == 12 and all(result[key] > 0 for key in table)
-    assert "conv roofline GFLOP/s" in proc.stdout and "| 128 |" in proc.stdout
+    assert "conv roofline GFLOP/s" in stdout and "| 128 |" in stdout
 
 
 @SCORES_SAMPLES
 @pytest.mark.slow
-def test_time_to_quality_scores_snapshots_along_one_run(tmp_path: Path) -> None:
+def test_time_to_quality_scores_snapshots_along_one_run(
+    time_to_quality: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     output = tmp_path / "ttq.json"
-    script = project_root() / "benchmarks" / "time_to_quality.py"
-    cmd = [sys.executable, str(script), "--overrides", "experiment=smoke", "--every-s", "1", "--num-per-class", "2",
-           "--settings", "0.3", "0.3:0.5", "--guide-every", "2", "--output", str(output)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    argv = ["--overrides", "experiment=smoke", "--every-s", "1", "--num-per-class", "2", "--settings", "0.3",
+            "0.3:0.5", "--guide-every", "2", "--output", str(output)]  # fmt: skip
+    assert time_to_quality.main(argv) == 0
+    stdout = capsys.readouterr().out
     result = json.loads(output.read_text())
     points = result["points"]
     assert len(points) >= 2 and points[-1]["step"] == 20, "a snapshot along the way and one at the end"
@@ -147,5 +156,5 @@ def test_time_to_quality_scores_snapshots_along_one_run(tmp_path: Path) -> None:
                    and p["scores"][name]["fid_over_floor"] <= 1.5]  # fmt: skip
         assert result["minutes_to_target"][name] == (reached[0] if reached else None), "both criteria at once"
     assert set(result["minutes_to_fid_ratio"]) == {f"{n} <= {r}x" for n in names for r in ("2", "1.5")}
-    assert "| training minutes |" in proc.stdout and "CFG w=0.3 + auto w=0.5: accuracy, FID/floor" in proc.stdout
-    assert "99% class accuracy and FID <= 1.5x floor" in proc.stdout
+    assert "| training minutes |" in stdout and "CFG w=0.3 + auto w=0.5: accuracy, FID/floor" in stdout
+    assert "99% class accuracy and FID <= 1.5x floor" in stdout

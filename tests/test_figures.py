@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from diffusion_lab.reports.lab_figures import (
     visualize_generation_steps,
 )
 from diffusion_lab.reports.render import save_figure
-from tests.helpers import one_error_line, run_cli
+from tests.helpers import main_in_process, one_error_line
 
 MNIST_NAMES = [str(d) for d in range(10)]
 
@@ -311,77 +310,82 @@ def assert_pngs(folder: Path, names: set[str]) -> None:
             assert image.format == "PNG"
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], message: str) -> None:
-    assert proc.returncode == 1
-    assert message in one_error_line(proc.stderr), proc.stderr[-2000:]
+def figures(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *overrides: str) -> tuple[int, str]:
+    """The exit status and output (stdout then stderr) of ``diffusion-lab-figures OVERRIDES``, run in this process."""
+    try:
+        main_in_process(monkeypatch, "figures", *overrides)
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def assert_one_line_error(code: int, output: str, message: str) -> None:
+    assert code == 1
+    assert message in one_error_line(output), output[-2000:]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [(), ("data=fashion_mnist", "image_label=trouser")])
-def test_cli_without_checkpoint_writes_the_two_model_free_figures(overrides: tuple[str, ...], tmp_path: Path) -> None:
+def test_cli_without_checkpoint_writes_the_two_model_free_figures(
+    overrides: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "figs"
-    proc = run_cli("figures", *overrides, f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, output = figures(monkeypatch, capsys, *overrides, f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 0, output[-3000:]
     assert_pngs(out, {"noise_progression.png", "schedules.png", "style_distributions.png"})
-    assert "need a trained model: pass ckpt=PATH" in proc.stdout + proc.stderr
+    assert "need a trained model: pass ckpt=PATH" in output
 
 
 @pytest.mark.slow
-def test_cli_missing_checkpoint_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+def test_cli_missing_checkpoint_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "figs"
-    proc = run_cli("figures", f"ckpt={tmp_path / 'nope.ckpt'}", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert_one_line_error(proc, "checkpoint not found")
+    overrides = (f"ckpt={tmp_path / 'nope.ckpt'}", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(*figures(monkeypatch, capsys, *overrides), "checkpoint not found")
     assert not out.exists()
 
 
 @pytest.mark.slow
-def test_cli_missing_data_is_one_line(tmp_path: Path) -> None:
+def test_cli_missing_data_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "figs"
-    proc = run_cli(
-        "figures", f"paths.data_dir={tmp_path / 'nodata'}", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}"
-    )
-    assert_one_line_error(proc, "run `make data`")
+    overrides = (f"paths.data_dir={tmp_path / 'nodata'}", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(*figures(monkeypatch, capsys, *overrides), "run `make data`")
     assert not out.exists()
 
 
 @pytest.mark.slow
-def test_cli_with_checkpoint_writes_all_four_figures(make_checkpoint, tmp_path: Path) -> None:
+def test_cli_with_checkpoint_writes_all_four_figures(
+    make_checkpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = make_checkpoint()
     out = tmp_path / "figs"
-    proc = run_cli(
-        "figures",
-        f"ckpt={ckpt}",
-        f"output={out}",
-        "sampler=dpm_solver",
-        "steps=4",
-        "num_per_class=2",
-        "device=cpu",
-        f"hydra.run.dir={tmp_path / 'run'}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, output = figures(monkeypatch, capsys, f"ckpt={ckpt}", f"output={out}", "sampler=dpm_solver", "steps=4",
+                           "num_per_class=2", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert code == 0, output[-3000:]
     assert_pngs(out, {"noise_progression.png", "schedules.png", "generation_steps.png", "guidance_sweep.png",
                       "style_distributions.png"})  # fmt: skip
     for name in ("noise_progression.png", "generation_steps.png", "guidance_sweep.png"):
-        assert str(out / name) in proc.stdout + proc.stderr
-    assert "style_grid.png needs a style-conditioned model" in proc.stdout + proc.stderr
+        assert str(out / name) in output
+    assert "style_grid.png needs a style-conditioned model" in output
 
 
 @pytest.mark.slow
-def test_cli_with_a_styled_checkpoint_also_draws_the_style_grid(make_checkpoint, tmp_path: Path) -> None:
+def test_cli_with_a_styled_checkpoint_draws_the_style_grid_and_refuses_a_bad_style_value_in_one_line(
+    make_checkpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = make_checkpoint("model.style_conditioning=true")
-    out = tmp_path / "figs"
-    proc = run_cli("figures", f"ckpt={ckpt}", f"output={out}", "steps=3", "num_per_class=1", "guidance_weights=[0]",
-                       "style_slants=[left,0,20]", "style_thicknesses=[thin,3.5]",
-                       f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, bad = tmp_path / "figs", tmp_path / "bad"
+    code, output = figures(monkeypatch, capsys, f"ckpt={ckpt}", f"output={out}", "steps=3", "num_per_class=1",
+                           "guidance_weights=[0]", "style_slants=[left,0,20]", "style_thicknesses=[thin,3.5]",
+                           f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert code == 0, output[-3000:]
     assert "style_grid.png" in {p.name for p in out.iterdir()}
-
-
-@pytest.mark.slow
-def test_cli_refuses_a_bad_style_grid_value_in_one_line(make_checkpoint, tmp_path: Path) -> None:
-    ckpt = make_checkpoint("model.style_conditioning=true")
-    out = tmp_path / "figs"
-    proc = run_cli("figures", f"ckpt={ckpt}", f"output={out}", "steps=3", "style_thicknesses=[huge]",
-                       f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
-    assert_one_line_error(proc, "thickness='huge' is not a style value")
-    assert not out.exists()
+    refused = figures(monkeypatch, capsys, f"ckpt={ckpt}", f"output={bad}", "steps=3", "style_thicknesses=[huge]",
+                      f"hydra.run.dir={tmp_path / 'run2'}")  # fmt: skip
+    assert_one_line_error(*refused, "thickness='huge' is not a style value")
+    assert not bad.exists()

@@ -32,7 +32,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real 2x2 ``diffusion-lab-train -m`` sweep of smoke runs (two schedules x two U-Net sizes), two at a time."""
     sweep_dir = tmp_path_factory.mktemp("sweep") / "multirun"
     cmd = [*TRAIN, "-m", "hydra/launcher=parallel", "experiment=smoke", "schedule=linear,cosine",
-           "model.unet.down_chs=[8,16],[16,32]", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+           "model.unet.down_chs=[8,16],[16,32]", "trainer.max_steps=6", "trainer.limit_train_batches=6",
+           "trainer.val_check_interval=3", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sweep_dir
@@ -71,7 +72,7 @@ def test_a_2x2_sweep_leaves_four_jobs_and_a_four_row_report(sweep: Path, capsys)
         with Image.open(sweep / name) as image:
             assert image.format == "PNG" and image.size[0] > 400
     jobs = load_sweep(sweep)
-    assert all(len(job.val_curve) >= 2 for job in jobs), "one point per validation (smoke: every 10 steps)"
+    assert all(len(job.val_curve) >= 2 for job in jobs), "one point per validation (every 3 steps)"
 
 
 def _job(sweep: Path, name: str, overrides: list[str], metrics: dict | None) -> None:

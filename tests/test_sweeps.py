@@ -12,7 +12,10 @@ from hydra.errors import ConfigCompositionException
 
 from diffusion_lab.cli.report import main as report_main
 from diffusion_lab.reports.sweep_report import load_sweep
-from tests.helpers import compose_hydra, one_error_line, run_cli
+from tests.helpers import compose_hydra, main_in_process, one_error_line, run_cli
+
+#: A smoke run without its sample grids and sample quality, for the sweeps that read only losses and files.
+NO_SAMPLES = ("callbacks.sample_quality=null", "callbacks.sample_grid=null")
 
 #: Their runs and evaluations score samples with the reference classifiers, trained once up front.
 pytestmark = pytest.mark.usefixtures("reference_classifiers")
@@ -46,7 +49,7 @@ def test_parallel_launcher_and_optuna_search_compose() -> None:
 def test_a_tiny_optuna_search_minimises_the_validation_loss(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "search"
     proc = run_cli("train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "model=small",
-                   "experiment=smoke", "logger=none", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+                   "experiment=smoke", "logger=none", *NO_SAMPLES, f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "setup plugin alembic" not in proc.stdout + proc.stderr, "the search's imports stay quiet"
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
@@ -62,19 +65,23 @@ def test_a_search_maximises_any_metric_of_the_runs_as_its_config_says(tmp_path: 
     sweep_dir = tmp_path / "search"
     proc = run_cli("train", "-m", "hparams_search=optuna", "optimized_metric=eval/fid",
                    "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=2", "model=small", "experiment=smoke",
-                   "logger=none", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+                   "logger=none", "callbacks.sample_grid=null", "trainer.max_steps=10",
+                   "trainer.limit_train_batches=10", "trainer.val_check_interval=5",
+                   f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     fids = [json.loads((sweep_dir / job / "metrics.json").read_text())["eval/fid"] for job in ("0", "1")]
     assert fids[0] != fids[1] and result["best_value"] == pytest.approx(max(fids))
 
 
-def test_a_missing_optimized_metric_is_one_line_naming_the_keys(tmp_path: Path) -> None:
-    proc = run_cli("train", "experiment=smoke", "logger=none", "trainer.max_steps=2", "callbacks.sample_quality=null",
-                   "callbacks.sample_grid=null", "optimized_metric=eval/nope",
-                   f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
-    assert proc.returncode == 1
-    assert "optimized_metric=eval/nope is not among the run's final metrics" in one_error_line(proc.stderr)
+def test_a_missing_optimized_metric_is_one_line_naming_the_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main_in_process(monkeypatch, "train", "experiment=smoke", "logger=none", "trainer.max_steps=2", *NO_SAMPLES,
+                        "optimized_metric=eval/nope", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert exit_info.value.code == 1
+    assert "optimized_metric=eval/nope is not among the run's final metrics" in one_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(
@@ -87,11 +94,12 @@ def test_sweep_experiments_sweep_their_question(experiment: str, key: str, value
 
 
 @pytest.mark.slow
-def test_a_sweep_experiment_runs_one_job_per_value(tmp_path: Path) -> None:
+def test_a_sweep_experiment_runs_one_job_per_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sweep_dir = tmp_path / "sweep"
-    proc = run_cli("train", "-m", "experiment=schedule_sweep", "+experiment@_global_=smoke", "logger=none",
-                   f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    main_in_process(monkeypatch, "train", "-m", "experiment=schedule_sweep", "+experiment@_global_=smoke",
+                    "logger=none", *NO_SAMPLES, "trainer.max_steps=2", "trainer.limit_train_batches=2",
+                    "trainer.val_check_interval=2", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+    assert all((sweep_dir / job / "metrics.json").is_file() for job in "012"), "each job trained"
     schedules = [yaml.safe_load((sweep_dir / job / ".hydra" / "overrides.yaml").read_text()) for job in "012"]
     assert [o for job in schedules for o in job if o.startswith("schedule=")] == [
         "schedule=linear", "schedule=quadratic", "schedule=cosine"
@@ -157,27 +165,34 @@ def test_a_guidance_sweep_leaves_one_evaluation_per_weight_and_a_report(
     ],
 )  # fmt: skip
 def test_an_experiment_of_another_command_is_one_line_naming_it(
-    command: str, overrides: list[str], message: str, tmp_path: Path
+    command: str,
+    overrides: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    proc = run_cli(
-        command, *overrides, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=120
-    )
-    assert proc.returncode == 1
-    assert proc.stderr.strip() == f"error: {message}"
+    with pytest.raises(SystemExit) as exit_info:
+        run, sweep = f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"
+        main_in_process(monkeypatch, command, *overrides, run, sweep)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == f"error: {message}"
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep" / "0").exists()
 
 
 @pytest.mark.slow
-def test_a_failing_job_fails_alone_and_the_sweep_exits_1(tmp_path: Path) -> None:
+def test_a_failing_job_fails_alone_and_the_sweep_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Job 1 has a bad learning rate: job 0 still trains, job 1 leaves its reason, the sweep ends with it."""
     sweep_dir = tmp_path / "sweep"
-    proc = run_cli(
-        "train", "-m", "experiment=smoke", "logger=none", "model.optimizer.lr=2e-3,-1", f"hydra.sweep.dir={sweep_dir}"
-    )
-    assert proc.returncode == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main_in_process(monkeypatch, "train", "-m", "experiment=smoke", "logger=none", "model.optimizer.lr=2e-3,-1",
+                        f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+    assert exit_info.value.code == 1
     reason = "model.optimizer.lr must be a positive number, got -1 (e.g. model.optimizer.lr=0.002)"
     job = "experiment=smoke,logger=none,model.optimizer.lr=-1"
-    assert proc.stderr.strip().splitlines()[-1] == f"error: job 1 ({job}) failed: {reason}"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: job 1 ({job}) failed: {reason}"
     assert (sweep_dir / "0" / "checkpoints" / "last.ckpt").is_file() and (sweep_dir / "0" / "metrics.json").is_file()
     assert (sweep_dir / "1" / "error.txt").read_text().strip() == reason
     assert not (sweep_dir / "1" / "checkpoints").exists()
@@ -191,7 +206,8 @@ def test_a_failed_trial_does_not_end_the_search(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "search"
     proc = run_cli("train", "-m", "hparams_search=optuna", "hydra/sweeper/sampler=random",
                    "hydra.sweeper.n_trials=3", "model.optimizer.lr=choice(-1,0.002)", "model=small",
-                   "schedule=cosine", "experiment=smoke", "logger=none", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+                   "schedule=cosine", "experiment=smoke", "logger=none", *NO_SAMPLES,
+                   f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert result["best_params"] == {"model.optimizer.lr": 0.002}

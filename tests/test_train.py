@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,25 +19,50 @@ from diffusion_lab.pipeline import ClassConditionalPipeline, weights_guide
 from diffusion_lab.training.callbacks import SampleGrid
 from diffusion_lab.training.fit import train
 from diffusion_lab.training.guide_snapshot import GuideSnapshot
-from tests.helpers import one_error_line, run_cli
+from tests.helpers import main_in_process, one_error_line, run_cli
 
 #: Their runs and evaluations score samples with the reference classifiers, trained once up front.
 pytestmark = pytest.mark.usefixtures("reference_classifiers")
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], run_dir: Path, message: str) -> None:
-    """The run failed with exit 1 and one ``error:`` line holding ``message``, no traceback, no checkpoint."""
-    assert proc.returncode == 1
-    assert message in one_error_line(proc.stderr), proc.stderr[-2000:]
+def refused_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *overrides: str) -> str:
+    """The stderr of ``diffusion-lab-train OVERRIDES``, run in this process, which must exit 1."""
+    with pytest.raises(SystemExit) as exit_info:
+        main_in_process(monkeypatch, "train", *overrides)
+    assert exit_info.value.code == 1
+    return capsys.readouterr().err
+
+
+def assert_one_line_error(stderr: str, run_dir: Path, message: str) -> None:
+    """The run failed with one ``error:`` line holding ``message``, no traceback, no checkpoint."""
+    assert message in one_error_line(stderr), stderr[-2000:]
     assert not (run_dir / "checkpoints").exists()
+
+
+SmokeRun = Callable[[str], tuple[Path, str]]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
+    """The run folder and output of ``diffusion-lab-train experiment=smoke data=DATASET``, run once per dataset for
+    the tests that only read it."""
+    runs: dict[str, tuple[Path, str]] = {}
+
+    def _run(dataset: str) -> tuple[Path, str]:
+        if dataset not in runs:
+            run_dir = tmp_path_factory.mktemp(f"smoke_{dataset}") / "run"
+            proc = run_cli("train", "experiment=smoke", f"data={dataset}", f"hydra.run.dir={run_dir}")
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            runs[dataset] = run_dir, proc.stderr + proc.stdout
+        return runs[dataset]
+
+    return _run
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
-def test_short_run_leaves_checkpoint_metrics_and_grid(dataset: str, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    proc = run_cli("train", "experiment=smoke", f"data={dataset}", f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_short_run_leaves_checkpoint_metrics_and_grid(dataset: str, smoke_run: SmokeRun) -> None:
+    run_dir, output = smoke_run(dataset)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 20
@@ -46,23 +71,20 @@ def test_short_run_leaves_checkpoint_metrics_and_grid(dataset: str, tmp_path: Pa
     assert grid.size == (2 * 30 + 2, 10 * 30 + 2), "10 class rows x 2 columns of 28x28 images, 2 px padding"
     assert len(list((run_dir / "samples").glob("epoch_*.png"))) == 2  # val_check_interval=10 of 20 steps
     assert (run_dir / "csv" / "metrics.csv").is_file()
-    assert "Sample grid:" in proc.stderr + proc.stdout and "last.ckpt" in proc.stderr + proc.stdout
+    assert "Sample grid:" in output and "last.ckpt" in output
 
 
 @pytest.mark.slow
-def test_runs_without_a_logger(tmp_path: Path) -> None:
+def test_runs_without_a_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = tmp_path / "run"
-    proc = run_cli("train", "experiment=smoke", "logger=none", f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    main_in_process(monkeypatch, "train", "experiment=smoke", "logger=none", f"hydra.run.dir={run_dir}")
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 20
     assert (run_dir / "samples" / "final.png").is_file() and not (run_dir / "csv").exists()
 
 
 @pytest.mark.slow
-def test_checkpoint_reloads_with_ema_weights(compose_train, tmp_path: Path) -> None:
-    cfg = compose_train("experiment=smoke", "trainer.max_steps=30", "trainer.limit_train_batches=30")
-    train(cfg)
-    ckpt_path = tmp_path / "checkpoints" / "last.ckpt"
+def test_checkpoint_reloads_with_ema_weights(smoke_run: SmokeRun) -> None:
+    ckpt_path = smoke_run("mnist")[0] / "checkpoints" / "last.ckpt"
     module = DiffusionModule.load_checkpoint(ckpt_path)
     assert module.unet.down_chs == (8, 16) and module.objective.name == "flow"
     checkpoint = torch.load(ckpt_path, weights_only=True)
@@ -73,17 +95,18 @@ def test_checkpoint_reloads_with_ema_weights(compose_train, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_missing_data_is_one_clear_line(tmp_path: Path) -> None:
+def test_missing_data_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = tmp_path / "run"
-    proc = run_cli("train", "experiment=smoke", f"paths.data_dir={tmp_path / 'nodata'}", f"hydra.run.dir={run_dir}")
-    assert_one_line_error(proc, run_dir, "run `make data`")
+    overrides = ("experiment=smoke", f"paths.data_dir={tmp_path / 'nodata'}", f"hydra.run.dir={run_dir}")
+    assert_one_line_error(refused_in_process(monkeypatch, capsys, *overrides), run_dir, "run `make data`")
 
 
 @pytest.mark.slow
-def test_resume_continues_from_last_checkpoint(tmp_path: Path) -> None:
-    first, second = tmp_path / "first", tmp_path / "second"
-    assert run_cli("train", "experiment=smoke", f"hydra.run.dir={first}").returncode == 0
-    last = first / "checkpoints" / "last.ckpt"
+def test_resume_continues_from_last_checkpoint(tmp_path: Path, smoke_run: SmokeRun) -> None:
+    second = tmp_path / "second"
+    last = smoke_run("mnist")[0] / "checkpoints" / "last.ckpt"
     resume = ("trainer.max_steps=30", "trainer.max_epochs=2", f"ckpt={last}")
     proc = run_cli("train", "experiment=smoke", *resume, f"hydra.run.dir={second}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -117,7 +140,8 @@ def test_ddp_jobs_of_a_sweep_each_train_once_in_their_own_folder(tmp_path: Path)
     sweep_dir = tmp_path / "sweep"
     proc = run_cli("train",
         "-m", "experiment=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=none",
-        "schedule=linear,cosine", f"paths.log_dir={tmp_path / 'logs'}", f"hydra.sweep.dir={sweep_dir}",
+        "schedule=linear,cosine", "callbacks.sample_quality=null", "callbacks.sample_grid=null",
+        f"paths.log_dir={tmp_path / 'logs'}", f"hydra.sweep.dir={sweep_dir}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     output = proc.stdout + proc.stderr
@@ -139,28 +163,18 @@ def test_ddp_jobs_of_a_sweep_each_train_once_in_their_own_folder(tmp_path: Path)
         ("+trainer.max_epoch=3", "unexpected keyword argument 'max_epoch'"),
     ],
 )
-def test_bad_config_value_is_one_clear_line(override: str, message: str, tmp_path: Path) -> None:
+def test_bad_config_value_is_one_clear_line(
+    override: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = tmp_path / "run"
-    proc = run_cli("train", "experiment=smoke", override, f"hydra.run.dir={run_dir}")
-    assert_one_line_error(proc, run_dir, message)
+    stderr = refused_in_process(monkeypatch, capsys, "experiment=smoke", override, f"hydra.run.dir={run_dir}")
+    assert_one_line_error(stderr, run_dir, message)
 
 
 @pytest.mark.slow
-def test_sample_grids_reach_tensorboard(tmp_path: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    run_dir = tmp_path / "run"
-    proc = run_cli("train", "experiment=smoke", "logger=tensorboard", f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (event_dir,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
-    events = EventAccumulator(str(event_dir), size_guidance={"images": 0}).Reload()
-    assert {"samples/epoch", "samples/final"} <= set(events.Tags()["images"])
-    assert len(events.Images("samples/epoch")) == 2
-    assert "val/loss" in events.Tags()["scalars"]
-
-
-@pytest.mark.slow
-def test_sample_quality_is_logged_as_scalars_and_a_per_class_table(tmp_path: Path, tiny_clip_dir: Path) -> None:
+def test_sample_grids_and_quality_reach_tensorboard_as_images_scalars_and_a_per_class_table(
+    tmp_path: Path, tiny_clip_dir: Path
+) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = tmp_path / "run"
@@ -173,9 +187,11 @@ def test_sample_quality_is_logged_as_scalars_and_a_per_class_table(tmp_path: Pat
             "eval/precision", "eval/recall", "eval_real/precision", "eval_real/recall"]  # fmt: skip
     assert not [key for key in keys if key not in metrics]
     assert metrics["eval_real/classifier_accuracy"] > 0.9 and metrics["eval/fid"] > metrics["eval_real/fid"]
-    events = EventAccumulator(str(next((run_dir / "tensorboard").rglob("events.out.*")).parent))
-    events.Reload()
-    assert {"eval/classifier_accuracy", "eval_real/fid", "eval/recall"} <= set(events.Tags()["scalars"])
+    (event_dir,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
+    events = EventAccumulator(str(event_dir), size_guidance={"images": 0}).Reload()
+    assert {"samples/epoch", "samples/final"} <= set(events.Tags()["images"])
+    assert len(events.Images("samples/epoch")) == 2
+    assert {"val/loss", "eval/classifier_accuracy", "eval_real/fid", "eval/recall"} <= set(events.Tags()["scalars"])
     table = events.Tensors("eval/per_class/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert table.startswith("| class | classifier_accuracy | clip_score | clip_zero_shot_accuracy |")
     assert len(table.splitlines()) == 12, "a header, a rule and one row per class"
