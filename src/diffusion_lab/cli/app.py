@@ -24,11 +24,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from diffusion_lab.cli.errors import RAISING_ENV, JobFailed, exit_with, fail, full_error_requested
 from diffusion_lab.config import CONF_DIR, CONF_MODULE, CONF_SOURCE
-from diffusion_lab.config_schema import SCHEMAS, ConfigError, check_config
+from diffusion_lab.config_schema import CKPT, SCHEMAS, ConfigError, check_config
 from diffusion_lab.extras import MissingExtra, check_choices
 
-#: A hint at what to pass for ``ckpt=``, in the line that names another command's experiment.
-CKPT_HINT = "ckpt=outputs/train/<run>/checkpoints/last.ckpt"
 #: Arguments renamed since an earlier version: earlier name -> name. The earlier one is still accepted.
 RENAMED = {"ckpt_path": "ckpt"}
 
@@ -64,10 +62,8 @@ def wrong_experiment(command: str, argv: Sequence[str]) -> str | None:
         if owner in (None, command):
             continue
         sweep = " -m" if OmegaConf.select(experiment, "hydra.sweeper.params") else ""
-        owner_config = CONF_DIR / f"{owner}.yaml"
-        # a checkpoint is what the other commands work on; training takes one only to resume
-        reads_one = owner != "train" and owner_config.is_file() and "ckpt" in OmegaConf.load(owner_config)
-        ckpt = f" {CKPT_HINT}" if reads_one else ""
+        # the checkpoint to pass, where the owner's schema requires one (training takes one only to resume)
+        ckpt = f" ckpt={CKPT.example}" if SCHEMAS.get(owner, {}).get("ckpt") is CKPT else ""
         return (
             f"experiment={name} is not a diffusion-lab-{command} experiment (its task_name is {owner}): "
             f"run diffusion-lab-{owner}{sweep} experiment={name}{ckpt}"
