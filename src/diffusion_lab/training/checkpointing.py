@@ -165,10 +165,16 @@ class RunCheckpoint(ModelCheckpoint):
 
     - after every validation (the best-k files still follow ``monitor``),
     - when ``max_steps`` ends training between two validations,
-    - on SIGTERM (SLURM pre-emption, ``kill``), after which the run ends cleanly with exit 0:
+    - on SIGTERM (SLURM pre-emption or requeue, ``kill``), after which the run ends cleanly with exit 0:
       Lightning turns the signal into an exception at the next batch boundary.
 
-    Continue with ``resume=true`` and the same ``hydra.run.dir``. Arguments are ``ModelCheckpoint``'s.
+    Under SLURM, Lightning answers the requeue signal (``SIGUSR1``, e.g. ``sbatch --signal=USR1@90``) by
+    saving ``hpc_ckpt_N.ckpt`` in the run folder at that moment, possibly in the middle of a step, and
+    requeueing the job, whose SIGTERM then writes ``last.ckpt`` at the step boundary. The ``hpc_ckpt``
+    files are deleted then: ``last.ckpt`` stays the one resume point, and the requeued job resumes it.
+
+    Continue with ``resume=true`` and the same ``hydra.run.dir`` (a requeued SLURM job does so by itself).
+    Arguments are ``ModelCheckpoint``'s.
     """
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -223,9 +229,12 @@ class RunCheckpoint(ModelCheckpoint):
         if not isinstance(exception, SIGTERMException):
             super().on_exception(trainer, pl_module, exception)
         elif self._refresh_last(trainer) or self.last_model_path:
+            if trainer.is_global_zero:
+                for superseded in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
+                    superseded.unlink(missing_ok=True)
             rank_zero_warn(
                 f"SIGTERM at step {trainer.global_step}: {self.last_model_path} is the resume point; "
-                "continue with resume=true and the same hydra.run.dir"
+                "continue with resume=true and the same hydra.run.dir (a requeued SLURM job does so by itself)"
             )
 
 

@@ -33,12 +33,22 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".train.lock"
 
 
+def requeued() -> bool:
+    """True in a SLURM job that was requeued (preempted, or past its time limit): ``SLURM_RESTART_COUNT`` >= 1."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
 def resume_checkpoint(cfg: DictConfig) -> str | None:
     """The checkpoint ``fit`` continues from: ``ckpt``, or the run dir's ``last.ckpt`` with ``resume=true``.
 
-    Refuses to start a fresh run in a folder that already holds one, which would overwrite its checkpoints.
+    A requeued SLURM job continues its own ``last.ckpt`` as with ``resume=true`` (its command line is the
+    first run's). Refuses to start a fresh run in a folder that already holds one, which would overwrite
+    its checkpoints.
     """
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if requeued() and last.is_file():
+        log.info("Requeued SLURM job (restart %s): resuming from %s", os.environ["SLURM_RESTART_COUNT"], last)
+        return str(last)
     if cfg.get("ckpt"):
         return str(checkpoint_file(cfg.ckpt, folders=False))
     if cfg.get("resume"):
