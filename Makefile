@@ -45,7 +45,13 @@ train: setup
 # as torch threads (tests/conftest.py). make test PYTEST_WORKERS=0 runs the suite in one process.
 PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
+# The SLURM tests (tests/test_slurm.py) need the single-node test cluster: started here where it can be (as root,
+# installing slurm-wlm and munge with apt-get when missing) and stopped after; elsewhere those tests skip.
+# A cluster that was already running is left running.
 test: setup
+	@if ! tests/slurm/cluster.sh status >/dev/null 2>&1 && tests/slurm/cluster.sh start; then \
+		trap 'tests/slurm/cluster.sh stop' EXIT INT TERM; \
+	fi; \
 	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Training and sampling throughput against a plain PyTorch loop: a table, and outputs/bench/bench.json.

@@ -166,6 +166,30 @@ def test_init_from_loads_the_weights(make_checkpoint, compose_train) -> None:
     assert all(torch.equal(value, expected[key]) for key, value in module.state_dict().items())
 
 
+def test_a_requeued_slurm_job_continues_its_own_last_checkpoint(
+    compose_train, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SLURM runs a requeued job's first command line again (no resume=true, maybe ckpt=): it continues its
+    folder's last.ckpt; the same folder outside a requeued job is refused."""
+    from diffusion_lab.training.fit import resume_checkpoint
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"")
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(b"")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    for overrides in ((), (f"ckpt={other}",)):
+        assert resume_checkpoint(compose_train("experiment=smoke", *overrides)) == str(last)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # the job's first run
+    with pytest.raises(ValueError, match="already holds a run: pass resume=true"):
+        resume_checkpoint(compose_train("experiment=smoke"))
+    assert resume_checkpoint(compose_train("experiment=smoke", f"ckpt={other}")) == str(other)
+    last.unlink()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")  # requeued before its first checkpoint: starts fresh
+    assert resume_checkpoint(compose_train("experiment=smoke")) is None
+
+
 @pytest.mark.slow
 def test_a_copied_run_folder_resumes_in_place_as_if_never_interrupted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

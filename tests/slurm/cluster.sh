@@ -60,7 +60,7 @@ start() {
     node=$(hostname -s)
     # What free reports, less 1 GiB for the system; CR_Core schedules CPUs, so memory is only an upper limit.
     memory=$(free -m | awk '/^Mem:/ {print ($2 > 2048 ? $2 - 1024 : $2)}')
-    sed -e "s|@DIR@|$DIR|g" -e "s|@NODE@|$node|g" -e "s|@CPUS@|$(nproc)|g" -e "s|@MEMORY@|$memory|g" \
+    sed -e "s|@DIR@|$DIR|g" -e "s|@NODE@|$node|g" -e "s|@CPUS@|$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)|g" -e "s|@MEMORY@|$memory|g" \
         -e "s|@CTLD_PORT@|$CTLD_PORT|g" -e "s|@SLURMD_PORT@|$SLURMD_PORT|g" "$TEMPLATE" >"$SLURM_CONF"
     slurmctld -c
     slurmd -N "$node"
