@@ -17,7 +17,7 @@ import torch
 from diffusion_lab.models.checkpoints import read_checkpoint
 from diffusion_lab.training import checkpointing
 from diffusion_lab.training.fit import LOCK_FILE
-from tests.helpers import command, main_in_process, one_error_line, start_cli, user_env
+from tests.helpers import assert_same_training_state, command, main_in_process, one_error_line, start_cli, user_env
 
 #: Their runs score samples with the reference classifiers, trained once up front.
 pytestmark = pytest.mark.usefixtures("reference_classifiers")
@@ -189,8 +189,7 @@ def test_a_copied_run_folder_resumes_in_place_as_if_never_interrupted(
         read_checkpoint(straight / "checkpoints" / "last.ckpt"),
     )
     assert resumed["global_step"] == uninterrupted["global_step"] == 20
-    for key, value in uninterrupted["state_dict"].items():
-        assert torch.equal(resumed["state_dict"][key], value), key
+    assert_same_training_state(copy / "checkpoints" / "last.ckpt", straight / "checkpoints" / "last.ckpt")
     record = resumed["callbacks"][next(k for k in resumed["callbacks"] if k.startswith("RunCheckpoint"))]
     assert Path(record["best_model_path"]).parent == copy / "checkpoints"
     assert all(Path(path).parent == copy / "checkpoints" for path in record["best_k_models"])
@@ -198,6 +197,25 @@ def test_a_copied_run_folder_resumes_in_place_as_if_never_interrupted(
         Path(record["dirpath"]) == copy / "checkpoints"
         and Path(record["last_model_path"]).parent == copy / "checkpoints"
     )
+
+
+@pytest.mark.slow
+def test_a_checkpoint_without_the_batch_position_or_random_state_still_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    """A checkpoint of version 0.1, written at step 10 of a 20-step epoch, predates both: its run resumes, the
+    epoch's order starting over as it did then."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(FIXTURE_CKPT, run_dir / "checkpoints" / "last.ckpt")
+    its_model = ("model.unet.down_chs=[4,8]", "data.styles=true", "model.style_conditioning=true", "objective=eps")
+    quick = ("trainer.max_steps=12", "callbacks.sample_grid=null", "callbacks.sample_quality=null")
+    main_in_process(monkeypatch, "train", "experiment=smoke", *SMALL, *its_model, *quick, "resume=true",
+                    f"hydra.run.dir={run_dir}")  # fmt: skip
+    resumed, old = read_checkpoint(run_dir / "checkpoints" / "last.ckpt"), read_checkpoint(FIXTURE_CKPT)
+    assert old["global_step"] == 10 and resumed["global_step"] == 12
+    weights = (checkpoint["current_model_state"]["unet.out.weight"] for checkpoint in (resumed, old))
+    assert not torch.equal(*weights), "the resumed run trained"
 
 
 @pytest.mark.slow
