@@ -387,16 +387,22 @@ SCHEMAS: dict[str, dict[str, Rule]] = _named(
 )
 
 
+def matches(key: str, pattern: str) -> bool:
+    """Whether dotted ``key`` fits ``pattern``, a ``*`` standing for exactly one key (``callbacks.*.seed``)."""
+    parts, wanted = key.split("."), pattern.split(".")
+    return len(parts) == len(wanted) and all(fnmatch.fnmatchcase(p, w) for p, w in zip(parts, wanted, strict=True))
+
+
 def rule_for(command: str, key: str) -> Rule | None:
     """The rule of ``key`` in ``command``'s schema: an exact entry first, then the first matching pattern."""
     schema = SCHEMAS[command]
     if key in schema:
         return schema[key]
     patterns = [(pattern, rule) for pattern, rule in schema.items() if "*" in pattern]
-    if (rule := next((rule for pattern, rule in patterns if fnmatch.fnmatchcase(key, pattern)), None)) is not None:
+    if (rule := next((rule for pattern, rule in patterns if matches(key, pattern)), None)) is not None:
         return rule
     # A component (``logger``, ``callbacks.ema``) is a leaf only when it is switched off with null.
-    if any(pattern.endswith("._target_") and fnmatch.fnmatchcase(f"{key}._target_", pattern) for pattern in schema):
+    if any(pattern.endswith("._target_") and matches(f"{key}._target_", pattern) for pattern in schema):
         return SWITCHED_OFF
     return None
 
