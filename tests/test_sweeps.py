@@ -109,6 +109,7 @@ def test_a_killed_optuna_search_continues_where_it_stopped_with_the_same_command
 
 
 @pytest.mark.slow
+@STORED_STUDY
 def test_a_search_maximises_any_metric_of_the_runs_as_its_config_says(tmp_path: Path) -> None:
     """``optimized_metric`` is any key of the run's metrics.json; ``direction`` says which way is better."""
     sweep_dir = tmp_path / "search"
@@ -250,6 +251,7 @@ def test_a_failing_job_fails_alone_and_the_sweep_exits_1(
 
 
 @pytest.mark.slow
+@STORED_STUDY
 def test_a_failed_trial_does_not_end_the_search(tmp_path: Path) -> None:
     """Random search over a bad and a good learning rate: bad trials fail, the search finishes on the good one."""
     sweep_dir = tmp_path / "search"
