@@ -185,7 +185,7 @@ def test_atomic_save_never_leaves_a_partial_file(tmp_path: Path, monkeypatch: py
 BAD_TRAIN_INPUT = [
     ("data=cifar", "data=cifar is not an option: use one of fashion_mnist, mnist"),
     ("schedule=exponential", "schedule=exponential is not an option: use one of cosine, linear, quadratic"),
-    ("logger=mlflow", "logger=mlflow is not an option: use one of csv, none, tensorboard, wandb"),
+    ("logger=mlflow", "logger=mlflow is not an option: use one of csv, many, none, tensorboard, wandb"),
     ("model=huge", "model=huge is not an option: use one of base, large, small"),
     ("lable=3", "Could not override 'lable'"),
     ("trainer.max_epochs=[1", "no viable alternative"),
