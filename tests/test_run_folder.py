@@ -105,6 +105,20 @@ def test_an_unwritable_output_or_run_folder_is_one_line_before_any_work(
     assert all(p.parts[0] == "run" and (p.parts[1] == ".hydra" or p.suffix == ".log") for p in written), written
 
 
+@pytest.mark.parametrize(
+    ("path", "reason"), [("/proc/nope", "No such file or directory"), ("FILE/x", "Not a directory")]
+)
+def test_an_unwritable_sweep_folder_is_one_line(
+    path: str, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    line = refused(monkeypatch, capsys, "figures", "-m", f"paths.log_dir={path}", "seed=1,2")
+    assert line.startswith(f"error: cannot write {path}")
+    assert line.endswith(f" ({reason}): pass paths.log_dir= a path you can write to")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+
+
 def test_a_full_disk_while_writing_is_one_line_and_leaves_an_existing_output_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:  # fmt: skip

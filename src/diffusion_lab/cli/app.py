@@ -76,11 +76,18 @@ def wrong_experiment(command: str, argv: Sequence[str]) -> str | None:
     return None
 
 
+def folder_key(argv: Sequence[str]) -> str:
+    """The setting of the command line ``argv`` that places its run or sweep folder: ``hydra.run.dir``
+    (``hydra.sweep.dir`` for ``-m``) where it gives one, else ``paths.log_dir``, under which both go."""
+    key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(argv) else "hydra.run.dir"
+    return key if any(arg.lstrip("+").startswith(f"{key}=") for arg in argv) else "paths.log_dir"
+
+
 def check_run_folder(cfg: DictConfig, argv: Sequence[str]) -> None:
     """Refuse a run folder (``hydra.run.dir``, under ``paths.log_dir``) that cannot be written, with one line
-    naming the setting the command line gave for it."""
+    naming the setting the command line gave for it (a ``-m`` sweep's folder is refused when Hydra makes it)."""
     run_dir = cfg.hydra.run.dir
-    key = "hydra.run.dir" if any(arg.lstrip("+").startswith("hydra.run.dir=") for arg in argv) else "paths.log_dir"
+    key = folder_key(argv)
     try:
         check_writable(run_dir, key, run_dir if key == "hydra.run.dir" else cfg.paths.log_dir)
     except ValueError as err:
@@ -134,15 +141,18 @@ def hydra_app(
     The config is checked once per run: its values before Hydra makes the run folder (:func:`precheck`),
     the values only the run knows inside it; a job of a ``-m`` sweep checks all of its config in the job.
     A file that cannot be written (:class:`OutputError`) ends the run with one line naming the setting to
-    change: ``output`` where the command has one, else ``hydra.run.dir``. With ``handle_sigterm`` a SIGTERM
+    change: ``output`` where the command has one, else ``hydra.run.dir``; so does an ``OSError`` before the task
+    starts (Hydra making the folder of a ``-m`` sweep, which :func:`precheck` leaves). With ``handle_sigterm`` a SIGTERM
     ends the task cleanly (:func:`sigterm_exits`); training leaves SIGTERM to Lightning, which checkpoints first.
     """
 
     def decorator(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
-        prechecked = False
+        prechecked = started = False
 
         @functools.wraps(task)
         def checked_task(cfg: DictConfig) -> Any:
+            nonlocal started
+            started = True
             hydra_cfg = HydraConfig.get()
             try:
                 if config_name in SCHEMAS:
@@ -161,8 +171,8 @@ def hydra_app(
 
         @functools.wraps(task)
         def main() -> Any:
-            nonlocal prechecked
-            prechecked = False
+            nonlocal prechecked, started
+            prechecked = started = False
             sys.argv[1:] = renamed_arguments(sys.argv[1:])
             if (message := wrong_experiment(config_name, sys.argv[1:])) is not None:
                 exit_with(message)
@@ -175,6 +185,11 @@ def hydra_app(
                 return hydra_main()
             except (HydraException, OmegaConfBaseException, JobFailed, ConfigError, MissingExtra) as err:
                 exit_with(err)
+            except OSError as err:
+                if started:  # the task's own; its write errors are one line already
+                    raise
+                exit_with(f"cannot write {err.filename} ({err.strerror}): pass {folder_key(sys.argv[1:])}= a path "
+                          "you can write to")  # fmt: skip
             finally:
                 for key, value in saved.items():
                     if value is None:
