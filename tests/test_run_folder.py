@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
+from diffusion_lab.cli.app import write_fix
 from diffusion_lab.models.checkpoints import read_checkpoint
 from diffusion_lab.pipeline import load_model
 from diffusion_lab.training import checkpointing
 from diffusion_lab.training.fit import LOCK_FILE
+from diffusion_lab.utils.files import OutputError
 from tests.helpers import command, main_in_process, one_error_line, start_cli, user_env
 
 #: Their runs score samples with the reference classifiers, trained once up front.
@@ -146,6 +149,16 @@ def test_a_seed_that_is_not_a_number_is_one_line(tmp_path: Path, monkeypatch: py
                    f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert line == "error: seed must be an integer in [0, 4294967295], got 'abc' (e.g. seed=0)"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_write_error_outside_the_output_does_not_send_the_user_to_output(tmp_path: Path) -> None:
+    """A cache beside the data that cannot be written is not fixed by another output=: the line says so."""
+    cfg = OmegaConf.create({"output": str(tmp_path / "out" / "samples")})
+    full = errno.ENOSPC, "No space left on device"
+    assert write_fix(cfg, OutputError(*full, str(tmp_path / "out" / "samples.png"))) == (
+        "pass output= a path you can write to"
+    )
+    assert write_fix(cfg, OutputError(*full, "/data/mnist/reference.pt")) == "free space or make its folder writable"
 
 
 # --------------------------------------------------------------------------- kills while writing

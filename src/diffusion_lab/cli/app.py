@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -112,6 +113,18 @@ def precheck(config_name: str, argv: Sequence[str]) -> bool:
     return True
 
 
+def write_fix(cfg: DictConfig, err: OutputError) -> str:
+    """What to do about a file that could not be written: pass another ``output=`` (``hydra.run.dir=`` for
+    training) when it was the command's output, else make room where it was (a cache beside the data)."""
+    if "output" in cfg:
+        key, folder = "output", Path(cfg.output).parent
+    else:
+        key, folder = "hydra.run.dir", Path(HydraConfig.get().runtime.output_dir)
+    if Path(str(err.filename)).absolute().is_relative_to(folder.absolute()):
+        return f"pass {key}= a path you can write to"
+    return "free space or make its folder writable"
+
+
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     sys.exit(128 + signum)
 
@@ -140,10 +153,10 @@ def hydra_app(
 
     The config is checked once per run: its values before Hydra makes the run folder (:func:`precheck`),
     the values only the run knows inside it; a job of a ``-m`` sweep checks all of its config in the job.
-    A file that cannot be written (:class:`OutputError`) ends the run with one line naming the setting to
-    change: ``output`` where the command has one, else ``hydra.run.dir``; so does an ``OSError`` before the task
-    starts (Hydra making the folder of a ``-m`` sweep, which :func:`precheck` leaves). With ``handle_sigterm`` a SIGTERM
-    ends the task cleanly (:func:`sigterm_exits`); training leaves SIGTERM to Lightning, which checkpoints first.
+    A file that cannot be written (:class:`OutputError`) ends the run with one line naming the file and the fix
+    (:func:`write_fix`); so does an ``OSError`` before the task starts (Hydra making the folder of a ``-m``
+    sweep, which :func:`precheck` leaves). With ``handle_sigterm`` a SIGTERM ends the task cleanly
+    (:func:`sigterm_exits`); training leaves SIGTERM to Lightning, which checkpoints first.
     """
 
     def decorator(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
@@ -160,12 +173,11 @@ def hydra_app(
                 check_choices(hydra_cfg.runtime.choices, hydra_cfg.overrides.task)
             except (ConfigError, MissingExtra) as err:
                 fail(err)
-            key = "output" if "output" in cfg else "hydra.run.dir"
             try:
                 with sigterm_exits() if handle_sigterm else contextlib.nullcontext():
                     return task(cfg)
             except OutputError as err:
-                fail(ValueError(f"{err}: pass {key}= a path you can write to"))
+                fail(ValueError(f"{err}: {write_fix(cfg, err)}"))
 
         hydra_main = hydra.main(version_base="1.3", config_path=CONF_SOURCE, config_name=config_name)(checked_task)
 
