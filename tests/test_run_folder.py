@@ -203,6 +203,7 @@ def assert_whole(folder: Path) -> None:
         load_model(folder / "model")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(KILLED_COMMANDS))
 def test_a_kill_while_writing_leaves_outputs_whole_or_absent_and_a_rerun_completes(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
