@@ -189,9 +189,15 @@ KILLED_COMMANDS = {
 }
 
 
+def visible_files(folder: Path) -> set[str]:
+    """The files a user sees under ``folder``: none in or named as hidden ones."""
+    paths = (p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+    return {str(p) for p in paths if not any(part.startswith(".") for part in p.parts)}
+
+
 def assert_whole(folder: Path) -> None:
-    """Every file a user sees under ``folder`` reads whole: images, arrays, JSON, text, a model folder."""
-    for path in (p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    """Every file a user sees under ``folder`` reads whole: images, arrays, JSON, a model folder."""
+    for path in (folder / name for name in visible_files(folder)):
         if path.suffix == ".png":
             Image.open(path).load()
         elif path.suffix == ".npz":
@@ -234,6 +240,7 @@ def test_a_kill_while_writing_leaves_outputs_whole_or_absent_and_a_rerun_complet
     monkeypatch.undo()
     assert exit_info.value.code == 128 + signal.SIGTERM and len(writes) == 2
     assert_whole(out)
+    left = [visible_files(out)]
     assert not [p.name for p in out.rglob(".*")], "SIGTERM left a partial file"
 
     proc = subprocess.Popen(
@@ -250,6 +257,7 @@ def test_a_kill_while_writing_leaves_outputs_whole_or_absent_and_a_rerun_complet
     proc.kill()
     assert proc.wait(timeout=60) == -signal.SIGKILL
     assert_whole(out)
+    left.append(visible_files(out))
     hidden = [p.name for p in out.rglob(".*")]
     assert hidden and all(".partial-" in p for p in hidden), hidden
 
@@ -258,6 +266,9 @@ def test_a_kill_while_writing_leaves_outputs_whole_or_absent_and_a_rerun_complet
     assert not [p.name for p in out.rglob(".*")], "the rerun left what SIGKILL left"
     expected = {"sample": ["samples.npz", "samples.png"], "export": ["model"]}.get(name, ["eval"])
     assert sorted(p.name for p in out.iterdir()) == expected
+    complete = visible_files(out)
+    for files in left:  # a file is there whole or not at all; the model folder all of it or none
+        assert files <= complete and (name != "export" or files in (set(), complete)), files
     if name == "evaluate":
         assert json.loads((out / "eval" / "metrics.json").read_text())["num_per_class"] == 2
 
