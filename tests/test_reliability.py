@@ -92,8 +92,8 @@ def test_sigterm_saves_a_resume_point_and_exits_cleanly(tmp_path: Path, monkeypa
     last = run_dir / "checkpoints" / "last.ckpt"
     no_validation = "trainer.val_check_interval=2500"  # within max_steps, after any step the signal can stop at
     proc = start_cli("train", *LONG, no_validation, f"hydra.run.dir={run_dir}")
-    wait_for(run_dir / "csv", proc)
-    time.sleep(3)
+    wait_for(run_dir / "csv" / "metrics.csv", proc)  # written once training has logged its first rows
+    time.sleep(1)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:]
