@@ -1,4 +1,5 @@
-"""What the tests share: running a command as a user does, in a subprocess or in process, and checking its errors."""
+"""What the tests share: running a command as a user does, in a subprocess or in process, checking its errors, and
+comparing the training state of two checkpoints."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from diffusion_lab.config import CONF_DIR
+from diffusion_lab.models.checkpoints import read_checkpoint
 
 #: A CLIP small enough to run in tests: ViT with one block, 32-d embeddings, 32 x 32 input.
 TINY_CLIP = {
@@ -69,3 +73,29 @@ def one_error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, stderr[-2000:]
     return lines[0]
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """Where two nested checkpoint parts first differ (tensors compared exactly), as a path; None when equal."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+        return None if same else path or "."
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return f"{path} (keys {sorted(map(str, a.keys() ^ b.keys()))})"
+        found = (first_difference(a[key], b[key], f"{path}/{key}") for key in a)
+    elif isinstance(a, list | tuple) and isinstance(b, list | tuple) and len(a) == len(b):
+        found = (first_difference(x, y, f"{path}/{i}") for i, (x, y) in enumerate(zip(a, b, strict=True)))
+    else:
+        return None if a == b else path or "."
+    return next((where for where in found if where is not None), None)
+
+
+def assert_same_training_state(resumed: Path, uninterrupted: Path) -> None:
+    """The checkpoints hold the same step, trained weights, EMA weights and optimizer state (Adam's moments),
+    bit for bit."""
+    first, second = read_checkpoint(resumed), read_checkpoint(uninterrupted)
+    assert first["global_step"] == second["global_step"]
+    for part in ("current_model_state", "state_dict", "optimizer_states"):
+        where = first_difference(first[part], second[part])
+        assert where is None, f"{resumed} differs from {uninterrupted} at {part}{where}"

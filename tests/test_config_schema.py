@@ -217,6 +217,12 @@ def test_a_key_a_user_adds_is_left_to_the_component_it_configures(compose_train)
     check_config(compose_train("+trainer.benchmark=true"), "train")
 
 
+def test_a_callback_a_user_adds_may_take_arguments(compose_train) -> None:
+    cfg = compose_train("+callbacks.timer={_target_:lightning.pytorch.callbacks.Timer,duration:null}")
+    check_config(cfg, "train")
+    assert rule_for("train", "callbacks.timer.duration") is None  # a pattern's * stands for one key only
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [(("",), "SWEEP_DIR is empty"),

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.config import CONF_DIR, project_root, run_id
+from diffusion_lab.config_schema import ConfigError, check_config
 from diffusion_lab.data.datamodule import MNISTDataModule
 from diffusion_lab.diffusion.objectives import OBJECTIVES, EpsilonObjective, FlowObjective
 from diffusion_lab.diffusion.reverse_process import DEFAULT_GUIDANCE
@@ -19,6 +20,7 @@ from diffusion_lab.diffusion.samplers import AUTO_SAMPLERS, Sampler, fitting_sam
 from diffusion_lab.diffusion.schedules import NoiseSchedule, cosine
 from diffusion_lab.evaluation.clip import load_clip_scorer
 from diffusion_lab.models.diffusion_module import DiffusionModule
+from diffusion_lab.training.loggers import instantiate_loggers
 from tests.helpers import compose_hydra
 
 
@@ -34,7 +36,7 @@ def test_groups_have_their_options() -> None:
     assert options("objective") == ["edm", "eps", "flow", "v"]
     assert options("schedule") == ["cosine", "linear", "quadratic"]
     assert set(options("trainer")) >= {"cpu", "gpu", "ddp"}
-    assert set(options("logger")) == {"csv", "tensorboard", "wandb", "none"}
+    assert set(options("logger")) == {"csv", "tensorboard", "wandb", "many", "none"}
     assert options("experiment"), "conf/experiment/ holds the named experiments"
     assert options("sampler") == [
         "auto", "ddim", "ddpm", "diffusers", "dpm_solver", "dpm_solver_sde", "edm_euler", "euler", "euler_ancestral",
@@ -113,9 +115,33 @@ def test_logger_options(compose_train, name: str, tmp_path: Path) -> None:
         assert cfg.logger.id == compose_train(f"logger={name}").logger.id, "a resumed run keeps its wandb run"
         assert len(cfg.logger.id) == 12 and cfg.logger.resume == "allow"
         assert run_id(str(tmp_path / "other")) != cfg.logger.id
+    elif name == "many":
+        assert [type(lg).__name__ for lg in instantiate_loggers(cfg.logger)] == [
+            "ResumableCSVLogger",
+            "TensorBoardLogger",
+        ]
     else:
-        logger = instantiate(cfg.logger)
+        (logger,) = instantiate_loggers(cfg.logger)
         assert Path(logger.save_dir) == tmp_path
+
+
+def test_many_loggers_take_wandb_with_one_override_and_leave_out_one_set_to_null(compose_train, tmp_path) -> None:
+    """``logger=many``: csv and TensorBoard in the run folder, wandb added by ``+logger@logger.wandb=wandb``."""
+    cfg = compose_train("logger=many", "+logger@logger.wandb=wandb", "logger.tensorboard=null")
+    assert cfg.logger.wandb.offline is True and len(cfg.logger.wandb.id) == 12
+    check_config(cfg, "train")
+    csv, wandb = instantiate_loggers(cfg.logger)
+    assert [type(csv).__name__, type(wandb).__name__] == ["ResumableCSVLogger", "CheckedWandbLogger"]
+    assert Path(csv.log_dir) == tmp_path / "csv" and Path(wandb.save_dir) == tmp_path
+
+
+def test_a_logger_added_to_a_single_logger_is_refused_with_the_override_that_works(compose_train) -> None:
+    with pytest.raises(ConfigError) as err:
+        check_config(compose_train("logger=csv", "+logger@logger.wandb=wandb"), "train")
+    assert err.value.lines == [
+        "logger is one logger, so logger.wandb cannot be added to it: start from logger=many, e.g. "
+        "logger=many +logger@logger.wandb=wandb"
+    ]
 
 
 @pytest.mark.parametrize("name", options("experiment"))

@@ -63,6 +63,27 @@ def test_ranks_split_each_epoch_into_disjoint_equal_shards() -> None:
     assert torch.equal(torch.cat(val).sort().values, torch.arange(1001))  # validation sees every sample once
 
 
+@pytest.mark.parametrize(("rank", "world"), [(0, 1), (1, 2)])
+def test_a_loader_restored_mid_epoch_continues_its_order_and_the_next_epoch_starts_whole(rank: int, world: int) -> None:
+    """What Lightning keeps of the training loader in a checkpoint (rank 0's, the same position on every rank),
+    and what a resumed run then trains on."""
+    batches = _batches(1000, 64, shuffle=True, rank=rank, world=world)
+    batches.sampler.set_epoch(3)
+    whole = _epoch(batches)
+    passing = iter(batches)
+    seen = torch.cat([next(passing)[1] for _ in range(4)])
+    assert batches.state_dict() == {"epoch": 3, "batches": 4}
+    resumed = _batches(1000, 64, shuffle=True, rank=rank, world=world)
+    resumed.load_state_dict(batches.state_dict())
+    resumed.sampler.set_epoch(3)  # as Lightning does when it restarts the epoch
+    assert torch.equal(torch.cat([seen, _epoch(resumed)]), whole)
+    assert torch.equal(_epoch(resumed), whole), "only the first pass after a restore continues"
+    at_end = _batches(1000, 64, shuffle=True, rank=rank, world=world)
+    at_end.load_state_dict({"epoch": 3, "batches": len(at_end)})  # a checkpoint at the epoch's end
+    at_end.sampler.set_epoch(4)
+    assert len(_epoch(at_end)) == len(whole) and at_end.state_dict() == {"epoch": 4, "batches": len(at_end)}
+
+
 def test_evaluation_batches_keep_order_and_the_short_last_batch() -> None:
     batches = _batches(130, 64, shuffle=False)
     assert [len(y) for _, y in batches] == [64, 64, 2] and len(batches) == 3

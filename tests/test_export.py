@@ -225,6 +225,7 @@ def test_card_shows_the_evaluation(exported: Path, tmp_path: Path, monkeypatch, 
                     "steps=2", *given, f"paths.log_dir={tmp_path / 'logs'}",
                     f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     card = (tmp_path / "model" / "README.md").read_text()  # the earlier export was replaced
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "no partial or replaced folder left"
     assert "| classifier_accuracy | 91.00% | 99.00% |" in card and "| fid | 12.5 | 1.5 |" in card
 
 

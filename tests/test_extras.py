@@ -16,15 +16,24 @@ def extra_line(feature: str, extra: str) -> str:
     return f"{feature} needs the [{extra}] extra: pip install 'diffusion-lab[{extra}]'"
 
 
-@pytest.mark.parametrize(("module", "extra"), [("wandb", "wandb"), ("tensorboard", "tensorboard")])
+@pytest.mark.parametrize(
+    ("loggers", "module", "extra"),
+    [
+        (["logger=wandb"], "wandb", "wandb"),
+        (["logger=tensorboard"], "tensorboard", "tensorboard"),
+        (["logger=many"], "tensorboard", "tensorboard"),
+        (["logger=many", "+logger@logger.wandb=wandb"], "wandb", "wandb"),
+    ],
+)
 def test_a_logger_without_its_extra_is_refused_before_the_run(
-    module: str, extra: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
+    loggers: list[str], module: str, extra: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:  # fmt: skip
     monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(SystemExit) as exit_info:
-        main_in_process(monkeypatch, "train", f"logger={module}", f"hydra.run.dir={tmp_path / 'run'}")
+        main_in_process(monkeypatch, "train", *loggers, f"hydra.run.dir={tmp_path / 'run'}")
     assert exit_info.value.code == 1
-    assert one_error_line(capsys.readouterr().err) == f"error: {extra_line(f'logger={module}', extra)}"
+    assert one_error_line(capsys.readouterr().err) == f"error: {extra_line(loggers[-1].lstrip('+'), extra)}"
     assert not (tmp_path / "run").exists()
 
 

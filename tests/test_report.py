@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import subprocess
@@ -168,3 +169,25 @@ def test_a_bad_sweep_folder_is_one_line(tmp_path: Path, capsys, setup: str, mess
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (folder / "report.md").exists()
+
+
+def test_a_sweep_folder_that_cannot_be_written_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # fmt: skip
+    """A sweep folder one may read but not write (a read-only mount, someone else's): one line naming --output."""
+    _job(tmp_path, "0", ["seed=1"], {"params": 10, "time/fit_s": 2.0, "best/val/loss": 0.05})
+    real_replace = os.replace
+
+    def read_only(src: str, dst: str) -> None:
+        if Path(dst).parent == tmp_path:
+            raise OSError(errno.EROFS, "Read-only file system")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", read_only)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot write {tmp_path / 'val_loss.png'} (Read-only file system): pass --output a "
+                   "folder you can write to"]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0"]

@@ -1,23 +1,32 @@
 """Run folders and outputs a user can trust: resumes that refuse other data, fine-tuning said explicitly,
 folders that move, one training process per folder, full disks, outputs that are checked before any work,
-and a wandb online run that fails fast."""
+outputs that a kill leaves whole or absent, and a wandb online run that fails fast."""
 
 from __future__ import annotations
 
 import errno
+import json
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
+from PIL import Image
 
+from diffusion_lab.cli.app import write_fix
 from diffusion_lab.models.checkpoints import read_checkpoint
+from diffusion_lab.pipeline import load_model
 from diffusion_lab.training import checkpointing
 from diffusion_lab.training.fit import LOCK_FILE
-from tests.helpers import command, main_in_process, one_error_line, start_cli, user_env
+from diffusion_lab.utils.files import OutputError
+from tests.helpers import assert_same_training_state, command, main_in_process, one_error_line, start_cli, user_env
 
 #: Their runs score samples with the reference classifiers, trained once up front.
 pytestmark = pytest.mark.usefixtures("reference_classifiers")
@@ -48,8 +57,8 @@ def refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 @pytest.mark.parametrize(
     ("output", "message"),
     [("", "output must be a path, got ''"),
-     ("/proc/nope/x", "output=/proc/nope cannot be written"),
-     ("FILE/x", "output=FILE cannot be written (FILE is a file)"),
+     ("/proc/nope/x", "output=/proc/nope/x cannot be written"),
+     ("FILE/x", "output=FILE/x cannot be written (FILE is a file)"),
      (".", "output=. names a folder: pass output=FOLDER/NAME")],
 )  # fmt: skip
 def test_a_bad_output_is_refused_before_any_work_and_nothing_is_written(
@@ -72,22 +81,67 @@ def test_missing_output_folders_are_created(tmp_path: Path, monkeypatch: pytest.
     assert (out.parent / "sevens.png").is_file() and (out.parent / "sevens.npz").is_file()
 
 
-def test_a_failing_command_leaves_an_existing_output_as_it_was(
+UNWRITABLE = [("/proc/nope", "No such file or directory"), ("FILE/x", "FILE is a file")]
+
+
+@pytest.mark.parametrize(("path", "reason"), UNWRITABLE)
+@pytest.mark.parametrize(
+    ("name", "args", "key"),
+    [("sample", (f"ckpt={FIXTURE_CKPT}",), "output"),
+     ("evaluate", (f"ckpt={FIXTURE_CKPT}",), "output"),
+     ("export", (f"ckpt={FIXTURE_CKPT}",), "output"),
+     ("figures", (), "output"),
+     ("train", ("experiment=smoke",), "hydra.run.dir"),
+     ("sample", (f"ckpt={FIXTURE_CKPT}",), "paths.log_dir")],
+)  # fmt: skip
+def test_an_unwritable_output_or_run_folder_is_one_line_before_any_work(
+    name: str, args: tuple[str, ...], key: str, path: str, reason: str, tmp_path: Path, monkeypatch, capsys
+) -> None:  # fmt: skip
+    """Every command tries its output and its run folder before any work: a folder under /proc (which cannot be
+    made, even by root) or under a regular file is one line naming the setting, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    run = (f"hydra.run.dir={tmp_path / 'run'}",) if key == "output" else ()  # else the run folder is refused
+    line = refused(monkeypatch, capsys, name, *args, f"{key}={path}", *run)
+    assert line == f"error: {key}={path} cannot be written ({reason}): pass {key}= a path you can write to"
+    written = [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file() and p.name != "FILE"]
+    assert all(p.parts[0] == "run" and (p.parts[1] == ".hydra" or p.suffix == ".log") for p in written), written
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"), [("/proc/nope", "No such file or directory"), ("FILE/x", "Not a directory")]
+)
+def test_an_unwritable_sweep_folder_is_one_line(
+    path: str, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    line = refused(monkeypatch, capsys, "figures", "-m", f"paths.log_dir={path}", "seed=1,2")
+    assert line.startswith(f"error: cannot write {path}")
+    assert line.endswith(f" ({reason}): pass paths.log_dir= a path you can write to")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+
+
+def test_a_full_disk_while_writing_is_one_line_and_leaves_an_existing_output_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:  # fmt: skip
     out = tmp_path / "out" / "samples"
     args = (f"ckpt={FIXTURE_CKPT}", "label=7", "num_samples=1", "steps=2", f"output={out}")
     main_in_process(monkeypatch, "sample", *args, f"hydra.run.dir={tmp_path / 'run1'}")
     before = snapshot(out.parent)
+    real_replace = os.replace
 
-    def disk_full(*_: object, **__: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def disk_full(src: str, dst: str) -> None:
+        if Path(dst).parent == out.parent:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(src, dst)
 
-    monkeypatch.setattr("diffusion_lab.sampling.save_samples", disk_full)
-    with pytest.raises(OSError):
-        main_in_process(monkeypatch, "sample", *args, "seed=1", f"hydra.run.dir={tmp_path / 'run2'}")
+    monkeypatch.setattr(os, "replace", disk_full)
+    line = refused(monkeypatch, capsys, "sample", *args, "seed=1", f"hydra.run.dir={tmp_path / 'run2'}")
     monkeypatch.undo()
+    assert line == f"error: cannot write {out}.png (No space left on device): pass output= a path you can write to"
     assert snapshot(out.parent) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["samples.npz", "samples.png"]
 
 
 def test_a_seed_that_is_not_a_number_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -95,6 +149,128 @@ def test_a_seed_that_is_not_a_number_is_one_line(tmp_path: Path, monkeypatch: py
                    f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert line == "error: seed must be an integer in [0, 4294967295], got 'abc' (e.g. seed=0)"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_write_error_outside_the_output_does_not_send_the_user_to_output(tmp_path: Path) -> None:
+    """A cache beside the data that cannot be written is not fixed by another output=: the line says so."""
+    cfg = OmegaConf.create({"output": str(tmp_path / "out" / "samples")})
+    full = errno.ENOSPC, "No space left on device"
+    assert write_fix(cfg, OutputError(*full, str(tmp_path / "out" / "samples.png"))) == (
+        "pass output= a path you can write to"
+    )
+    assert write_fix(cfg, OutputError(*full, "/data/mnist/reference.pt")) == "free space or make its folder writable"
+
+
+# --------------------------------------------------------------------------- kills while writing
+
+#: ``diffusion-lab-NAME ARGS`` with ``os.replace`` stopped before the COUNT-th file it puts under FOLDER: the command
+#: prints ``writing PATH`` and waits there, with that file whole in its hidden partial file, to be killed.
+PAUSED_AT_WRITE = """
+import importlib, os, sys, time
+name, folder, count, *args = sys.argv[1:]
+real_replace, writes = os.replace, []
+def replace(src, dst, **kwargs):
+    if str(dst).startswith(folder + os.sep):
+        writes.append(dst)
+        if len(writes) == int(count):
+            print("writing", dst, flush=True)
+            time.sleep(600)
+    return real_replace(src, dst, **kwargs)
+os.replace = replace
+sys.argv = ["diffusion-lab-" + name, *args]
+importlib.import_module("diffusion_lab.cli." + name).main()
+"""
+
+#: Each command, cheap: its arguments besides ``output=`` and ``hydra.run.dir=``, and its output's name.
+KILLED_COMMANDS = {
+    "sample": (("label=[1,7]", "num_samples=2", "steps=2"), "samples"),
+    "evaluate": (("num_per_class=2", "steps=2", "inception=false", "clip=none", "style_control=false"), "eval"),
+    "export": (("grid_per_class=1", "steps=2"), "model"),
+}
+
+
+def visible_files(folder: Path) -> set[str]:
+    """The files a user sees under ``folder``: none in or named as hidden ones."""
+    paths = (p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+    return {str(p) for p in paths if not any(part.startswith(".") for part in p.parts)}
+
+
+def assert_whole(folder: Path) -> None:
+    """Every file a user sees under ``folder`` reads whole: images, arrays, JSON, a model folder."""
+    for path in (folder / name for name in visible_files(folder)):
+        if path.suffix == ".png":
+            Image.open(path).load()
+        elif path.suffix == ".npz":
+            with np.load(path) as npz:
+                [npz[key] for key in npz.files]
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+    if (folder / "model").exists():
+        load_model(folder / "model")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(KILLED_COMMANDS))
+def test_a_kill_while_writing_leaves_outputs_whole_or_absent_and_a_rerun_completes(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    """SIGTERM and SIGKILL, each while a command writes its second file: what a user sees of the output is whole
+    (or absent), a SIGTERM leaves no hidden partial file, and a rerun writes it all and clears what SIGKILL left.
+
+    SIGTERM is sent in process (to this process, caught by the command's own handler, which ends it as an
+    exception does); SIGKILL to the command in a subprocess.
+    """
+    args, output = KILLED_COMMANDS[name]
+    out = tmp_path / "out"
+    command_args = (f"ckpt={FIXTURE_CKPT}", *args, f"output={out / output}")
+    real_replace, writes = os.replace, []
+
+    def terminated_at_second_write(src: str, dst: str, **kwargs: object) -> None:
+        if str(dst).startswith(f"{out}{os.sep}"):
+            writes.append(dst)
+            if len(writes) == 2:
+                assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "the command has no SIGTERM handler"
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(60)  # the handler ends the command before this ends
+        real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", terminated_at_second_write)
+    with pytest.raises(SystemExit) as exit_info:
+        main_in_process(monkeypatch, name, *command_args, f"hydra.run.dir={tmp_path / 'term'}")
+    monkeypatch.undo()
+    assert exit_info.value.code == 128 + signal.SIGTERM and len(writes) == 2
+    assert_whole(out)
+    left = [visible_files(out)]
+    assert not [p.name for p in out.rglob(".*")], "SIGTERM left a partial file"
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_AT_WRITE, name, str(out), "2", *command_args,
+         f"hydra.run.dir={tmp_path / 'kill'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=user_env(),
+    )  # fmt: skip
+    log = []
+    for line in proc.stdout:
+        log.append(line)
+        if line.startswith("writing "):
+            break
+    assert log and log[-1].startswith("writing "), "".join(log[-30:])
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert_whole(out)
+    left.append(visible_files(out))
+    hidden = [p.name for p in out.rglob(".*")]
+    assert hidden and all(".partial-" in p for p in hidden), hidden
+
+    main_in_process(monkeypatch, name, *command_args, f"hydra.run.dir={tmp_path / 'rerun'}")
+    assert_whole(out)
+    assert not [p.name for p in out.rglob(".*")], "the rerun left what SIGKILL left"
+    expected = {"sample": ["samples.npz", "samples.png"], "export": ["model"]}.get(name, ["eval"])
+    assert sorted(p.name for p in out.iterdir()) == expected
+    complete = visible_files(out)
+    for files in left:  # a file is there whole or not at all; the model folder all of it or none
+        assert files <= complete and (name != "export" or files in (set(), complete)), files
+    if name == "evaluate":
+        assert json.loads((out / "eval" / "metrics.json").read_text())["num_per_class"] == 2
 
 
 # --------------------------------------------------------------------------- training settings
@@ -213,8 +389,7 @@ def test_a_copied_run_folder_resumes_in_place_as_if_never_interrupted(
         read_checkpoint(straight / "checkpoints" / "last.ckpt"),
     )
     assert resumed["global_step"] == uninterrupted["global_step"] == 20
-    for key, value in uninterrupted["state_dict"].items():
-        assert torch.equal(resumed["state_dict"][key], value), key
+    assert_same_training_state(copy / "checkpoints" / "last.ckpt", straight / "checkpoints" / "last.ckpt")
     record = resumed["callbacks"][next(k for k in resumed["callbacks"] if k.startswith("RunCheckpoint"))]
     assert Path(record["best_model_path"]).parent == copy / "checkpoints"
     assert all(Path(path).parent == copy / "checkpoints" for path in record["best_k_models"])
@@ -222,6 +397,25 @@ def test_a_copied_run_folder_resumes_in_place_as_if_never_interrupted(
         Path(record["dirpath"]) == copy / "checkpoints"
         and Path(record["last_model_path"]).parent == copy / "checkpoints"
     )
+
+
+@pytest.mark.slow
+def test_a_checkpoint_without_the_batch_position_or_random_state_still_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    """A checkpoint of version 0.1, written at step 10 of a 20-step epoch, predates both: its run resumes, the
+    epoch's order starting over as it did then."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(FIXTURE_CKPT, run_dir / "checkpoints" / "last.ckpt")
+    its_model = ("model.unet.down_chs=[4,8]", "data.styles=true", "model.style_conditioning=true", "objective=eps")
+    quick = ("trainer.max_steps=12", "callbacks.sample_grid=null", "callbacks.sample_quality=null")
+    main_in_process(monkeypatch, "train", "experiment=smoke", *SMALL, *its_model, *quick, "resume=true",
+                    f"hydra.run.dir={run_dir}")  # fmt: skip
+    resumed, old = read_checkpoint(run_dir / "checkpoints" / "last.ckpt"), read_checkpoint(FIXTURE_CKPT)
+    assert old["global_step"] == 10 and resumed["global_step"] == 12
+    weights = (checkpoint["current_model_state"]["unet.out.weight"] for checkpoint in (resumed, old))
+    assert not torch.equal(*weights), "the resumed run trained"
 
 
 @pytest.mark.slow
@@ -270,7 +464,7 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one_and_is_one
     assert "the previous last.ckpt is intact): free space or pass another hydra.run.dir" in line
     monkeypatch.undo()
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 10
-    assert not [p.name for p in (run_dir / "checkpoints").iterdir() if ".tmp-" in p.name]
+    assert not [p.name for p in (run_dir / "checkpoints").iterdir() if ".partial-" in p.name]
 
 
 # --------------------------------------------------------------------------- wandb online

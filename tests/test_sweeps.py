@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from hydra.errors import ConfigCompositionException
 
 from diffusion_lab.cli.report import main as report_main
 from diffusion_lab.reports.sweep_report import load_sweep
-from tests.helpers import compose_hydra, main_in_process, one_error_line, run_cli
+from tests.helpers import compose_hydra, main_in_process, one_error_line, run_cli, start_cli
 
 #: A smoke run without its sample grids and sample quality, for the sweeps that read only losses and files.
 NO_SAMPLES = ("callbacks.sample_quality=null", "callbacks.sample_grid=null")
@@ -41,11 +43,21 @@ def test_parallel_launcher_and_optuna_search_compose() -> None:
     assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
     assert cfg.hydra.launcher.n_jobs == 2
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sweeper._target_ == "hydra_plugins.diffusion_lab_sweeper.resumable_optuna.ResumableOptunaSweeper"
+    assert sweeper.storage == f"sqlite:///{cfg.hydra.sweep.dir}/optuna.db" and cfg.resume is True
+    assert cfg.hydra.sweep.dir.endswith("/multirun/optuna-diffusion-lab"), "named after the study: one per search"
     assert set(sweeper.params) == {"model.optimizer.lr", "model", "schedule"} and sweeper.direction == "minimize"
 
 
+#: Optuna 2, which hydra-optuna-sweeper requires, opens the search's SQLite study only with SQLAlchemy 1.4.
+STORED_STUDY = pytest.mark.skipif(
+    int(version("sqlalchemy").split(".")[0]) >= 2,
+    reason="Optuna 2 stores a study only with SQLAlchemy<2, which the [cluster] extra pins: pip install -e '.[dev]'",
+)
+
+
 @pytest.mark.slow
+@STORED_STUDY
 def test_a_tiny_optuna_search_minimises_the_validation_loss(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "search"
     proc = run_cli("train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "model=small",
@@ -60,6 +72,44 @@ def test_a_tiny_optuna_search_minimises_the_validation_loss(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+@STORED_STUDY
+def test_a_killed_optuna_search_continues_where_it_stopped_with_the_same_command(tmp_path: Path) -> None:
+    """SIGKILLed while its second trial trains: the rerun keeps the first trial, trains the second on from its
+    last.ckpt in its own folder, and ends with the study's n_trials=2 trials, none run twice. (A SIGTERM ends
+    the search the same way, after a last.ckpt at the signal.)"""
+    import optuna
+
+    sweep_dir = tmp_path / "search"
+    command = ("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "model=small", "experiment=smoke",
+               "logger=none", *NO_SAMPLES, f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+    search = start_cli("train", *command)
+    interrupted = sweep_dir / "1" / "checkpoints" / "last.ckpt"  # trial 1's step-10 validation of its 20 steps
+    deadline = time.monotonic() + 300
+    while not interrupted.exists():
+        assert search.poll() is None, search.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, f"{interrupted} did not appear"
+        time.sleep(0.05)
+    search.kill()
+    search.communicate(timeout=120)
+    first_trial = (sweep_dir / "0" / "metrics.json").read_text()
+    params = (sweep_dir / "1" / ".hydra" / "overrides.yaml").read_text()
+    assert not (sweep_dir / "1" / "metrics.json").exists(), "killed before trial 1 ended"
+
+    proc = run_cli("train", *command)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Resuming from" in proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="diffusion-lab", storage=f"sqlite:///{sweep_dir}/optuna.db")
+    assert [(trial.number, trial.state.name) for trial in study.trials] == [(0, "COMPLETE"), (1, "COMPLETE")]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"], "no third job"
+    assert (sweep_dir / "0" / "metrics.json").read_text() == first_trial, "trial 0 did not run again"
+    assert (sweep_dir / "1" / ".hydra" / "overrides.yaml").read_text() == params, "trial 1 kept its parameters"
+    metrics = json.loads((sweep_dir / "1" / "metrics.json").read_text())
+    assert [step for step, _ in metrics["history/val/loss"]] == [10, 20], "its step-10 validation, then on to 20"
+    assert study.trials[1].value == pytest.approx(metrics["val/loss"])
+
+
+@pytest.mark.slow
+@STORED_STUDY
 def test_a_search_maximises_any_metric_of_the_runs_as_its_config_says(tmp_path: Path) -> None:
     """``optimized_metric`` is any key of the run's metrics.json; ``direction`` says which way is better."""
     sweep_dir = tmp_path / "search"
@@ -201,6 +251,7 @@ def test_a_failing_job_fails_alone_and_the_sweep_exits_1(
 
 
 @pytest.mark.slow
+@STORED_STUDY
 def test_a_failed_trial_does_not_end_the_search(tmp_path: Path) -> None:
     """Random search over a bad and a good learning rate: bad trials fail, the search finishes on the good one."""
     sweep_dir = tmp_path / "search"

@@ -110,7 +110,11 @@ def test_resume_continues_from_last_checkpoint(tmp_path: Path, smoke_run: SmokeR
     resume = ("trainer.max_steps=30", "trainer.max_epochs=2", f"ckpt={last}")
     proc = run_cli("train", "experiment=smoke", *resume, f"hydra.run.dir={second}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((second / "metrics.json").read_text())["global_step"] == 30
+    resumed = json.loads((second / "metrics.json").read_text())
+    assert resumed["global_step"] == 30
+    first = json.loads((last.parent.parent / "metrics.json").read_text())["history/val/loss"]
+    curve = resumed["history/val/loss"]
+    assert curve[: len(first)] == first and curve[-1][0] > first[-1][0], "the curve goes on from the checkpoint's"
 
 
 @pytest.mark.slow

@@ -178,6 +178,22 @@ SIGMA_RELS = Rule(
     lambda value: isinstance(value, list) and all(map(EMA_LENGTH.test, value)) and len(set(value)) >= 2,
     "a list of two or more different lengths in (0, 0.25]", [0.05, 0.1],
 )  # fmt: skip
+#: A logger's config, under ``logger`` (one) or ``logger.NAME`` (several).
+LOGGER = {
+    "_target_": TARGET,
+    "save_dir": PATH,
+    "name": optional(Rule(lambda v: isinstance(v, str), "a string", "csv")),
+    "version": Rule(lambda v: isinstance(v, str) or is_int(v), "a string or an integer", ""),
+    "default_hp_metric": BOOLEAN,
+    "project": TEXT,
+    "group": optional(Rule(lambda v: isinstance(v, str), "a string", "sweep")),
+    "tags": list_of(Rule(lambda v: isinstance(v, str), "a string", "tag"), example=["mnist"], what="a list of strings"),
+    "offline": BOOLEAN,
+    "log_model": either(BOOLEAN, choice("all"), "true, false or all"),
+    "id": TEXT,
+    "resume": choice("allow", "must", "never", "auto"),
+    "init_timeout": number(0, open_low=True, example=30),
+}
 # --------------------------------------------------------------------------- the commands
 
 TRAIN: dict[str, Rule] = {
@@ -267,20 +283,8 @@ TRAIN: dict[str, Rule] = {
     "trainer.profiler._target_": TARGET,
     "trainer.profiler.dirpath": PATH,
     "trainer.profiler.filename": TEXT,
-    "logger._target_": TARGET,
-    "logger.save_dir": PATH,
-    "logger.name": optional(Rule(lambda v: isinstance(v, str), "a string", "csv")),
-    "logger.version": Rule(lambda v: isinstance(v, str) or is_int(v), "a string or an integer", ""),
-    "logger.default_hp_metric": BOOLEAN,
-    "logger.project": TEXT,
-    "logger.group": optional(Rule(lambda v: isinstance(v, str), "a string", "sweep")),
-    "logger.tags": list_of(Rule(lambda v: isinstance(v, str), "a string", "tag"), example=["mnist"],
-                           what="a list of strings"),
-    "logger.offline": BOOLEAN,
-    "logger.log_model": either(BOOLEAN, choice("all"), "true, false or all"),
-    "logger.id": TEXT,
-    "logger.resume": choice("allow", "must", "never", "auto"),
-    "logger.init_timeout": number(0, open_low=True, example=30),
+    # One logger (logger=csv) or several, one under each name (logger=many: logger.csv, logger.tensorboard, ...).
+    **{f"{prefix}.{key}": rule for prefix in ("logger", "logger.*") for key, rule in LOGGER.items()},
     "callbacks.*._target_": TARGET,
     "callbacks.*.every_n_epochs": EVERY_N_EPOCHS,
     "callbacks.sample_grid.num_per_class": GRID_PER_CLASS,
@@ -387,18 +391,32 @@ SCHEMAS: dict[str, dict[str, Rule]] = _named(
 )
 
 
+def matches(key: str, pattern: str) -> bool:
+    """Whether dotted ``key`` fits ``pattern``, a ``*`` standing for exactly one key (``callbacks.*.seed``)."""
+    parts, wanted = key.split("."), pattern.split(".")
+    return len(parts) == len(wanted) and all(fnmatch.fnmatchcase(p, w) for p, w in zip(parts, wanted, strict=True))
+
+
 def rule_for(command: str, key: str) -> Rule | None:
     """The rule of ``key`` in ``command``'s schema: an exact entry first, then the first matching pattern."""
     schema = SCHEMAS[command]
     if key in schema:
         return schema[key]
     patterns = [(pattern, rule) for pattern, rule in schema.items() if "*" in pattern]
-    if (rule := next((rule for pattern, rule in patterns if fnmatch.fnmatchcase(key, pattern)), None)) is not None:
+    if (rule := next((rule for pattern, rule in patterns if matches(key, pattern)), None)) is not None:
         return rule
     # A component (``logger``, ``callbacks.ema``) is a leaf only when it is switched off with null.
-    if any(pattern.endswith("._target_") and fnmatch.fnmatchcase(f"{key}._target_", pattern) for pattern in schema):
+    if any(pattern.endswith("._target_") and matches(f"{key}._target_", pattern) for pattern in schema):
         return SWITCHED_OFF
     return None
+
+
+def _components(node: DictConfig) -> bool:
+    """A mapping of components under their names (``logger.csv``, ``logger.tensorboard``), some set to null."""
+    children = [node._get_node(key) for key in node]
+    return any(isinstance(c, DictConfig) for c in children) and all(
+        isinstance(c, DictConfig) or c._is_none() for c in children
+    )
 
 
 def leaf_keys(cfg: DictConfig, command: str | None = None, prefix: str = "") -> Iterator[str]:
@@ -412,7 +430,8 @@ def leaf_keys(cfg: DictConfig, command: str | None = None, prefix: str = "") -> 
         path = f"{prefix}{key}"
         walk = isinstance(node, DictConfig) and not node._is_none() and not node._is_interpolation()
         if walk and command is not None and (rule := rule_for(command, path)) is not None:
-            walk = rule is SWITCHED_OFF and "_target_" in node  # a component's config, walked key by key
+            # a component's config, or several under their names (logger=many), walked key by key
+            walk = rule is SWITCHED_OFF and ("_target_" in node or _components(node))
         if walk:
             yield from leaf_keys(node, command, f"{path}.")
         else:
@@ -492,6 +511,14 @@ def _checks_across_keys(cfg: DictConfig, command: str) -> list[str]:
         errors.append("resume=true and ckpt are exclusive: resume continues the run dir's last.ckpt")
     if command == "train" and cfg.get("ckpt") and cfg.get("init_from"):
         errors.append("ckpt and init_from are exclusive: ckpt continues a run, init_from starts one")
+    logger = OmegaConf.select(cfg, "logger", default=None)
+    one = isinstance(logger, DictConfig) and "_target_" in logger
+    added = [key for key in (logger if one else ()) if _component(OmegaConf.to_container(logger)[key])]
+    if command == "train" and added:
+        errors.append(
+            f"logger is one logger, so logger.{added[0]} cannot be added to it: start from logger=many, e.g. "
+            f"logger=many +logger@logger.{added[0]}={added[0]}"
+        )
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
     if command == "train" and accelerator in ("gpu", "cuda"):
         import torch

@@ -2,15 +2,14 @@
 
 The folder is a diffusers pipeline folder (``model_index.json``, ``pipeline.py``, ``unet/``, ``scheduler/``, and
 ``guide/``, the guide of autoguidance, where the checkpoint has one (its guide snapshot) or one is given), with the
-model card ``README.md`` and its sample grid ``samples.png``. It is built in a temporary folder beside ``output``
-and renamed into place, so an interrupted export leaves no half-written folder; an earlier export in ``output`` is
-replaced.
+model card ``README.md`` and its sample grid ``samples.png``. It is built in a hidden folder beside ``output``
+(:func:`~diffusion_lab.utils.files.partial_path`) and renamed into place, so an interrupted export leaves no
+half-written folder; an earlier export in ``output`` is replaced.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from diffusion_lab.models.hub_format import CARD_FILE, CONFIG_FILE, folder_confi
 from diffusion_lab.pipeline import ClassConditionalPipeline, Guide, load_guide, recipe_autoguidance, snapshot_guide
 from diffusion_lab.reports.images import class_grid, save_png
 from diffusion_lab.reports.model_card import SAMPLES_FILE, model_card
-from diffusion_lab.utils.files import atomic_write_text
+from diffusion_lab.utils.files import atomic_write_text, check_writable, partial_path, remove_stale_partials, writing
 
 
 def training_record(run_config: dict[str, Any], ckpt: Path) -> dict[str, Any]:
@@ -89,10 +88,14 @@ def _guide_source(guide: Guide, path: Path | None) -> str:
 
 
 def check_output(output: Path) -> None:
-    """Refuse an ``output`` that holds anything but an earlier export (which would be replaced)."""
+    """Refuse an ``output`` that holds anything but an earlier export (which would be replaced), or that cannot
+    be written (the folder is built beside it)."""
     earlier = output.is_dir() and (is_pipeline_folder(output) or (output / CONFIG_FILE).is_file())
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not earlier)):
         raise ValueError(f"output={output} exists and is not a model folder: pass a new folder")
+    if output.name in ("", ".", ".."):
+        raise ValueError(f"output={output} names no new folder: pass output=FOLDER/NAME")
+    check_writable(output.parent, "output", output)
 
 
 def export_model(
@@ -134,16 +137,16 @@ def export_model(
         guide=None if carried is None else carried.module.unet,
         diffusion_lab=config,
     )
-    staging = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging, replaced = partial_path(output), partial_path(output, "replaced")
     try:
-        folder.save_pretrained(staging)
-        atomic_write_text(staging / CARD_FILE, card)
-        save_png(class_grid(images, grid_per_class, grid_per_class), staging / SAMPLES_FILE)
-        replaced = output.with_name(f".{output.name}.old-{os.getpid()}")
-        if output.exists():
-            output.rename(replaced)
-        staging.rename(output)
+        with writing(output):
+            remove_stale_partials(output)
+            folder.save_pretrained(staging)
+            atomic_write_text(staging / CARD_FILE, card)
+            save_png(class_grid(images, grid_per_class, grid_per_class), staging / SAMPLES_FILE)
+            if output.exists():
+                output.rename(replaced)
+            staging.rename(output)
         shutil.rmtree(replaced, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -23,10 +23,11 @@ MODULE_EXTRAS: dict[str, str] = {
     "hydra_plugins.hydra_optuna_sweeper": "cluster",
 }
 
-#: Config choices (``group``, ``option``) and the module they need.
+#: Config choices (``group``, ``option``) and the module they need (``logger=many`` holds TensorBoard).
 CHOICE_MODULES: dict[tuple[str, str], str] = {
     ("logger", "wandb"): "wandb",
     ("logger", "tensorboard"): "tensorboard",
+    ("logger", "many"): "tensorboard",
 }
 
 #: Configs that a Hydra plugin registers (and that are missing without it): the choice a user makes to reach
@@ -66,9 +67,10 @@ def check_choices(choices: Mapping[str, str | None], overrides: Iterable[str] = 
     ``choices`` are Hydra's ``runtime.choices`` (group to option); ``overrides`` the command line's, where
     ``clip=NAME`` (or any ``clip.*`` key) asks for CLIP explicitly.
     """
-    for (group, option), module in CHOICE_MODULES.items():
-        if choices.get(group) == option:
-            require(module, f"{group}={option}")
+    for key, chosen in choices.items():  # also a group added under another package: logger@logger.wandb
+        module = CHOICE_MODULES.get((key.split("@", 1)[0], str(chosen)))
+        if module is not None:
+            require(module, f"{key}={chosen}")
     clip = choices.get("clip")
     asked = any(override.lstrip("+~").split("=", 1)[0].split(".", 1)[0] == "clip" for override in overrides)
     if asked and clip not in (None, "none"):

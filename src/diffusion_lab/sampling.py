@@ -56,7 +56,7 @@ def sample(cfg: DictConfig) -> tuple[Path, Path]:
     output = Path(cfg.output)
     if output.name in ("", ".", ".."):
         raise ValueError(f"output={cfg.output} names a folder: pass output=FOLDER/NAME (writes NAME.png and NAME.npz)")
-    check_writable(output.parent)
+    check_writable(output.parent, "output", cfg.output)
     pipe = load_model(checkpoint_file(cfg.ckpt), device=resolve_device(cfg.device), guide=cfg.get("guide"))
     guidance = guidance_settings(cfg, pipe)
     pipe.check_settings(cfg.guidance, cfg.batch_size, str(cfg.precision), **guidance)  # loads the guide

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from diffusion_lab.reports import sweep_report
-from diffusion_lab.utils.files import check_writable
+from diffusion_lab.utils.files import OutputError, check_writable
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -33,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         jobs, out = sweep_report.write_report(args.sweep_dir, args.output)
     except (sweep_report.ReportError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OutputError as err:  # e.g. a sweep folder one may read but not write
+        print(f"error: {err}: pass --output a folder you can write to", file=sys.stderr)
         raise SystemExit(1) from None
     header, rows = sweep_report.table_rows(jobs)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -36,7 +36,7 @@ def optimized_value(cfg: DictConfig, metrics: Mapping[str, object]) -> float | N
     return float(value)
 
 
-@hydra_app("train")
+@hydra_app("train", handle_sigterm=False)
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the run's ``optimized_metric`` for sweepers.
 

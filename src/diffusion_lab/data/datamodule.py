@@ -96,6 +96,11 @@ class TensorBatches:
 
     An iterable Lightning accepts in place of a DataLoader. Like a DataLoader it has a ``sampler``
     (the :class:`EpochOrder`, which Lightning reshuffles each epoch) and a ``batch_sampler`` (None).
+
+    It is stateful the way Lightning's fit loop expects: :meth:`state_dict` is the position in the
+    epoch's order (the epoch and the batches handed out in it), which Lightning stores in every
+    checkpoint; after :meth:`load_state_dict` the next pass over that epoch continues after those
+    batches, so a run resumed mid-epoch trains on the batches an uninterrupted run trains on.
     """
 
     def __init__(self, dataset: InMemoryDataset, batch_size: int, order: EpochOrder, drop_last: bool) -> None:
@@ -104,6 +109,8 @@ class TensorBatches:
         self.sampler = order
         self.batch_sampler = None
         self.drop_last = drop_last
+        self._position = (order.epoch, 0)  # (epoch, batches of it handed out)
+        self._resuming = False
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.sampler), self.batch_size)
@@ -111,8 +118,23 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         indices = self.sampler.indices().to(self.dataset.labels.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        epoch, handed_out = self._position
+        skip = handed_out if self._resuming and epoch == self.sampler.epoch else 0
+        self._resuming = False
+        for batch in range(skip, len(self)):
+            self._position = (self.sampler.epoch, batch + 1)
+            start = batch * self.batch_size
             yield self.dataset.select(indices[start : start + self.batch_size])
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches"}``: the epoch of the order and how many of its batches were handed out."""
+        epoch, handed_out = self._position
+        return {"epoch": self.sampler.epoch, "batches": handed_out if epoch == self.sampler.epoch else 0}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Continue the next pass over epoch ``state_dict["epoch"]`` after its first ``state_dict["batches"]``."""
+        self._position = (int(state_dict["epoch"]), int(state_dict["batches"]))
+        self._resuming = True
 
 
 def to_unit_range(images: Tensor) -> Tensor:

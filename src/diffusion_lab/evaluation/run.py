@@ -24,7 +24,8 @@ the same for as many images again asked for styles between their own class's per
 ``ema_length=SIGMA_REL`` samples with the weights of that relative EMA length, synthesised from the run's
 post-hoc EMA snapshots (``ema_length`` and ``ema_step`` in ``metrics.json``; null: the checkpoint's own EMA).
 
-Every file is written through a temporary name, and only after all metrics are computed.
+Every file is written whole or not at all (through a hidden partial file), and only after all metrics are
+computed; ``metrics.json`` last.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ sweep these are the parameter count, wall time, best ``val/loss`` and, when the 
 prints the table and writes into ``SWEEP_DIR`` (or ``--output``):
 
 * ``report.md`` and ``report.csv``: the table;
-* ``val_loss.png`` (training sweeps): the validation-loss curve of every job (from its ``csv/metrics.csv``);
+* ``val_loss.png`` (training sweeps): the validation-loss curve of every job (``history/val/loss`` of its
+  ``metrics.json``, whatever logger the job had; a job still running: its ``csv/metrics.csv``, if any);
 * ``quality.png``: for training, the quality metric (class accuracy when evaluated, else best
   ``val/loss``) against parameters and against wall time; for evaluation, class accuracy and FID
   against the swept value (e.g. the guidance weight) when one number varies, else against each other;
@@ -35,6 +36,8 @@ from omegaconf import OmegaConf
 from diffusion_lab.reports.render import markdown_table, save_figure
 from diffusion_lab.utils.files import JOB_ERROR_FILE, atomic_write_text
 
+#: The ``metrics.json`` key of a training run's validation-loss curve: ``[step, val/loss]`` pairs.
+HISTORY_VAL_LOSS = "history/val/loss"
 #: Report columns of a training sweep after the job, its overrides and status: (metrics.json key, title).
 COLUMNS = (
     ("params", "params"),
@@ -137,7 +140,12 @@ def load_sweep(sweep_dir: str | Path) -> list[Job]:
             raise ReportError(f"{metrics_path} is not valid JSON ({err}): delete it or rerun that job") from None
         error_path = folder / JOB_ERROR_FILE
         error = error_path.read_text().strip() if error_path.is_file() else None
-        curve = _val_curve(folder / "csv" / "metrics.csv")
+        recorded = metrics.get(HISTORY_VAL_LOSS)
+        curve = (
+            [(int(step), float(loss)) for step, loss in recorded]
+            if isinstance(recorded, list)
+            else _val_curve(folder / "csv" / "metrics.csv")
+        )
         hydra_file = folder / ".hydra" / "hydra.yaml"
         evaluation = "generated/classifier_accuracy" in metrics or (
             hydra_file.is_file() and OmegaConf.load(hydra_file).hydra.job.name == "evaluate"

@@ -23,8 +23,10 @@ from diffusion_lab.evaluation.evaluator import Evaluator
 from diffusion_lab.pipeline import ClassConditionalPipeline, Guide, check_guide, load_guide, weights_guide
 from diffusion_lab.reports.images import image_grid, save_png
 from diffusion_lab.reports.render import markdown_table
+from diffusion_lab.reports.sweep_report import HISTORY_VAL_LOSS
 from diffusion_lab.rules import EVERY_N_EPOCHS, FID_PER_CLASS, GRID_PER_CLASS
 from diffusion_lab.training.guide_snapshot import GuideSnapshot
+from diffusion_lab.training.loggers import log_final_metrics
 from diffusion_lab.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -339,21 +341,37 @@ def _as_float(value: Any) -> float | None:
 
 
 class MetricsJson(L.Callback):
-    """Write the final logged metrics (flat keys as logged, e.g. ``val/loss``) to a JSON file.
+    """Write the final logged metrics (flat keys as logged, e.g. ``val/loss``) to a JSON file, and give them to
+    TensorBoard's HParams view.
 
     Also records ``epoch``, ``global_step``, the best checkpoint's path and score, the model's
-    parameter count (``params``) and the wall time of this fit (``time/fit_s``; after a resume,
-    of the resumed part only), which ``diffusion-lab-report`` tabulates across a sweep.
+    parameter count (``params``), the wall time of this fit (``time/fit_s``; after a resume, of the
+    resumed part only) and the validation-loss curve (``history/val/loss``: ``[step, val/loss]`` after
+    each validation, kept in the checkpoints so a resumed run continues it), which ``diffusion-lab-report``
+    tabulates and plots across a sweep whatever logger the runs had.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._started: float | None = None
+        #: ``[step, val/loss]`` after each validation of the run, resumed parts included.
+        self.val_curve: list[list[float]] = []
         #: What the last fit wrote (empty before, and on ranks other than 0).
         self.written: dict[str, Any] = {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = None if trainer.sanity_checking else _as_float(trainer.callback_metrics.get("val/loss"))
+        if loss is not None:
+            self.val_curve.append([trainer.global_step, loss])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"val_curve": self.val_curve}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.val_curve = [list(point) for point in state_dict.get("val_curve", [])]
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -372,5 +390,8 @@ class MetricsJson(L.Callback):
             score = _as_float(ckpt.best_model_score)
             if score is not None:
                 metrics[f"best/{ckpt.monitor}"] = score
+        log_final_metrics(trainer.loggers, {k: v for k, v in metrics.items() if _as_float(v) is not None},
+                          trainer.global_step)  # fmt: skip
+        metrics[HISTORY_VAL_LOSS] = self.val_curve
         atomic_write_text(self.path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         self.written = metrics

@@ -7,10 +7,12 @@ The format itself (its keys, safe reading, older versions) is :mod:`diffusion_la
 from __future__ import annotations
 
 import functools
+import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -112,15 +114,24 @@ def load_initial_weights(path: str | Path, module: L.LightningModule) -> None:
 
 
 class RandomState(L.Callback):
-    """Keeps torch's random state in every checkpoint and restores it on resume.
+    """Keeps the global random states of torch (CPU and CUDA), NumPy and Python in every checkpoint and restores
+    them on resume.
 
-    Training draws timesteps, noise and condition drops from torch's global generator; with its
-    state restored, a run resumed at an epoch boundary takes exactly the steps an uninterrupted run
-    takes, so both end with the same weights on the CPU.
+    Training draws timesteps, noise and condition drops from torch's global generator (a callback or a
+    data transform of the user's may draw from NumPy's or Python's); with these states restored, and the
+    batch order's position restored by the training loader (``TensorBatches``), a run resumed at any step
+    takes exactly the steps an uninterrupted run takes, so both end with the same weights on the CPU.
+    The states are kept as tensors, lists and numbers, which weights-only loading reads. A checkpoint
+    without the NumPy and Python states (an older one) leaves them as seeded.
     """
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"torch": torch.get_rng_state()}
+        kind, key, pos, has_gauss, gauss = np.random.get_state()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, key.tolist(), pos, has_gauss, gauss],
+            "python": random.getstate(),
+        }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -129,6 +140,12 @@ class RandomState(L.Callback):
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available() and len(state_dict["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+        if "numpy" in state_dict:
+            kind, key, pos, has_gauss, gauss = state_dict["numpy"]
+            np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
+        if "python" in state_dict:
+            version, internal, gauss = state_dict["python"]
+            random.setstate((version, tuple(internal), gauss))
 
 
 class CheckpointWriteError(RuntimeError):

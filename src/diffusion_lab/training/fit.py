@@ -1,7 +1,7 @@
 """Fit a class-conditioned diffusion model from a composed training config: what ``diffusion-lab-train`` runs.
 
 :func:`train` is the whole run, as the command and the tests call it: refuse a run folder that already
-holds a run, build data, model, callbacks, logger and trainer, check a checkpoint to resume from against
+holds a run, build data, model, callbacks, loggers and trainer, check a checkpoint to resume from against
 the model, and fit. The command checks the config's values before (:mod:`diffusion_lab.config_schema`);
 the components check theirs again when built, with the same rules (:mod:`diffusion_lab.rules`).
 """
@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from diffusion_lab.models.checkpoints import checkpoint_file
 from diffusion_lab.training.callbacks import MetricsJson
 from diffusion_lab.training.checkpointing import check_resumable, load_initial_weights
+from diffusion_lab.training.loggers import instantiate_loggers
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """Instantiate data, model, callbacks, logger and trainer of ``cfg``; no checkpoint is written yet."""
+    """Instantiate data, model, callbacks, loggers and trainer of ``cfg``; no checkpoint is written yet."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, objective=instantiate(cfg.objective))
@@ -74,13 +75,12 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     model.configure_optimizers()  # Lightning builds these lazily; build them once now so their settings fail early
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    logger_cfg = cfg.get("logger")
-    logger = instantiate(logger_cfg) if logger_cfg and "_target_" in logger_cfg else False
-    if not logger:  # `logger=none`: the learning rate has nowhere to go, and Lightning refuses the monitor
+    loggers = instantiate_loggers(cfg.get("logger"))
+    if not loggers:  # `logger=none`: the learning rate has nowhere to go, and Lightning refuses the monitor
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    else:  # the whole resolved config, not just the module's arguments (wandb config, hparams.yaml, TensorBoard)
+    for logger in loggers:  # the whole resolved config, not just the module's arguments (wandb, hparams.yaml)
         logger.log_hyperparams(model.run_config)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
 
 

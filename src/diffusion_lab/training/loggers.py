@@ -1,17 +1,42 @@
-"""Loggers that survive a resumed run (the CSV log keeps the rows written before the restart), and a wandb
-logger that says in one line what an online run lacks."""
+"""The run's loggers: built from ``logger`` (one, several or none), a CSV log that survives a resumed run (it
+keeps the rows written before the restart), a wandb logger that says in one line what an online run lacks, and
+the final metrics beside the hyper-parameters in TensorBoard's HParams view."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from diffusion_lab.extras import require
+
+
+def instantiate_loggers(logger_cfg: Mapping[str, Any] | None) -> list[Logger]:
+    """The loggers of a ``logger`` config: one logger's config (``_target_`` at its top: ``logger=csv``), a
+    mapping of them (``logger=many``: ``logger.csv``, ``logger.tensorboard``, ``logger.wandb``), or none
+    (``logger=none``, null); an entry set to null (``logger.csv=null``) is left out."""
+    if not logger_cfg:
+        return []
+    if "_target_" in logger_cfg:
+        return [instantiate(logger_cfg)]
+    return [instantiate(c) for c in logger_cfg.values() if isinstance(c, Mapping) and "_target_" in c]
+
+
+def log_final_metrics(loggers: list[Logger], metrics: Mapping[str, float], step: int) -> None:
+    """Give TensorBoard the run's final ``metrics`` beside its hyper-parameters, for its HParams view.
+
+    Logged at the final ``step``: an earlier step would make TensorBoard drop the later points of those
+    curves as orphaned. The other loggers keep the last value of every metric themselves.
+    """
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger) and metrics:
+            logger.log_hyperparams(logger.hparams, metrics=dict(metrics), step=step)
 
 
 class _AppendingWriter(ExperimentWriter):
