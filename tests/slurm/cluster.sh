@@ -21,7 +21,7 @@ export SLURM_CONF="$DIR/slurm.conf"
 say() { echo "slurm cluster: $*" >&2; }
 
 alive() { # alive NAME: the daemon NAME started by this script is running
-    [ -s "$DIR/$1.pid" ] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null
+    [ -s "$DIR/$1.pid" ] && ps -p "$(cat "$DIR/$1.pid")" >/dev/null 2>&1
 }
 
 node_idle() { [ "$(sinfo -h -o %t 2>/dev/null)" = "idle" ]; }
@@ -51,7 +51,7 @@ start() {
     install_packages
     stop 2>/dev/null || true
     mkdir -p "$DIR/spool" "$DIR/state" "$DIR/log"
-    chmod 700 "$DIR"
+    chmod 755 "$DIR"  # readable by every user of the cluster; the munge key alone is private
     dd if=/dev/urandom of="$DIR/munge.key" bs=1024 count=1 status=none
     chmod 400 "$DIR/munge.key"
     munged --force --key-file="$DIR/munge.key" --socket="$DIR/munge.socket" --pid-file="$DIR/munged.pid" \
@@ -68,8 +68,9 @@ start() {
         node_idle && { say "up in $DIR: $(sinfo -h -o '%P %D node(s), %c CPUs, %t')"; return 0; }
         sleep 0.5
     done
-    say "the node did not become idle within 30 s; logs in $DIR/log:"
+    say "the node did not become idle within 30 s; the logs:"
     tail -n 20 "$DIR"/log/*.log >&2 || true
+    stop
     return 1
 }
 
