@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from diffusion_lab.data.sources import load_arrays
 from diffusion_lab.evaluation import classifier as classifier_module
@@ -22,6 +24,7 @@ from diffusion_lab.evaluation.classifier import (
 )
 from diffusion_lab.evaluation.clip import ClipScorer
 from diffusion_lab.evaluation.evaluator import Evaluator, balanced_subset, class_keys
+from diffusion_lab.evaluation.fidelity_variety import fidelity_variety
 
 #: Their runs and evaluations score samples with the reference classifiers, trained once up front.
 pytestmark = pytest.mark.usefixtures("reference_classifiers")
@@ -129,6 +132,44 @@ def test_real_images_score_like_real_images_and_noise_does_not(evaluator: Evalua
     shifted = evaluator.score(evaluator.reference[0], (evaluator.reference[1] + 1) % 10)
     assert shifted["generated/classifier_accuracy"] < 0.05
     assert shifted["generated/fid"] == pytest.approx(same["generated/fid"], abs=1e-2)
+
+
+class ImageFeatures(torch.nn.Module):
+    """The classifier's features of images, as torchmetrics' FID and KID take a feature extractor."""
+
+    num_features = 128
+
+    def __init__(self, classifier: ReferenceClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(images)
+
+
+def test_one_classifier_pass_gives_the_metrics_each_computed_from_the_images(evaluator: Evaluator) -> None:
+    """Accuracy, FID/KID and precision/recall share the classifier's features of a set: the same numbers."""
+    generator = torch.Generator().manual_seed(0)
+    images = (evaluator.train_sample[0] + 0.3 * torch.rand(evaluator.train_sample[0].shape, generator=generator)) / 1.3
+    labels = evaluator.train_sample[1]
+    torch.manual_seed(0)  # KID draws its subsets from the global generator
+    scored = evaluator.score(images, labels)
+
+    classifier = evaluator.classifier
+    with torch.no_grad():
+        correct = classifier(images).argmax(1) == labels
+        metrics = {"fid": FrechetInceptionDistance(ImageFeatures(classifier)), "kid": KernelInceptionDistance(
+            ImageFeatures(classifier), subset_size=len(evaluator.reference[1]) // 2, subsets=50)}  # fmt: skip
+        for metric in metrics.values():
+            metric.update(evaluator.reference[0], real=True)
+            metric.update(images, real=False)
+        torch.manual_seed(0)
+        kid, kid_std = metrics["kid"].compute()
+        expected = fidelity_variety(classifier.features(images), classifier.features(evaluator.reference[0]))
+    assert scored["generated/classifier_accuracy"] == float(correct.float().mean())
+    assert scored["generated/fid"] == pytest.approx(float(metrics["fid"].compute()), rel=1e-6)
+    assert (scored["generated/kid"], scored["generated/kid_std"]) == pytest.approx((float(kid), float(kid_std)))
+    assert {name: scored[f"generated/{name}"] for name in expected} == pytest.approx(expected)
 
 
 def test_score_refuses_mismatched_input(evaluator: Evaluator) -> None:
