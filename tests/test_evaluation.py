@@ -26,8 +26,8 @@ from diffusion_lab.evaluation.clip import ClipScorer
 from diffusion_lab.evaluation.evaluator import Evaluator, balanced_subset, class_keys
 from diffusion_lab.evaluation.fidelity_variety import fidelity_variety
 
-#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
-pytestmark = pytest.mark.usefixtures("reference_classifiers")
+#: Their runs and evaluations score MNIST samples with its reference classifier, trained once up front.
+pytestmark = pytest.mark.usefixtures("mnist_classifier")
 
 
 def scratch_data_dir(data_dir: Path, tmp_path: Path, *keep: str) -> Path:
@@ -39,6 +39,7 @@ def scratch_data_dir(data_dir: Path, tmp_path: Path, *keep: str) -> Path:
     return scratch
 
 
+@pytest.mark.usefixtures("reference_classifiers")  # Fashion-MNIST too
 @pytest.mark.parametrize(("name", "floor"), [("mnist", 0.99), ("fashion_mnist", 0.90)])
 def test_cached_classifiers_clear_their_floor_on_the_test_set(name: str, floor: float, data_dir: Path) -> None:
     model, stored = load_classifier(name, data_dir)
@@ -184,6 +185,7 @@ def test_score_refuses_mismatched_input(evaluator: Evaluator) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reference_classifiers")  # Fashion-MNIST too
 def test_inception_reference_is_cached_with_the_same_result(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     scratch = scratch_data_dir(data_dir, tmp_path, "classifiers", "downloads", "inception")
     first = Evaluator("fashion_mnist", str(scratch), num_per_class=2, inception=True, progress=False)
@@ -197,6 +199,7 @@ def test_inception_reference_is_cached_with_the_same_result(data_dir: Path, tmp_
     assert np.isfinite(floor) and floor > 0
 
 
+@pytest.mark.usefixtures("reference_classifiers")  # Fashion-MNIST too
 def test_clip_metrics_join_the_others(data_dir: Path, tiny_clip_dir: Path) -> None:
     from diffusion_lab.evaluation.clip import load_clip_scorer
     from tests.test_clip_score import PROMPTS
