@@ -16,6 +16,7 @@ from diffusion_lab.evaluation import classifier as classifier_module
 from diffusion_lab.evaluation import evaluator as evaluator_module
 from diffusion_lab.evaluation.classifier import (
     ClassifierError,
+    MaxPool,
     ReferenceClassifier,
     accuracy,
     cache_path,
@@ -46,6 +47,18 @@ def test_cached_classifiers_clear_their_floor_on_the_test_set(name: str, floor: 
     measured = accuracy(model, *split_images(load_arrays(name, data_dir), "test"))
     assert measured >= floor
     assert measured == pytest.approx(stored, abs=1e-6), "the cached accuracy is the model's"
+
+
+def test_the_classifier_pools_as_torch_does_with_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    images = torch.relu(torch.randn(8, 4, 7, 7)).round(decimals=1)  # ties in many windows; an odd size
+    for dtype in (torch.float32, torch.bfloat16):
+        ours, theirs = (images.to(dtype).clone().requires_grad_() for _ in range(2))
+        pooled, expected = MaxPool()(ours), torch.nn.MaxPool2d(2)(theirs)
+        grad = torch.randn_like(pooled)
+        pooled.backward(grad)
+        expected.backward(grad)
+        assert torch.equal(pooled, expected) and torch.equal(ours.grad, theirs.grad)
 
 
 def test_first_use_trains_caches_and_reuses(data_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -45,6 +45,33 @@ class ClassifierError(RuntimeError):
     """The reference classifier could not be trained to its accuracy floor."""
 
 
+class _ChannelsLastMaxPool(torch.autograd.Function):
+    """2 x 2 max pooling of a default-layout tensor, computed in channels-last layout."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, images: Tensor) -> Tensor:
+        images = images.contiguous(memory_format=torch.channels_last)
+        pooled, indices = torch.ops.aten.max_pool2d_with_indices(images, [2, 2], [2, 2])
+        ctx.save_for_backward(images, indices)
+        return pooled.contiguous()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        images, indices = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        args = [2, 2], [2, 2], [0, 0], [1, 1], False
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad, images, *args, indices).contiguous()
+
+
+class MaxPool(nn.Module):
+    """``nn.MaxPool2d(2)`` computed in channels-last layout: on a CPU, in the default layout, it takes a third of
+    the classifier's training time. The same values and the same chosen maxima (the first of a window, in both
+    layouts), so the same gradients: the windows do not overlap."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        return _ChannelsLastMaxPool.apply(images)
+
+
 class ReferenceClassifier(nn.Module):
     """Three conv blocks and a 128-d penultimate layer.
 
@@ -58,7 +85,7 @@ class ReferenceClassifier(nn.Module):
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), MaxPool()
             )
 
         self.body = nn.Sequential(block(1, 32), block(32, 64), block(64, 128), nn.Flatten())  # 28 -> 14 -> 7 -> 3
