@@ -121,16 +121,12 @@ def make_checkpoint(
     return _make
 
 
-def _several_workers() -> bool:
-    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _fashion_classifier_first(request: pytest.FixtureRequest, data_dir: Path) -> None:
     """Under pytest-xdist, the first worker trains the Fashion-MNIST reference classifier (twice MNIST's steps)
     before its first test on a fresh checkout, when a collected test needs it, while another worker trains the
     MNIST one on first use: the two run at once and the MNIST tests never wait for Fashion-MNIST's."""
-    if os.environ.get("PYTEST_XDIST_WORKER") != "gw0" or not _several_workers():
+    if os.environ.get("PYTEST_XDIST_WORKER") != "gw0" or int(os.environ["PYTEST_XDIST_WORKER_COUNT"]) < 2:
         return
     if any("reference_classifiers" in getattr(item, "fixturenames", ()) for item in request.session.items):
         load_classifier("fashion_mnist", data_dir, progress=False)
