@@ -37,7 +37,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip the ``gpu`` tests on a machine without a CUDA GPU, saying so."""
+    """Order the test files longest first; skip the ``gpu`` tests on a machine without a CUDA GPU, saying so.
+
+    pytest-xdist runs each file on one worker (``--dist loadfile``: a file's shared runs are made once) and hands
+    out files in this order, so that the last ones are short and no worker is left alone with a long one. A
+    file's length is guessed by its number of ``slow`` test functions (end-to-end runs).
+    """
+    slow: dict[str, set[str]] = {}
+    for item in items:
+        names = slow.setdefault(item.nodeid.split("::")[0], set())
+        if item.get_closest_marker("slow") is not None:
+            names.add(getattr(item, "originalname", item.name))
+    items.sort(key=lambda item: -len(slow[item.nodeid.split("::")[0]]))  # stable: a file's order is kept
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (the gpu marker)")
@@ -110,19 +121,35 @@ def make_checkpoint(
     return _make
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _fashion_classifier_first(request: pytest.FixtureRequest, data_dir: Path) -> None:
+    """Under pytest-xdist, the first worker trains the Fashion-MNIST reference classifier (twice MNIST's steps)
+    before its first test on a fresh checkout, when a collected test needs it, while another worker trains the
+    MNIST one on first use: the two run at once and the MNIST tests never wait for Fashion-MNIST's."""
+    if os.environ.get("PYTEST_XDIST_WORKER") != "gw0" or int(os.environ["PYTEST_XDIST_WORKER_COUNT"]) < 2:
+        return
+    if any("reference_classifiers" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        load_classifier("fashion_mnist", data_dir, progress=False)
+
+
 @pytest.fixture(scope="session")
-def reference_classifiers(data_dir: Path) -> dict[str, tuple[ReferenceClassifier, float]]:
-    """Both reference classifiers, trained once into ``data/classifiers`` (a cache) for the tests that score samples.
+def mnist_classifier(data_dir: Path) -> tuple[ReferenceClassifier, float]:
+    """The MNIST reference classifier, trained once into ``data/classifiers`` (a cache) for the tests whose runs and
+    evaluations score MNIST samples.
 
     Training runs with sample quality, the evaluation and its command all read this cache; training it
-    up front, in the tests that use them, keeps the minute-long first use out of the timed subprocess tests.
-    Under pytest-xdist every other worker starts with the other dataset, so two workers train both at once
-    (``load_classifier`` makes the others wait for a classifier being trained, then read it).
+    up front, in the tests that use it, keeps the minute-long first use out of the timed subprocess tests.
+    Processes that need it at once train it once (``load_classifier`` makes the others wait, then read it).
     """
-    names = ["mnist", "fashion_mnist"]
-    if int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]) % 2:  # on a fresh checkout two workers train one each
-        names.reverse()
-    return {name: load_classifier(name, data_dir, progress=False) for name in names}
+    return load_classifier("mnist", data_dir, progress=False)
+
+
+@pytest.fixture(scope="session")
+def reference_classifiers(
+    data_dir: Path, mnist_classifier: tuple[ReferenceClassifier, float]
+) -> dict[str, tuple[ReferenceClassifier, float]]:
+    """Both reference classifiers (see :func:`mnist_classifier`), for the tests that also score Fashion-MNIST."""
+    return {"mnist": mnist_classifier, "fashion_mnist": load_classifier("fashion_mnist", data_dir, progress=False)}
 
 
 @pytest.fixture(scope="session")

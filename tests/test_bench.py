@@ -18,9 +18,9 @@ from torch import Tensor, nn
 
 from diffusion_lab.config import project_root
 
-#: The runs and evaluations of the end-to-end tests score samples with the reference classifiers, trained once up
-#: front.
-SCORES_SAMPLES = pytest.mark.usefixtures("reference_classifiers")
+#: The runs and evaluations of the end-to-end tests score MNIST samples with its reference classifier, trained once
+#: up front.
+SCORES_SAMPLES = pytest.mark.usefixtures("mnist_classifier")
 
 
 def script(name: str) -> ModuleType:

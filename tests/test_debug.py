@@ -27,7 +27,7 @@ def test_debug_options_compose_with_their_settings(compose_train) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("reference_classifiers")
+@pytest.mark.usefixtures("mnist_classifier")
 def test_fast_dev_run_runs_one_batch_and_writes_no_checkpoint_or_log(compose_train) -> None:
     cfg = compose_train("debug=fdr", *SMALL)
     metrics = train(cfg)
@@ -37,7 +37,7 @@ def test_fast_dev_run_runs_one_batch_and_writes_no_checkpoint_or_log(compose_tra
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("reference_classifiers")
+@pytest.mark.usefixtures("mnist_classifier")
 def test_overfit_trains_on_one_batch_until_its_loss_falls(compose_train) -> None:
     cfg = compose_train("debug=overfit", *SMALL, "callbacks.sample_grid.num_per_class=1", "trainer.max_epochs=60")
     train(cfg)
@@ -48,7 +48,7 @@ def test_overfit_trains_on_one_batch_until_its_loss_falls(compose_train) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("reference_classifiers")
+@pytest.mark.usefixtures("mnist_classifier")
 def test_limit_runs_every_epoch_path_in_a_few_batches(compose_train) -> None:
     cfg = compose_train("debug=limit", *SMALL)
     train(cfg)

@@ -21,8 +21,8 @@ from diffusion_lab.reports.images import save_samples
 from tests.helpers import main_in_process, one_error_line
 from tests.test_cas import score_on_fewer_test_images
 
-#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
-pytestmark = pytest.mark.usefixtures("reference_classifiers")
+#: Their runs and evaluations score MNIST samples with its reference classifier, trained once up front.
+pytestmark = pytest.mark.usefixtures("mnist_classifier")
 
 REQUIRED = [
     "generated/classifier_accuracy", "generated/fid", "generated/kid", "generated/clip_score",

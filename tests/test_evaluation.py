@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from diffusion_lab.data.sources import load_arrays
 from diffusion_lab.evaluation import classifier as classifier_module
 from diffusion_lab.evaluation import evaluator as evaluator_module
 from diffusion_lab.evaluation.classifier import (
     ClassifierError,
+    MaxPool,
     ReferenceClassifier,
     accuracy,
     cache_path,
@@ -22,9 +25,10 @@ from diffusion_lab.evaluation.classifier import (
 )
 from diffusion_lab.evaluation.clip import ClipScorer
 from diffusion_lab.evaluation.evaluator import Evaluator, balanced_subset, class_keys
+from diffusion_lab.evaluation.fidelity_variety import fidelity_variety
 
-#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
-pytestmark = pytest.mark.usefixtures("reference_classifiers")
+#: Their runs and evaluations score MNIST samples with its reference classifier, trained once up front.
+pytestmark = pytest.mark.usefixtures("mnist_classifier")
 
 
 def scratch_data_dir(data_dir: Path, tmp_path: Path, *keep: str) -> Path:
@@ -36,12 +40,25 @@ def scratch_data_dir(data_dir: Path, tmp_path: Path, *keep: str) -> Path:
     return scratch
 
 
+@pytest.mark.usefixtures("reference_classifiers")  # Fashion-MNIST too
 @pytest.mark.parametrize(("name", "floor"), [("mnist", 0.99), ("fashion_mnist", 0.90)])
 def test_cached_classifiers_clear_their_floor_on_the_test_set(name: str, floor: float, data_dir: Path) -> None:
     model, stored = load_classifier(name, data_dir)
     measured = accuracy(model, *split_images(load_arrays(name, data_dir), "test"))
     assert measured >= floor
     assert measured == pytest.approx(stored, abs=1e-6), "the cached accuracy is the model's"
+
+
+def test_the_classifier_pools_as_torch_does_with_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    images = torch.relu(torch.randn(8, 4, 7, 7)).round(decimals=1)  # ties in many windows; an odd size
+    for dtype in (torch.float32, torch.bfloat16):
+        ours, theirs = (images.to(dtype).clone().requires_grad_() for _ in range(2))
+        pooled, expected = MaxPool()(ours), torch.nn.MaxPool2d(2)(theirs)
+        grad = torch.randn_like(pooled)
+        pooled.backward(grad)
+        expected.backward(grad)
+        assert torch.equal(pooled, expected) and torch.equal(ours.grad, theirs.grad)
 
 
 def test_first_use_trains_caches_and_reuses(data_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -131,6 +148,44 @@ def test_real_images_score_like_real_images_and_noise_does_not(evaluator: Evalua
     assert shifted["generated/fid"] == pytest.approx(same["generated/fid"], abs=1e-2)
 
 
+class ImageFeatures(torch.nn.Module):
+    """The classifier's features of images, as torchmetrics' FID and KID take a feature extractor."""
+
+    num_features = 128
+
+    def __init__(self, classifier: ReferenceClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(images)
+
+
+def test_one_classifier_pass_gives_the_metrics_each_computed_from_the_images(evaluator: Evaluator) -> None:
+    """Accuracy, FID/KID and precision/recall share the classifier's features of a set: the same numbers."""
+    generator = torch.Generator().manual_seed(0)
+    images = (evaluator.train_sample[0] + 0.3 * torch.rand(evaluator.train_sample[0].shape, generator=generator)) / 1.3
+    labels = evaluator.train_sample[1]
+    torch.manual_seed(0)  # KID draws its subsets from the global generator
+    scored = evaluator.score(images, labels)
+
+    classifier = evaluator.classifier
+    with torch.no_grad():
+        correct = classifier(images).argmax(1) == labels
+        metrics = {"fid": FrechetInceptionDistance(ImageFeatures(classifier)), "kid": KernelInceptionDistance(
+            ImageFeatures(classifier), subset_size=len(evaluator.reference[1]) // 2, subsets=50)}  # fmt: skip
+        for metric in metrics.values():
+            metric.update(evaluator.reference[0], real=True)
+            metric.update(images, real=False)
+        torch.manual_seed(0)
+        kid, kid_std = metrics["kid"].compute()
+        expected = fidelity_variety(classifier.features(images), classifier.features(evaluator.reference[0]))
+    assert scored["generated/classifier_accuracy"] == float(correct.float().mean())
+    assert scored["generated/fid"] == pytest.approx(float(metrics["fid"].compute()), rel=1e-6)
+    assert (scored["generated/kid"], scored["generated/kid_std"]) == pytest.approx((float(kid), float(kid_std)))
+    assert {name: scored[f"generated/{name}"] for name in expected} == pytest.approx(expected)
+
+
 def test_score_refuses_mismatched_input(evaluator: Evaluator) -> None:
     with pytest.raises(ValueError, match=r"shape \[N, 1, 28, 28\]"):
         evaluator.score(torch.rand(4, 3, 28, 28), torch.zeros(4, dtype=torch.long))
@@ -143,6 +198,7 @@ def test_score_refuses_mismatched_input(evaluator: Evaluator) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reference_classifiers")  # Fashion-MNIST too
 def test_inception_reference_is_cached_with_the_same_result(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     scratch = scratch_data_dir(data_dir, tmp_path, "classifiers", "downloads", "inception")
     first = Evaluator("fashion_mnist", str(scratch), num_per_class=2, inception=True, progress=False)
@@ -156,6 +212,7 @@ def test_inception_reference_is_cached_with_the_same_result(data_dir: Path, tmp_
     assert np.isfinite(floor) and floor > 0
 
 
+@pytest.mark.usefixtures("reference_classifiers")  # Fashion-MNIST too
 def test_clip_metrics_join_the_others(data_dir: Path, tiny_clip_dir: Path) -> None:
     from diffusion_lab.evaluation.clip import load_clip_scorer
     from tests.test_clip_score import PROMPTS

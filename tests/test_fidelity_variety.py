@@ -61,7 +61,7 @@ def test_matches_the_reference_prdc_package() -> None:
 
 
 @pytest.fixture(scope="module")
-def evaluator(data_dir: Path, reference_classifiers) -> Evaluator:
+def evaluator(data_dir: Path, mnist_classifier) -> Evaluator:
     return Evaluator("mnist", str(data_dir), num_per_class=100, progress=False)
 
 

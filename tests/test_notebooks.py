@@ -61,7 +61,7 @@ def test_stored_without_outputs(name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("reference_classifiers")
+@pytest.mark.usefixtures("mnist_classifier")
 def test_lab_runs_end_to_end_with_figures_inline(kernel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIFFUSION_LAB_CKPT", str(CKPT))  # the default path trains experiment=smoke first
     cwd = tmp_path / "cwd"

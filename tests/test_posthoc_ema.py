@@ -199,7 +199,7 @@ def test_a_checkpoint_without_snapshots_is_refused_in_one_line(
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("reference_classifiers")
+@pytest.mark.usefixtures("mnist_classifier")
 def test_evaluate_sweeps_the_ema_length_of_a_trained_run(
     compose_train, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # fmt: skip

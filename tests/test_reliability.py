@@ -22,8 +22,8 @@ from diffusion_lab.models.checkpoints import read_checkpoint
 from diffusion_lab.utils.files import atomic_write, exclusive_lock
 from tests.helpers import assert_same_training_state, main_in_process, one_error_line, run_cli, start_cli
 
-#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
-pytestmark = pytest.mark.usefixtures("reference_classifiers")
+#: Their runs and evaluations score MNIST samples with its reference classifier, trained once up front.
+pytestmark = pytest.mark.usefixtures("mnist_classifier")
 
 #: Small batches: the steps of these runs take milliseconds, what they check does not depend on the batch size.
 SMALL = ("data.batch_size=16", "data.eval_batch_size=50")

@@ -22,8 +22,8 @@ from diffusion_lab.reports.sweep_report import (
     write_report,
 )
 
-#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
-pytestmark = pytest.mark.usefixtures("reference_classifiers")
+#: Their runs and evaluations score MNIST samples with its reference classifier, trained once up front.
+pytestmark = pytest.mark.usefixtures("mnist_classifier")
 
 TRAIN = [sys.executable, "-m", "diffusion_lab.cli.train"]
 

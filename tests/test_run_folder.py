@@ -28,8 +28,8 @@ from diffusion_lab.training.fit import LOCK_FILE
 from diffusion_lab.utils.files import OutputError
 from tests.helpers import assert_same_training_state, command, main_in_process, one_error_line, start_cli, user_env
 
-#: Their runs score samples with the reference classifiers, trained once up front.
-pytestmark = pytest.mark.usefixtures("reference_classifiers")
+#: Their runs score MNIST samples with its reference classifier, trained once up front.
+pytestmark = pytest.mark.usefixtures("mnist_classifier")
 
 FIXTURE_CKPT = Path(__file__).parent / "fixtures" / "tiny_styled_v0.1.ckpt"
 #: Small batches: the steps of these runs take milliseconds, what they check does not depend on the batch size.
@@ -318,6 +318,7 @@ def test_resume_refuses_a_checkpoint_of_other_data_or_another_schedule(
     assert {k: v for k, v in after.items() if k.startswith("checkpoints")} == before
 
 
+@pytest.mark.usefixtures("reference_classifiers")  # Fashion-MNIST too
 def test_init_from_fine_tunes_on_other_data_with_fresh_counters(
     make_checkpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # fmt: skip

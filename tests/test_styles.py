@@ -441,7 +441,7 @@ def test_sample_cli_refuses_a_bad_style_in_one_line_and_writes_nothing(
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("reference_classifiers")
+@pytest.mark.usefixtures("mnist_classifier")
 def test_styled_training_run_records_the_style_distribution_and_samples_with_styles(
     compose_train, mnist_data: MNISTDataModule, tmp_path: Path
 ) -> None:

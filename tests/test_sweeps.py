@@ -19,8 +19,8 @@ from tests.helpers import compose_hydra, main_in_process, one_error_line, run_cl
 #: A smoke run without its sample grids and sample quality, for the sweeps that read only losses and files.
 NO_SAMPLES = ("callbacks.sample_quality=null", "callbacks.sample_grid=null")
 
-#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
-pytestmark = pytest.mark.usefixtures("reference_classifiers")
+#: Their runs and evaluations score MNIST samples with its reference classifier, trained once up front.
+pytestmark = pytest.mark.usefixtures("mnist_classifier")
 
 
 def test_slurm_launcher_composes_with_cluster_settings() -> None:

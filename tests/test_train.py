@@ -21,8 +21,8 @@ from diffusion_lab.training.fit import train
 from diffusion_lab.training.guide_snapshot import GuideSnapshot
 from tests.helpers import main_in_process, one_error_line, run_cli
 
-#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
-pytestmark = pytest.mark.usefixtures("reference_classifiers")
+#: Their runs and evaluations score MNIST samples with its reference classifier, trained once up front.
+pytestmark = pytest.mark.usefixtures("mnist_classifier")
 
 
 def refused_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *overrides: str) -> str:
@@ -60,6 +60,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("reference_classifiers")  # Fashion-MNIST too
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
 def test_short_run_leaves_checkpoint_metrics_and_grid(dataset: str, smoke_run: SmokeRun) -> None:
     run_dir, output = smoke_run(dataset)

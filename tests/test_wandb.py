@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-#: Their runs and evaluations score samples with the reference classifiers, trained once up front.
-pytestmark = pytest.mark.usefixtures("reference_classifiers")
+#: Their runs and evaluations score MNIST samples with its reference classifier, trained once up front.
+pytestmark = pytest.mark.usefixtures("mnist_classifier")
 
 
 def read_records(path: Path) -> list[dict]:

@@ -121,7 +121,7 @@ def export_model(
     """
     check_output(output)
     checkpoint = read_checkpoint(ckpt)
-    module = DiffusionModule.load_checkpoint(ckpt)
+    module = DiffusionModule.from_checkpoint(checkpoint, ckpt)
     config = folder_config(module, checkpoint, training_record(module.run_config or {}, ckpt))
     pipe = ClassConditionalPipeline(module)
     carried = load_guide(guide) if guide is not None else snapshot_guide(module, ckpt)

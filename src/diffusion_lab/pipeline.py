@@ -125,8 +125,9 @@ def load_guide(path: str | Path, device: str | torch.device = "cpu") -> Guide:
         module, config = load_model_folder(path, map_location=device)
         step = config.get("training", {}).get("global_step")
         return Guide(module, config["dataset"]["name"], str(path), step, config)
-    module = DiffusionModule.load_checkpoint(path, map_location=device).to(device)
-    return Guide(module, module_dataset(module), str(path), read_checkpoint(path).get("global_step"))
+    checkpoint = read_checkpoint(path, map_location=device)
+    module = DiffusionModule.from_checkpoint(checkpoint, path).to(device)
+    return Guide(module, module_dataset(module), str(path), checkpoint.get("global_step"))
 
 
 def snapshot_guide(model: DiffusionModule, ckpt: str | Path, device: str | torch.device = "cpu") -> Guide | None:

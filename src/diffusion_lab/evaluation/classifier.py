@@ -35,12 +35,41 @@ MIN_TEST_ACCURACY = {"mnist": 0.99, "fashion_mnist": 0.90}
 EPOCHS = {"mnist": 3, "fashion_mnist": 6}
 #: Images per optimizer step.
 BATCH_SIZE = 128
+#: Images per inference batch on the CPU: 100 stay in its caches, 2-3 times faster than 1,000, the same numbers.
+CPU_BATCH_SIZE = 100
 #: Bumped whenever the architecture or recipe changes, so old cache files are retrained.
 VERSION = 1
 
 
 class ClassifierError(RuntimeError):
     """The reference classifier could not be trained to its accuracy floor."""
+
+
+class _ChannelsLastMaxPool(torch.autograd.Function):
+    """2 x 2 max pooling of a default-layout tensor, computed in channels-last layout."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, images: Tensor) -> Tensor:
+        images = images.contiguous(memory_format=torch.channels_last)
+        pooled, indices = torch.ops.aten.max_pool2d_with_indices(images, [2, 2], [2, 2])
+        ctx.save_for_backward(images, indices)
+        return pooled.contiguous()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        images, indices = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        args = [2, 2], [2, 2], [0, 0], [1, 1], False
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad, images, *args, indices).contiguous()
+
+
+class MaxPool(nn.Module):
+    """``nn.MaxPool2d(2)`` computed in channels-last layout: on a CPU, in the default layout, it takes a third of
+    the classifier's training time. The same values and the same chosen maxima (the first of a window, in both
+    layouts), so the same gradients: the windows do not overlap."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        return _ChannelsLastMaxPool.apply(images)
 
 
 class ReferenceClassifier(nn.Module):
@@ -56,7 +85,7 @@ class ReferenceClassifier(nn.Module):
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), MaxPool()
             )
 
         self.body = nn.Sequential(block(1, 32), block(32, 64), block(64, 128), nn.Flatten())  # 28 -> 14 -> 7 -> 3
@@ -70,26 +99,31 @@ class ReferenceClassifier(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """``[N, num_classes]`` logits."""
-        return self.head(self.dropout(self.features(images)))
+        return self.classify(self.features(images))
+
+    def classify(self, features: Tensor) -> Tensor:
+        """``[N, num_classes]`` logits of ``[N, 128]`` :meth:`features`."""
+        return self.head(self.dropout(features))
 
     @torch.no_grad()
-    def predict(self, images: Tensor, batch_size: int = 1000) -> Tensor:
-        """``[N]`` predicted classes, in eval mode, batch by batch."""
+    def features_of(self, images: Tensor, batch_size: int | None = None) -> Tensor:
+        """``[N, 128]`` float32 :meth:`features` of any number of images, batch by batch, on the CPU.
+
+        Batches default to :data:`CPU_BATCH_SIZE` images on the CPU, 1,000 elsewhere.
+        """
         device = next(self.parameters()).device
-        return torch.cat([self(chunk.to(device)).argmax(1).cpu() for chunk in images.split(batch_size)])
+        size = batch_size or (CPU_BATCH_SIZE if device.type == "cpu" else 1000)
+        return torch.cat([self.features(chunk.to(device)).float().cpu() for chunk in images.split(size)])
 
+    @torch.no_grad()
+    def predict(self, images: Tensor, batch_size: int | None = None) -> Tensor:
+        """``[N]`` predicted classes, in eval mode, batch by batch (see :meth:`features_of`)."""
+        return self.predict_features(self.features_of(images, batch_size))
 
-class ClassifierFeatures(nn.Module):
-    """The classifier's feature extractor as torchmetrics' FID/KID expect a custom ``feature`` module."""
-
-    num_features = ReferenceClassifier.FEATURE_DIM  # read by torchmetrics instead of a dummy forward pass
-
-    def __init__(self, classifier: ReferenceClassifier) -> None:
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.classifier.features(images.float())
+    @torch.no_grad()
+    def predict_features(self, features: Tensor) -> Tensor:
+        """``[N]`` predicted classes of ``[N, 128]`` :meth:`features_of`, on the CPU."""
+        return self.classify(features.to(next(self.parameters()).device)).argmax(1).cpu()
 
 
 def cache_path(dataset: str, data_dir: str | Path) -> Path:

@@ -31,13 +31,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from diffusion_lab.data.labels import class_keys
 from diffusion_lab.data.sources import load_arrays
-from diffusion_lab.evaluation.classifier import ClassifierFeatures, load_classifier, split_images
+from diffusion_lab.evaluation.classifier import ReferenceClassifier, load_classifier, split_images
 from diffusion_lab.evaluation.clip import ClipScorer
 from diffusion_lab.evaluation.clip import summarize as summarize_clip
 from diffusion_lab.evaluation.fidelity_variety import K, fidelity_variety
@@ -87,6 +87,13 @@ def first_per_class(labels: Tensor, per_class: int, num_classes: int, key: str, 
             raise ValueError(f"{key}={per_class} but class {index} has {len(members)} {what}")
         picks.append(members[:per_class])
     return torch.cat(picks)
+
+
+class _GivenFeatures(nn.Identity):
+    """The feature "extractor" of the FID and KID metrics: the evaluator computes the classifier's features of a set
+    once and passes them as the metrics' images, as it passes them to the accuracy and precision/recall."""
+
+    num_features = ReferenceClassifier.FEATURE_DIM  # read by torchmetrics instead of a dummy forward pass
 
 
 def _stats(metric: FrechetInceptionDistance, which: str) -> dict[str, Tensor]:
@@ -150,7 +157,7 @@ class Evaluator:
             )  # fmt: skip
         self.train_sample = balanced_subset(*split_images(arrays, "train"), num_per_class, seed + 1)
         self.classifier, self.classifier_test_accuracy = load_classifier(dataset, data_dir, self.device, progress)
-        features = ClassifierFeatures(self.classifier)
+        features = _GivenFeatures()
         n = len(self.reference[1])
         # The evaluation runs on one process (rank 0 under DDP): no metric may wait for the others.
         local = {"sync_on_compute": False}
@@ -160,9 +167,10 @@ class Evaluator:
             feature=features, reset_real_features=False, subset_size=min(1000, n // 2), subsets=50, **local
         ).to(self.device)
         started = time.perf_counter()
-        self._update(self.reference[0], real=True)
+        #: The classifier's features of the reference and of the training sample, computed once.
         self.reference_features = self.features(self.reference[0])
         self.train_sample_features = self.features(self.train_sample[0])
+        self._update(self.reference_features, real=True)
         #: Seconds each metric group took in the last :meth:`score` or :meth:`real_metrics` call.
         self.timings: dict[str, float] = {}
         self.inception_fid: FrechetInceptionDistance | None = None
@@ -203,16 +211,14 @@ class Evaluator:
         for chunk in images.split(batch_size):
             self.inception_fid.update(_rgb_uint8(chunk.to(self.device)), real=real)
 
-    @torch.no_grad()
-    def features(self, images: Tensor, batch_size: int = 1000) -> Tensor:
+    def features(self, images: Tensor) -> Tensor:
         """``[N, 128]`` reference-classifier features of ``[N, 1, 28, 28]`` images, on the CPU."""
-        return torch.cat(
-            [self.classifier.features(chunk.to(self.device)).float().cpu() for chunk in images.split(batch_size)]
-        )
+        return self.classifier.features_of(images)
 
     @torch.no_grad()
-    def _update(self, images: Tensor, real: bool, batch_size: int = 250) -> None:
-        for chunk in images.split(batch_size):
+    def _update(self, features: Tensor, real: bool, batch_size: int = 250) -> None:
+        """Add ``[N, 128]`` features to one side of FID and KID, 250 at a time (FID sums them batch by batch)."""
+        for chunk in features.split(batch_size):
             chunk = chunk.to(self.device)
             self.fid.update(chunk, real=real)
             self.kid.update(chunk, real=real)
@@ -228,11 +234,13 @@ class Evaluator:
         if not bool(torch.isfinite(images).all()):
             raise ValueError("the generated images hold NaN or infinite values: the model has diverged")
         images, labels = images.float().cpu(), labels.cpu()
+        # One classifier pass serves accuracy, FID/KID and precision/recall; its time counts in the accuracy's.
+        features = functools.cache(lambda: self.features(images))
         return self._timed(
-            accuracy=lambda: self.accuracy(images, labels, prefix),
-            fid_kid=lambda: self.distances(images, prefix),
+            accuracy=lambda: self._accuracy(features(), labels, prefix),
+            fid_kid=lambda: self._distances(features(), prefix),
             inception_fid=lambda: self.inception_distance(images, prefix),
-            precision_recall=lambda: self.precision_recall(images, labels, prefix),
+            precision_recall=lambda: self._precision_recall(features(), labels, prefix),
             clip=lambda: self.clip_metrics(images, labels, prefix),
         )
 
@@ -249,7 +257,10 @@ class Evaluator:
 
     def accuracy(self, images: Tensor, labels: Tensor, prefix: str) -> dict[str, float]:
         """``PREFIX/classifier_accuracy`` overall and per class (``PREFIX/classifier_accuracy/KEY``)."""
-        correct = (self.classifier.predict(images) == labels).float()
+        return self._accuracy(self.features(images), labels, prefix)
+
+    def _accuracy(self, features: Tensor, labels: Tensor, prefix: str) -> dict[str, float]:
+        correct = (self.classifier.predict_features(features) == labels).float()
         out = {f"{prefix}/classifier_accuracy": float(correct.mean())}
         for index, key in enumerate(self.keys):
             mask = labels == index
@@ -263,9 +274,13 @@ class Evaluator:
 
         ``images=None`` measures the real training sample (the floor).
         """
+        return self._distances(self.train_sample_features if images is None else self.features(images), prefix)
+
+    @torch.no_grad()
+    def _distances(self, features: Tensor, prefix: str) -> dict[str, float]:
         self.fid.reset()  # keeps the reference's features
         self.kid.reset()
-        self._update(self.train_sample[0] if images is None else images, real=False)
+        self._update(features, real=False)
         kid_mean, kid_std = self.kid.compute()
         out = {f"{prefix}/fid": float(self.fid.compute()), f"{prefix}/kid": float(kid_mean)}
         out[f"{prefix}/kid_std"] = float(kid_std)
@@ -290,9 +305,11 @@ class Evaluator:
         (or a class with that few) has no ``K``-th neighbour and gets no value.
         """
         if images is None:
-            features, labels = self.train_sample_features, self.train_sample[1]
-        else:
-            features = self.features(images)
+            return self._precision_recall(self.train_sample_features, self.train_sample[1], prefix)
+        assert labels is not None
+        return self._precision_recall(self.features(images), labels, prefix)
+
+    def _precision_recall(self, features: Tensor, labels: Tensor, prefix: str) -> dict[str, float]:
         if len(features) <= K:
             return {}
         out = {f"{prefix}/{name}": value for name, value in fidelity_variety(features, self.reference_features).items()}
@@ -312,9 +329,9 @@ class Evaluator:
     def real_metrics(self) -> dict[str, float]:
         """The ``real/*`` floor: accuracy and CLIP of held-out test images, distances of a training sample."""
         return self._timed(
-            accuracy=lambda: self.accuracy(*self.reference, prefix="real"),
-            fid_kid=lambda: self.distances(None, prefix="real"),
+            accuracy=lambda: self._accuracy(self.reference_features, self.reference[1], prefix="real"),
+            fid_kid=lambda: self._distances(self.train_sample_features, prefix="real"),
             inception_fid=lambda: self.inception_distance(None, prefix="real"),
-            precision_recall=lambda: self.precision_recall(None, None, prefix="real"),
+            precision_recall=lambda: self._precision_recall(self.train_sample_features, self.train_sample[1], "real"),
             clip=lambda: self.clip_metrics(*self.reference, prefix="real"),
         )

@@ -205,9 +205,13 @@ class DiffusionModule(L.LightningModule):
     @classmethod
     def load_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> DiffusionModule:
         """Rebuild a module from a training checkpoint; its weights are the EMA weights when EMA was on."""
+        return cls.from_checkpoint(read_checkpoint(path, map_location), path)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any], path: str | Path) -> DiffusionModule:
+        """:meth:`load_checkpoint` of a checkpoint already read from ``path`` (named in its errors)."""
         from hydra.utils import instantiate
 
-        checkpoint = read_checkpoint(path, map_location)
         if checkpoint.get(CONFIG_KEY) is None:
             raise ValueError(f"{path} holds no {CONFIG_KEY}: it was not written by diffusion-lab-train")
         config = upgrade_run_config(checkpoint[CONFIG_KEY])  # older checkpoints: older paths, no objective

@@ -186,7 +186,8 @@ def load_at_ema_length(
             f"{path} is an exported model folder, which keeps one set of weights: pass ema_length=null, or the "
             "run's checkpoints/last.ckpt to choose its EMA length"
         )
-    module = DiffusionModule.load_checkpoint(path, map_location)
+    checkpoint = read_checkpoint(path, map_location)
+    module = DiffusionModule.from_checkpoint(checkpoint, path)
     folder = snapshot_folder(path)
     if not read_snapshots(folder):
         raise ValueError(
@@ -194,7 +195,7 @@ def load_at_ema_length(
             "callbacks.posthoc_ema (on by default) to choose the EMA length, or pass ema_length=null for the "
             "checkpoint's own EMA weights"
         )
-    step = read_checkpoint(path).get("global_step")
+    step = checkpoint.get("global_step")
     state, ema = synthesize(folder, sigma_rel, None if step is None else int(step))
     current = module.state_dict()
     expected = {name for name, value in current.items() if value.is_floating_point()}
