@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -99,3 +101,15 @@ def assert_same_training_state(resumed: Path, uninterrupted: Path) -> None:
     for part in ("current_model_state", "state_dict", "optimizer_states"):
         where = first_difference(first[part], second[part])
         assert where is None, f"{resumed} differs from {uninterrupted} at {part}{where}"
+
+
+class SigtermAt(L.Callback):
+    """Sends this process SIGTERM after training step ``step``, as a scheduler stopping the job there would
+    (``+callbacks.stop={_target_:tests.helpers.SigtermAt,step:8}``)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)

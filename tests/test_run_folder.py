@@ -401,6 +401,26 @@ def test_a_copied_run_folder_resumes_in_place_as_if_never_interrupted(
 
 
 @pytest.mark.slow
+def test_a_run_stopped_mid_epoch_under_the_one_cycle_schedule_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    """The default schedule spans the run, so it reads the run's length from the training data before
+    Lightning restores the checkpoint's loop state: the batch position must still reach the loader."""
+    common = ("experiment=smoke", *SMALL, "trainer.max_steps=-1", "trainer.max_epochs=2",
+              "trainer.limit_train_batches=13", "trainer.val_check_interval=1.0", "trainer.limit_val_batches=1",
+              "callbacks.sample_grid=null", "callbacks.sample_quality=null")  # fmt: skip
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    with pytest.raises(SystemExit) as stop:  # Lightning ends a SIGTERM'd run as a clean exit
+        main_in_process(monkeypatch, "train", *common, "+callbacks.stop={_target_:tests.helpers.SigtermAt,step:8}",
+                        f"hydra.run.dir={stopped}")  # fmt: skip
+    assert stop.value.code in (None, 0)
+    assert read_checkpoint(stopped / "checkpoints" / "last.ckpt")["global_step"] == 8  # mid-epoch
+    main_in_process(monkeypatch, "train", *common, "resume=true", f"hydra.run.dir={stopped}")
+    main_in_process(monkeypatch, "train", *common, f"hydra.run.dir={straight}")
+    assert_same_training_state(stopped / "checkpoints" / "last.ckpt", straight / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.slow
 def test_a_checkpoint_without_the_batch_position_or_random_state_still_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # fmt: skip

@@ -123,6 +123,8 @@ class RandomState(L.Callback):
     takes exactly the steps an uninterrupted run takes, so both end with the same weights on the CPU.
     The states are kept as tensors, lists and numbers, which weights-only loading reads. A checkpoint
     without the NumPy and Python states (an older one) leaves them as seeded.
+
+    It also hands the training loader its position when Lightning would drop it (:meth:`on_train_start`).
     """
 
     def state_dict(self) -> dict[str, Any]:
@@ -135,6 +137,16 @@ class RandomState(L.Callback):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Give the training loader the batch position of the checkpoint being resumed, if it has not got it.
+
+        Lightning hands the checkpoint's loader states over when it sets up the training data. A schedule
+        that spans the run (``one_cycle``) reads ``trainer.estimated_stepping_batches`` in
+        ``configure_optimizers``, which sets that data up before the checkpoint's loop state is restored,
+        so Lightning would drop the states and the epoch would start over. No-op when they were handed over.
+        """
+        trainer.fit_loop._load_combined_loader_states()  # Lightning 2.6's own hand-over, called once more
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         torch.set_rng_state(state_dict["torch"])
