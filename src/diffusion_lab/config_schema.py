@@ -512,8 +512,8 @@ def _checks_across_keys(cfg: DictConfig, command: str) -> list[str]:
     if command == "train" and cfg.get("ckpt") and cfg.get("init_from"):
         errors.append("ckpt and init_from are exclusive: ckpt continues a run, init_from starts one")
     logger = OmegaConf.select(cfg, "logger", default=None)
-    one = isinstance(logger, DictConfig) and "_target_" in logger
-    added = [key for key in (logger if one else ()) if _component(OmegaConf.to_container(logger)[key])]
+    one = OmegaConf.to_container(logger) if isinstance(logger, DictConfig) and "_target_" in logger else {}
+    added = [key for key, value in one.items() if _component(value)]
     if command == "train" and added:
         errors.append(
             f"logger is one logger, so logger.{added[0]} cannot be added to it: start from logger=many, e.g. "
